@@ -1,0 +1,194 @@
+"""The whole SealGate exception hierarchy; each class knows its HTTP status and problem type.
+
+    SealGateError
+    ├── ConfigError                      (settings; not an HTTP answer)
+    ├── ClientError                      4xx
+    │   ├── BadRequest                   400 bad-request
+    │   ├── Unauthorized                 401 unauthorized
+    │   ├── Forbidden                    403 forbidden
+    │   ├── NotFound                     404 not-found
+    │   ├── Conflict                     409 conflict
+    │   │   ├── IdempotencyConflict      409 idempotency-key-reused
+    │   │   └── InvalidTransition        409 invalid-transition
+    │   ├── SealMaySignNot               409 seal-<reason>
+    │   ├── PayloadTooLarge              413 payload-too-large
+    │   ├── UnsupportedMediaType         415 unsupported-media-type
+    │   ├── Unprocessable                422 unprocessable
+    │   │   ├── ValidationFailed         422 validation-failed (field errors)
+    │   │   └── BadDocument              422 bad-document / encrypted-document / page-out-of-range
+    │   └── TooManyRequests              429 rate-limited
+    └── ServiceUnavailable               503
+        ├── HsmUnavailable               503 hsm-unavailable
+        ├── StorageUnavailable           503 storage-unavailable
+        └── Overloaded                   503 overloaded
+
+Foreign exceptions are wrapped where they enter (``raise HsmUnavailable(...) from exc``) so
+that nothing above the layer that met them needs to know the library that raised them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One invalid field of a request: where it is and which rule it broke."""
+
+    field: str
+    message: str
+
+
+class SealGateError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    status = 500
+    type_slug = "internal-error"
+    title = "Internal error"
+
+    def __init__(self, detail: str = "", *, type_slug: str | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        if type_slug is not None:
+            self.type_slug = type_slug
+
+
+class ConfigError(SealGateError):
+    """The settings are wrong; raised at start-up, never answered over HTTP."""
+
+    type_slug = "config-error"
+    title = "Configuration error"
+
+
+class ClientError(SealGateError):
+    """Something the client sent or asked for is wrong; the detail says what."""
+
+    status = 400
+    type_slug = "bad-request"
+    title = "Bad request"
+
+
+class BadRequest(ClientError):
+    pass
+
+
+class Unauthorized(ClientError):
+    status = 401
+    type_slug = "unauthorized"
+    title = "Authentication required"
+
+
+class Forbidden(ClientError):
+    status = 403
+    type_slug = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(ClientError):
+    status = 404
+    type_slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(ClientError):
+    status = 409
+    type_slug = "conflict"
+    title = "Conflict"
+
+
+class IdempotencyConflict(Conflict):
+    type_slug = "idempotency-key-reused"
+    title = "Idempotency key reused with a different request"
+
+
+class InvalidTransition(Conflict):
+    type_slug = "invalid-transition"
+    title = "Invalid state transition"
+
+
+class SealMaySignNot(ClientError):
+    """The seal exists and the client may use it, but it may not sign now (reason in slug)."""
+
+    status = 409
+    title = "Seal may not sign now"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail, type_slug=f"seal-{reason}")
+        self.reason = reason
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    type_slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    type_slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class Unprocessable(ClientError):
+    status = 422
+    type_slug = "unprocessable"
+    title = "Unprocessable content"
+
+
+class ValidationFailed(Unprocessable):
+    type_slug = "validation-failed"
+    title = "Validation failed"
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+    @classmethod
+    def one(cls, field: str, message: str) -> ValidationFailed:
+        return cls([FieldError(field, message)])
+
+
+class BadDocument(Unprocessable):
+    type_slug = "bad-document"
+    title = "The document cannot be processed"
+
+
+class TooManyRequests(ClientError):
+    status = 429
+    type_slug = "rate-limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(SealGateError):
+    """A dependency is down; the request may be retried later."""
+
+    status = 503
+    type_slug = "service-unavailable"
+    title = "Service unavailable"
+    retry_after: float = 1.0
+
+
+class HsmUnavailable(ServiceUnavailable):
+    type_slug = "hsm-unavailable"
+    title = "The HSM is unavailable"
+
+
+class StorageUnavailable(ServiceUnavailable):
+    type_slug = "storage-unavailable"
+    title = "Storage is unavailable"
+
+
+class Overloaded(ServiceUnavailable):
+    type_slug = "overloaded"
+    title = "Too many signing operations in flight"
+
+
+class HsmError(SealGateError):
+    """The HSM answered but refused an operation (a bug or a misconfigured key), not an outage."""
+
+    type_slug = "hsm-error"
+    title = "HSM operation failed"

@@ -1,0 +1,255 @@
+"""Key operations on the token: generate, look up (cached), sign digests, encrypt, destroy.
+
+Keys are addressed by their PKCS#11 ``CKA_ID`` (the gateway's key id as bytes). Private keys
+are generated on the token with ``SENSITIVE`` and ``EXTRACTABLE=false`` set explicitly
+(python-pkcs11 does not default the latter), so no gateway code path can read them back.
+Handles are cached per session because a ``C_FindObjects`` lookup costs more than an ECDSA
+signature; the cache is dropped whenever the session is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+import pkcs11.exceptions as p11e
+from asn1crypto.core import ObjectIdentifier, OctetString
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pkcs11 import Attribute, KeyType, Mechanism, MGF, ObjectClass
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from gateway.errors import HsmError, HsmUnavailable, NotFound
+from gateway.hsm.algorithms import (
+    HASHES,
+    KeyAlgorithm,
+    SignatureScheme,
+    ecdsa_raw_to_der,
+)
+from gateway.hsm.token import TokenSession
+from gateway.settings import HsmSettings
+
+# The AES key that wraps data keys for personal data; its presence also proves the token is
+# the one `sealgate init` prepared (the health check looks it up).
+DATA_KEY_WRAPPING_LABEL = "sealgate-kek"
+
+_PSS_PARAMS = {
+    "sha256": (Mechanism.SHA256, MGF.SHA256, 32),
+    "sha384": (Mechanism.SHA384, MGF.SHA384, 48),
+    "sha512": (Mechanism.SHA512, MGF.SHA512, 64),
+}
+# Named-curve OIDs as the token reports them in CKA_EC_PARAMS.
+_EC_CURVES: dict[str, ec.EllipticCurve] = {
+    "1.2.840.10045.3.1.7": ec.SECP256R1(),
+    "1.3.132.0.34": ec.SECP384R1(),
+}
+
+
+class Hsm:
+    """The gateway's view of the HSM: every method is a coroutine run on the HSM thread."""
+
+    def __init__(self, settings: HsmSettings) -> None:
+        self.token = TokenSession(settings)
+        self._handles: dict[tuple[bytes, ObjectClass], Any] = {}
+        self.token.on_reset(self._handles.clear)
+
+    def start(self) -> None:
+        self.token.start()
+
+    async def close(self) -> None:
+        await self.token.close()
+
+    async def check(self) -> None:
+        """Raise HsmUnavailable unless the token answers and holds the gateway's wrapping key."""
+        await self.token.run("health", self._check)
+
+    async def generate_key(self, algorithm: KeyAlgorithm, label: str, key_id: bytes) -> bytes:
+        """Generate a key pair on the token; return the public key as SubjectPublicKeyInfo DER."""
+        return await self.token.run(
+            "generate", lambda s: _generate(s, algorithm, label, key_id)
+        )
+
+    async def public_key(self, key_id: bytes) -> bytes:
+        return await self.token.run(
+            "public_key", lambda s: _public_key_der(self._key(s, key_id, ObjectClass.PUBLIC_KEY))
+        )
+
+    async def sign_digest(
+        self, key_id: bytes, algorithm: KeyAlgorithm, digest: bytes, hash_name: str,
+        scheme: SignatureScheme,
+    ) -> bytes:
+        """Sign one pre-computed digest; the result is in its X.509/CMS encoding."""
+        return await self.token.run(
+            "sign",
+            lambda s: _sign(self._key(s, key_id, ObjectClass.PRIVATE_KEY),
+                            algorithm, digest, hash_name, scheme),
+        )
+
+    async def sign_digests(
+        self, key_id: bytes, algorithm: KeyAlgorithm, digests: Sequence[bytes], hash_name: str,
+        scheme: SignatureScheme,
+    ) -> list[bytes]:
+        """Sign a batch in one hop to the HSM thread (one queue wait for the whole batch)."""
+
+        def sign_all(session: Any) -> list[bytes]:
+            key = self._key(session, key_id, ObjectClass.PRIVATE_KEY)
+            return [_sign(key, algorithm, d, hash_name, scheme) for d in digests]
+
+        return await self.token.run("sign", sign_all)
+
+    async def key_attributes(self, key_id: bytes) -> dict[str, bool]:
+        """The protection attributes of the private key, for audits and tests."""
+
+        def read(session: Any) -> dict[str, bool]:
+            key = self._key(session, key_id, ObjectClass.PRIVATE_KEY)
+            return {
+                name.lower(): bool(key[attr])
+                for name, attr in (
+                    ("SENSITIVE", Attribute.SENSITIVE),
+                    ("EXTRACTABLE", Attribute.EXTRACTABLE),
+                    ("ALWAYS_SENSITIVE", Attribute.ALWAYS_SENSITIVE),
+                    ("NEVER_EXTRACTABLE", Attribute.NEVER_EXTRACTABLE),
+                    ("PRIVATE", Attribute.PRIVATE),
+                )
+            }
+
+        return await self.token.run("attributes", read)
+
+    async def destroy_key(self, key_id: bytes) -> None:
+        def destroy(session: Any) -> None:
+            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                for obj in session.get_objects({Attribute.CLASS: cls, Attribute.ID: key_id}):
+                    obj.destroy()
+                self._handles.pop((key_id, cls), None)
+
+        await self.token.run("destroy", destroy)
+
+    async def ensure_wrapping_key(self) -> None:
+        """Create the AES-256 key that wraps data keys, once per token."""
+        await self.token.run("generate", _ensure_wrapping_key)
+
+    async def encrypt(self, plaintext: bytes) -> bytes:
+        """AES-CBC-PAD under the token's wrapping key; the IV is prepended."""
+
+        def run(session: Any) -> bytes:
+            key = self._secret(session)
+            iv = os.urandom(16)
+            return iv + bytes(key.encrypt(plaintext, mechanism=Mechanism.AES_CBC_PAD,
+                                          mechanism_param=iv))
+
+        return await self.token.run("encrypt", run)
+
+    async def decrypt(self, ciphertext: bytes) -> bytes:
+        def run(session: Any) -> bytes:
+            key = self._secret(session)
+            return bytes(key.decrypt(ciphertext[16:], mechanism=Mechanism.AES_CBC_PAD,
+                                     mechanism_param=ciphertext[:16]))
+
+        return await self.token.run("decrypt", run)
+
+    # -- on the HSM thread -------------------------------------------------------------------
+
+    def _check(self, session: Any) -> None:
+        self._secret(session)
+
+    def _secret(self, session: Any) -> Any:
+        cache_key = (DATA_KEY_WRAPPING_LABEL.encode(), ObjectClass.SECRET_KEY)
+        key = self._handles.get(cache_key)
+        if key is None:
+            try:
+                key = session.get_key(object_class=ObjectClass.SECRET_KEY,
+                                      label=DATA_KEY_WRAPPING_LABEL)
+            except p11e.NoSuchKey:
+                raise HsmUnavailable("the HSM token is not initialised for SealGate") from None
+            self._handles[cache_key] = key
+        return key
+
+    def _key(self, session: Any, key_id: bytes, cls: ObjectClass) -> Any:
+        key = self._handles.get((key_id, cls))
+        if key is None:
+            try:
+                key = session.get_key(object_class=cls, id=key_id)
+            except p11e.NoSuchKey:
+                # A missing key and a vanished token look the same to C_FindObjects.
+                self._secret(session)
+                raise NotFound("the key does not exist in the HSM") from None
+            self._handles[(key_id, cls)] = key
+        return key
+
+
+def _generate(session: Any, algorithm: KeyAlgorithm, label: str, key_id: bytes) -> bytes:
+    private_template = {
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.PRIVATE: True,
+        Attribute.SIGN: True,
+        Attribute.TOKEN: True,
+    }
+    public_template = {Attribute.VERIFY: True, Attribute.TOKEN: True}
+    if algorithm.is_rsa:
+        public, _ = session.generate_keypair(
+            KeyType.RSA, algorithm.rsa_bits, store=True, label=label, id=key_id,
+            public_template=public_template, private_template=private_template,
+        )
+    else:
+        params = session.create_domain_parameters(
+            KeyType.EC,
+            {Attribute.EC_PARAMS: encode_named_curve_parameters(algorithm.curve)},
+            local=True,
+        )
+        public, _ = params.generate_keypair(
+            store=True, label=label, id=key_id,
+            public_template=public_template, private_template=private_template,
+        )
+    return _public_key_der(public)
+
+
+def _public_key_der(public: Any) -> bytes:
+    if public.key_type == KeyType.RSA:
+        numbers = rsa.RSAPublicNumbers(
+            int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big"),
+            int.from_bytes(public[Attribute.MODULUS], "big"),
+        )
+        key: Any = numbers.public_key()
+    else:
+        curve_oid = ObjectIdentifier.load(public[Attribute.EC_PARAMS]).dotted
+        point = OctetString.load(public[Attribute.EC_POINT]).native
+        key = ec.EllipticCurvePublicKey.from_encoded_point(_EC_CURVES[curve_oid], point)
+    der: bytes = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def _sign(
+    key: Any, algorithm: KeyAlgorithm, digest: bytes, hash_name: str, scheme: SignatureScheme
+) -> bytes:
+    hash_alg = HASHES[hash_name]
+    if len(digest) != hash_alg.size:
+        raise HsmError(f"a {hash_name} digest has {hash_alg.size} bytes, not {len(digest)}")
+    if scheme is SignatureScheme.ECDSA:
+        if algorithm.is_rsa:
+            raise HsmError("ECDSA needs an EC key")
+        return ecdsa_raw_to_der(bytes(key.sign(digest, mechanism=Mechanism.ECDSA)))
+    if not algorithm.is_rsa:
+        raise HsmError(f"{scheme} needs an RSA key")
+    if scheme is SignatureScheme.PSS:
+        return bytes(key.sign(digest, mechanism=Mechanism.RSA_PKCS_PSS,
+                              mechanism_param=_PSS_PARAMS[hash_name]))
+    return bytes(key.sign(hash_alg.digest_info_prefix + digest, mechanism=Mechanism.RSA_PKCS))
+
+
+def _ensure_wrapping_key(session: Any) -> None:
+    try:
+        session.get_key(object_class=ObjectClass.SECRET_KEY, label=DATA_KEY_WRAPPING_LABEL)
+    except p11e.NoSuchKey:
+        session.generate_key(
+            KeyType.AES, 256, store=True, label=DATA_KEY_WRAPPING_LABEL,
+            template={Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True,
+                      Attribute.ENCRYPT: True, Attribute.DECRYPT: True, Attribute.TOKEN: True},
+        )
+
+
+__all__ = ["DATA_KEY_WRAPPING_LABEL", "Hsm"]

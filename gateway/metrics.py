@@ -1,0 +1,93 @@
+"""Every Prometheus collector of the gateway, defined once.
+
+With several worker processes the collectors run in prometheus_client's multiprocess mode:
+``PROMETHEUS_MULTIPROC_DIR`` is set (and emptied) by the serving master before any worker
+imports this module, and ``/metrics`` aggregates every worker's files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+HTTP_REQUESTS = Counter(
+    "sealgate_http_requests_total",
+    "HTTP requests answered, by route template, method and status code.",
+    ["route", "method", "status"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "sealgate_http_request_seconds",
+    "HTTP request latency by route template.",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+SIGNING_SECONDS = Histogram(
+    "sealgate_signing_seconds",
+    "Time to produce one signed result, by format (pdf, cms, hash, csc, tsa, receipt).",
+    ["format"],
+    buckets=LATENCY_BUCKETS,
+)
+SIGNATURES = Counter(
+    "sealgate_signatures_total",
+    "Signing operations completed, by format.",
+    ["format"],
+)
+SIGNING_ERRORS = Counter(
+    "sealgate_signing_errors_total",
+    "Signing requests refused or failed, by format and problem type.",
+    ["format", "reason"],
+)
+DOCUMENT_BYTES = Histogram(
+    "sealgate_document_bytes",
+    "Size of documents received for signing, by format.",
+    ["format"],
+    buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9),
+)
+HSM_OPERATION_SECONDS = Histogram(
+    "sealgate_hsm_operation_seconds",
+    "Latency of PKCS#11 operations (queueing on the HSM thread included), by operation.",
+    ["operation"],
+    buckets=LATENCY_BUCKETS,
+)
+HSM_ERRORS = Counter(
+    "sealgate_hsm_errors_total",
+    "PKCS#11 operations that failed, by operation and error class.",
+    ["operation", "error"],
+)
+HSM_UP = Gauge(
+    "sealgate_hsm_up",
+    "1 when this worker's HSM session works, 0 otherwise.",
+    multiprocess_mode="min",
+)
+SIGNING_IN_FLIGHT = Gauge(
+    "sealgate_signing_in_flight",
+    "Signing operations currently in progress.",
+    multiprocess_mode="livesum",
+)
+SEAL_VALID_TO = Gauge(
+    "sealgate_seal_valid_to_timestamp_seconds",
+    "End of each active seal's filing validity (Unix time).",
+    ["seal_id", "seal_name"],
+    multiprocess_mode="max",
+)
+AUTH_FAILURES = Counter(
+    "sealgate_auth_failures_total",
+    "Requests refused for a missing, unknown or revoked token.",
+    ["reason"],
+)
+
+
+def render_latest() -> bytes:
+    """The text exposition of every collector, aggregated over worker processes when needed."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)
+    return generate_latest()

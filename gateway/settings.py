@@ -1,0 +1,234 @@
+"""One frozen settings tree: config/sealgate.toml, then a user file, then SEALGATE_* variables.
+
+Secrets never sit in the tree itself: a secret is a :class:`SecretRef` naming an environment
+variable or a file, read only at the moment of use. Unknown keys are errors that name the key,
+so a typo in a config file cannot silently fall back to a default.
+
+Environment overrides use double underscores between levels, e.g.
+``SEALGATE_SERVER__PORT=9090`` or ``SEALGATE_HSM__PIN__FILE=/run/secrets/pin``; the value is
+read as a TOML literal when it parses as one (numbers, booleans, arrays) and as a string
+otherwise. ``SEALGATE_CONFIG`` names the user file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = PROJECT_ROOT / "config" / "sealgate.toml"
+ENV_PREFIX = "SEALGATE_"
+
+
+def path_field(default: str) -> Any:
+    """A path setting: relative values are resolved against the project root when loaded."""
+    return field(default=default, metadata={"path": True})
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret lives (an environment variable or a file), never the secret itself."""
+
+    env: str = ""
+    file: str = path_field("")
+
+    def reveal(self) -> str:
+        """Read the secret now; raise ConfigError naming the reference (not the value)."""
+        if self.env:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"secret environment variable {self.env} is not set")
+            return value
+        if self.file:
+            try:
+                return Path(self.file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"secret file {self.file} cannot be read: {exc.strerror}") from exc
+        raise ConfigError("a secret reference names neither 'env' nor 'file'")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.env or self.file)
+
+    def __repr__(self) -> str:
+        return f"SecretRef(env={self.env!r}, file={self.file!r})"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_in_flight: int = 64
+    shutdown_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class HsmSettings:
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: str = "sealgate"
+    pin: SecretRef = field(default_factory=SecretRef)
+    softhsm_conf: str = path_field("")
+    operation_timeout_seconds: float = 10.0
+    retry_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    backend: str = "sqlite"
+    sqlite_path: str = path_field("var/sealgate.db")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "sealgate:"
+    timeout_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class PkiSettings:
+    trust_roots: tuple[str, ...] = field(default=(), metadata={"path": True})
+    dev_ca_dir: str = path_field("var/ca")
+
+
+@dataclass(frozen=True)
+class SigningSettings:
+    default_level: str = "B-B"
+    stamp_width_points: float = 113.4
+    stamp_margin_points: float = 36.0
+    max_hash_batch: int = 256
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    multiprocess_dir: str = path_field("var/metrics")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: str = path_field("var")
+    server: ServerSettings = field(default_factory=ServerSettings)
+    hsm: HsmSettings = field(default_factory=HsmSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    pki: PkiSettings = field(default_factory=PkiSettings)
+    signing: SigningSettings = field(default_factory=SigningSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def replace(self, **sections: Any) -> Settings:
+        """A copy with whole sections or top-level values replaced (tests and the CLI use it)."""
+        return dataclasses.replace(self, **sections)
+
+
+def load_settings(
+    user_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    defaults_file: Path = DEFAULTS_FILE,
+) -> Settings:
+    """Build the settings tree: defaults file, then the user file, then the environment."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    for source in (defaults_file, user_file or env.get(ENV_PREFIX + "CONFIG")):
+        if source:
+            _merge(merged, _read_toml(Path(source)))
+    _merge(merged, _environment_overrides(env))
+    return _build(Settings, merged, "")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"settings file {path} cannot be read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"settings file {path} is not valid TOML: {exc}") from exc
+
+
+def _environment_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_literal(raw)
+    return tree
+
+
+def _parse_literal(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _build(cls: type[Any], values: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"settings key '{where.rstrip('.')}' must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"unknown settings key '{where}{key}'")
+    kwargs = {}
+    for key, value in values.items():
+        converted = _convert(hints[key], value, f"{where}{key}")
+        if fields[key].metadata.get("path"):
+            converted = _resolve_paths(converted)
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _resolve_paths(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_resolve_paths(v) for v in value)
+    if not value:
+        return value
+    path = Path(value)
+    return str(path if path.is_absolute() else PROJECT_ROOT / path)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where + ".")
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"settings key '{where}' must be an array")
+        return tuple(str(v) for v in value)
+    if origin is types.UnionType:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not _is_exact(value, hint):
+        raise ConfigError(f"settings key '{where}' must be {hint.__name__}, not {value!r}")
+    return value
+
+
+def _is_exact(value: Any, hint: type) -> bool:
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)

@@ -1,0 +1,108 @@
+"""The HSM key layer against a real SoftHSM token: generation, protection, signing per algorithm."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from gateway.errors import HsmError, NotFound
+from gateway.hsm import Hsm, KeyAlgorithm, SignatureScheme
+from tests.conftest import new_key_id
+
+MESSAGE = b"SealGate signs digests, never documents, inside the HSM"
+HASH_CLASSES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+
+@pytest.mark.parametrize("algorithm", list(KeyAlgorithm))
+async def test_generated_private_key_is_sensitive_and_never_extractable(
+    hsm: Hsm, algorithm: KeyAlgorithm
+) -> None:
+    """Every algorithm's private key is generated sensitive, non-extractable, always so."""
+    key_id = new_key_id()
+    await hsm.generate_key(algorithm, "protect-test", key_id)
+    attributes = await hsm.key_attributes(key_id)
+    assert attributes == {
+        "sensitive": True, "extractable": False, "always_sensitive": True,
+        "never_extractable": True, "private": True,
+    }
+
+
+@pytest.mark.parametrize("hash_name", ["sha256", "sha384", "sha512"])
+@pytest.mark.parametrize(
+    ("algorithm", "scheme"),
+    [
+        (KeyAlgorithm.RSA_2048, SignatureScheme.PKCS1V15),
+        (KeyAlgorithm.RSA_2048, SignatureScheme.PSS),
+        (KeyAlgorithm.RSA_3072, SignatureScheme.PKCS1V15),
+        (KeyAlgorithm.EC_P256, SignatureScheme.ECDSA),
+        (KeyAlgorithm.EC_P384, SignatureScheme.ECDSA),
+    ],
+)
+async def test_signature_over_digest_verifies_with_public_key(
+    hsm: Hsm, algorithm: KeyAlgorithm, scheme: SignatureScheme, hash_name: str
+) -> None:
+    """A digest signed in the HSM verifies over the message with cryptography."""
+    key_id = new_key_id()
+    public = load_der_public_key(await hsm.generate_key(algorithm, "sign-test", key_id))
+    digest = hashlib.new(hash_name, MESSAGE).digest()
+    signature = await hsm.sign_digest(key_id, algorithm, digest, hash_name, scheme)
+    chosen = HASH_CLASSES[hash_name]()
+    if scheme is SignatureScheme.ECDSA:
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        public.verify(signature, MESSAGE, ec.ECDSA(chosen))
+    elif scheme is SignatureScheme.PSS:
+        assert isinstance(public, rsa.RSAPublicKey)
+        public.verify(signature, MESSAGE,
+                      padding.PSS(padding.MGF1(chosen), chosen.digest_size), chosen)
+    else:
+        assert isinstance(public, rsa.RSAPublicKey)
+        public.verify(signature, MESSAGE, padding.PKCS1v15(), chosen)
+
+
+async def test_batch_signing_keeps_order(hsm: Hsm) -> None:
+    """sign_digests returns one signature per digest, in the order given."""
+    key_id = new_key_id()
+    public = load_der_public_key(await hsm.generate_key(KeyAlgorithm.EC_P256, "batch", key_id))
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    messages = [f"document {i}".encode() for i in range(5)]
+    digests = [hashlib.sha256(m).digest() for m in messages]
+    signatures = await hsm.sign_digests(key_id, KeyAlgorithm.EC_P256, digests, "sha256",
+                                        SignatureScheme.ECDSA)
+    for message, signature in zip(messages, signatures, strict=True):
+        public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+
+
+async def test_wrong_digest_length_is_refused(hsm: Hsm) -> None:
+    """A digest of the wrong size never reaches C_Sign."""
+    key_id = new_key_id()
+    await hsm.generate_key(KeyAlgorithm.EC_P256, "len", key_id)
+    with pytest.raises(HsmError):
+        await hsm.sign_digest(key_id, KeyAlgorithm.EC_P256, b"short", "sha256",
+                              SignatureScheme.ECDSA)
+
+
+async def test_unknown_key_is_not_found(hsm: Hsm) -> None:
+    """Signing with a key id the token does not hold is NotFound, not an outage."""
+    with pytest.raises(NotFound):
+        await hsm.sign_digest(new_key_id(), KeyAlgorithm.EC_P256, bytes(32), "sha256",
+                              SignatureScheme.ECDSA)
+
+
+async def test_destroyed_key_is_gone(hsm: Hsm) -> None:
+    """destroy_key removes both halves of the pair from the token."""
+    key_id = new_key_id()
+    await hsm.generate_key(KeyAlgorithm.EC_P256, "destroy", key_id)
+    await hsm.destroy_key(key_id)
+    with pytest.raises(NotFound):
+        await hsm.public_key(key_id)
+
+
+async def test_data_encryption_round_trip(hsm: Hsm) -> None:
+    """encrypt/decrypt under the token's wrapping key returns the plaintext, never equal to it."""
+    ciphertext = await hsm.encrypt(b"11010519491231002X")
+    assert b"11010519491231002X" not in ciphertext
+    assert await hsm.decrypt(ciphertext) == b"11010519491231002X"
