@@ -7,7 +7,8 @@ so a typo in a config file cannot silently fall back to a default.
 Environment overrides use double underscores between levels, e.g.
 ``SEALGATE_SERVER__PORT=9090`` or ``SEALGATE_HSM__PIN__FILE=/run/secrets/pin``; the value is
 read as a TOML literal when it parses as one (numbers, booleans, arrays) and as a string
-otherwise. ``SEALGATE_CONFIG`` names the user file.
+otherwise. ``SEALGATE_CONFIG`` names the user file; other ``SEALGATE_*`` names without a
+double underscore (secrets, ``SEALGATE_CJK_FONT``) are not settings.
 """
 
 from __future__ import annotations
@@ -112,8 +113,35 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    checkpoint_every: int = 100
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class HttpAuthoritySettings:
+    """The JSON-over-HTTP filing authority (plugins/http_authority.py)."""
+
+    name: str = "sim"
+    display_name: str = "SealGate filing authority simulator"
+    url: str = "http://127.0.0.1:8090"
+    token: SecretRef = field(default_factory=SecretRef)
+    timeout_seconds: float = 5.0
+    max_attempts: int = 4
+    backoff_seconds: float = 0.5
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class FilingSettings:
+    default_authority: str = "local"
+    poll_interval_seconds: float = 2.0
+    receipt_valid_days: int = 365
+    http: HttpAuthoritySettings = field(default_factory=HttpAuthoritySettings)
 
 
 @dataclass(frozen=True)
@@ -125,7 +153,9 @@ class Settings:
     pki: PkiSettings = field(default_factory=PkiSettings)
     signing: SigningSettings = field(default_factory=SigningSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    filing: FilingSettings = field(default_factory=FilingSettings)
 
     def replace(self, **sections: Any) -> Settings:
         """A copy with whole sections or top-level values replaced (tests and the CLI use it)."""
@@ -159,10 +189,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _environment_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
+    top_level = {f.name for f in dataclasses.fields(Settings)}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
+        # SEALGATE_<SECTION>__<KEY> is always a setting (a typo is an error that names it);
+        # a name without "__" is one only when it is a top-level key, so that secrets kept in
+        # variables such as SEALGATE_AUTHORITY_TOKEN are never mistaken for settings.
+        if len(parts) == 1 and parts[0] not in top_level:
+            continue
         node = tree
         for part in parts[:-1]:
             node = node.setdefault(part, {})

@@ -9,6 +9,7 @@ its receipt and its audit event can never be half-written.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -20,10 +21,15 @@ GENESIS_HASH = "0" * 64
 
 @dataclass(frozen=True)
 class Record:
+    """One stored record. ``kind`` is a short name without ``:`` (backends build keys from it)."""
+
     kind: str
     key: str
     version: int
     data: JSON
+
+
+WriteData = dict[str, Any] | None | Callable[[Sequence[dict[str, Any]]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -31,22 +37,59 @@ class Write:
     """One record write inside a commit.
 
     ``expected_version`` is 0 for "must not exist yet" and the current version otherwise;
-    ``data=None`` deletes the record.
+    ``data=None`` deletes the record. ``data`` may also be a function of the events the same
+    commit appends, for a record that must name its own audit event (a sealing receipt
+    carries the ``seq`` of the event that records it); backends call it after sealing.
     """
 
     kind: str
     key: str
     expected_version: int
-    data: JSON | None
+    data: WriteData
+
+
+def resolve_writes(writes: Sequence[Write], events: Sequence[dict[str, Any]]) -> tuple[Write, ...]:
+    """The writes with every event-dependent ``data`` computed from the sealed events."""
+    return tuple(
+        Write(w.kind, w.key, w.expected_version, w.data(events)) if callable(w.data) else w
+        for w in writes
+    )
+
+
+def check_writes(writes: Sequence[Write]) -> None:
+    """Raise ValueError when a commit would write one record twice (its outcome is unclear)."""
+    seen: set[tuple[str, str]] = set()
+    for write in writes:
+        if (write.kind, write.key) in seen:
+            raise ValueError(f"{write.kind}/{write.key} is written twice in one commit")
+        seen.add((write.kind, write.key))
 
 
 EventSealer = Callable[[int, str], JSON]
 """Given the next sequence number and the previous event's hash, returns the complete event
-(with its own ``seq``, ``prev_hash`` and ``hash``). Backends call it inside the atomic step."""
+(with its own ``seq``, ``prev_hash`` and ``hash``). Backends call it inside the atomic step;
+an optimistic backend calls it again when it retries, so it must be a pure function of its
+arguments (capture the event's time before committing, not inside the sealer)."""
+
+
+def seal_event(sealer: EventSealer, seq: int, prev_hash: str) -> JSON:
+    """Call ``sealer`` and check that the event it returns fits where it will be appended.
+
+    Backends use this so that a faulty sealer raises ValueError (and the commit applies
+    nothing) instead of storing an event that breaks the chain.
+    """
+    event = sealer(seq, prev_hash)
+    if event.get("seq") != seq or event.get("prev_hash") != prev_hash:
+        raise ValueError(f"the sealer returned an event that does not follow seq {seq - 1}")
+    if not isinstance(event.get("hash"), str) or not event["hash"]:
+        raise ValueError("the sealer returned an event without its hash")
+    return event
 
 
 @dataclass(frozen=True)
 class CommitResult:
+    """The records as written (deleted ones are left out) and the events as appended."""
+
     records: Sequence[Record] = ()
     events: Sequence[JSON] = field(default_factory=tuple)
 
@@ -81,16 +124,23 @@ class Storage(Protocol):
     async def list(
         self, kind: str, *, where: Mapping[str, Any] | None = None, limit: int = 1000
     ) -> list[Record]:
-        """Records of a kind whose top-level fields equal ``where``, oldest first."""
+        """Records of a kind whose top-level fields equal ``where``, oldest first.
+
+        ``where`` values are scalars (str, int, float, bool, None) compared as Python compares
+        them; ``None`` matches a field that is null or missing.
+        """
 
     async def commit(
         self, writes: Sequence[Write], events: Sequence[EventSealer] = ()
     ) -> CommitResult:
-        """Apply all writes and append all events atomically, or raise StaleWrite."""
+        """Apply all writes and append all events atomically, or raise StaleWrite.
+
+        Each record may appear once among ``writes`` (ValueError otherwise).
+        """
 
     async def events(
         self, *, since_seq: int = 0, limit: int = 1000
-    ) -> list[JSON]:
+    ) -> builtins.list[JSON]:
         """Audit events with ``seq > since_seq``, oldest first."""
 
     async def last_event(self) -> JSON | None: ...

@@ -1,0 +1,62 @@
+# SealGate — `make run` starts the gateway on a fresh Debian machine; `make test` runs the suite.
+# Everything it needs is installed by these targets: system packages, .venv, a SoftHSM token
+# under var/, a development CA, and a demo organisation with a filed seal.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+VAR := var
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := softhsm2 opensc poppler-utils redis-server openssl fonts-wqy-microhei zbar-tools curl
+export SOFTHSM2_CONF := $(CURDIR)/$(VAR)/softhsm/softhsm2.conf
+
+.PHONY: run test lint bench setup system venv token demo clean help
+
+help:
+	@echo "make run    set everything up and start the gateway on http://127.0.0.1:8080"
+	@echo "make test   set everything up and run the whole test suite (lint included)"
+	@echo "make lint   ruff and mypy on gateway/ and plugins/"
+	@echo "make bench  throughput/latency benchmarks (writes benchmarks/results/)"
+
+run: setup demo
+	$(BIN)/sealgate serve
+
+test: setup lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check gateway plugins tests benchmarks
+	$(BIN)/mypy
+
+bench: setup demo
+	$(BIN)/python -m benchmarks.run
+
+setup: system venv token
+
+# Installs only what is missing, so a prepared machine does not need the network.
+system:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+token: system
+	softhsm/init-token.sh $(VAR)/softhsm sealgate
+
+demo: setup
+	$(BIN)/sealgate init --demo
+
+clean:
+	rm -rf $(VAR)

@@ -1,0 +1,1 @@
+"""The HTTP API (aiohttp): one module per resource, plus middlewares and problem responses."""

@@ -1,0 +1,50 @@
+"""Typed keys for what the app and each request carry, and the role marks on handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.auth import ApiClient
+from gateway.services import Services
+from gateway.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+
+REQUEST_ID = "sealgate.request_id"
+CLIENT = "sealgate.client"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ROLES_ATTR = "__sealgate_roles__"
+ANYONE: tuple[str, ...] = ()
+
+
+def roles(*allowed: str) -> Callable[[Handler], Handler]:
+    """Mark a handler with the roles that may call it (admin always may).
+
+    The auth middleware is the one place that reads the mark; handlers never check roles.
+    ``@roles()`` with no role means anyone, without a token.
+    """
+
+    def mark(handler: Handler) -> Handler:
+        setattr(handler, ROLES_ATTR, tuple(allowed))
+        return handler
+
+    return mark
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def client(request: web.Request) -> ApiClient:
+    found = request.get(CLIENT)
+    assert isinstance(found, ApiClient), "handler without a role mark asked for the client"
+    return found
+
+
+def request_id(request: web.Request) -> str:
+    return str(request.get(REQUEST_ID, "-"))

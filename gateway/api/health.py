@@ -1,0 +1,53 @@
+"""Liveness, readiness (HSM and storage checks) and the Prometheus exposition."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from gateway import metrics
+from gateway.api.bodies import json_response
+from gateway.api.context import roles, services
+from gateway.errors import SealGateError
+from gateway.storage import BackendUnavailable
+
+routes = web.RouteTableDef()
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+@routes.get("/healthz")
+@roles()
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+@roles()
+async def readyz(request: web.Request) -> web.Response:
+    svc = services(request)
+    checks = {
+        "hsm": await _check(svc.hsm.check()),
+        "storage": await _check(svc.storage.ping()),
+    }
+    ready = all(value == "ok" for value in checks.values())
+    return json_response({"status": "ready" if ready else "unavailable", "checks": checks},
+                         status=200 if ready else 503)
+
+
+async def _check(probe: object) -> str:
+    try:
+        await asyncio.wait_for(probe, CHECK_TIMEOUT_SECONDS)  # type: ignore[arg-type]
+    except TimeoutError:
+        return "timeout"
+    except (SealGateError, BackendUnavailable) as exc:
+        return getattr(exc, "type_slug", "unavailable")
+    return "ok"
+
+
+@routes.get("/metrics")
+@roles()
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(metrics.render_latest)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -1,0 +1,63 @@
+"""Receipt endpoints: the signed JSON and PDF, the platform certificate, and verification."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from gateway.api.bodies import json_response, media_type, read_limited
+from gateway.api.context import roles, services
+from gateway.clock import utcnow
+from gateway.errors import UnsupportedMediaType, ValidationFailed
+
+routes = web.RouteTableDef()
+
+NUMBER = r"{number:[A-Za-z0-9-]{1,64}}"
+MAX_RECEIPT_BYTES = 8 * 1024 * 1024
+
+
+@routes.get(f"/v1/receipts/{NUMBER}")
+@roles("filer", "auditor", "signer")
+async def get_receipt(request: web.Request) -> web.Response:
+    receipt = await services(request).receipts.get(request.match_info["number"])
+    return json_response(receipt)
+
+
+@routes.get(f"/v1/receipts/{NUMBER}.pdf")
+@roles("filer", "auditor", "signer")
+async def get_receipt_pdf(request: web.Request) -> web.Response:
+    pdf = await services(request).receipts.pdf(request.match_info["number"])
+    return web.Response(
+        body=pdf, content_type="application/pdf",
+        headers={"Content-Disposition":
+                 f'inline; filename="receipt-{request.match_info["number"]}.pdf"'},
+    )
+
+
+@routes.post("/v1/receipts/verify")
+@roles()
+async def verify_receipt(request: web.Request) -> web.Response:
+    body = await read_limited(request, MAX_RECEIPT_BYTES)
+    kind = media_type(request)
+    receipts = services(request).receipts
+    if kind == "application/pdf" or body.lstrip()[:5] == b"%PDF-":
+        result = await receipts.verify_pdf(body, utcnow())
+    elif kind in ("application/json", ""):
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValidationFailed.one("body", "is neither a receipt PDF nor receipt JSON") from None
+        if not isinstance(document, dict):
+            raise ValidationFailed.one("body", "must be a receipt JSON object")
+        result = await receipts.verify_json(document, utcnow())
+    else:
+        raise UnsupportedMediaType("send the receipt as application/json or application/pdf")
+    return json_response(result)
+
+
+@routes.get("/v1/platform/certificate")
+@roles()
+async def platform_certificate(request: web.Request) -> web.Response:
+    pem = await services(request).platform.certificate_pem()
+    return web.Response(body=pem, content_type="application/x-pem-file")

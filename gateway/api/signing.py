@@ -1,0 +1,82 @@
+"""Signing endpoints for internal apps; each answer names its sealing receipt."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from aiohttp import web
+
+from gateway.api.bodies import json_response, read_limited
+from gateway.api.context import SETTINGS, client, roles, services
+from gateway.errors import NotFound, ValidationFailed
+from gateway.signing import Placement, PdfSealOptions, check_pdf_header
+
+routes = web.RouteTableDef()
+
+RECEIPT_HEADER = "Sealgate-Receipt"
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+N = TypeVar("N", int, float)
+
+
+@routes.post("/v1/seals/{id}/sign/pdf")
+@roles("signer")
+async def sign_pdf(request: web.Request) -> web.Response:
+    options = pdf_options(request)
+    document = await read_limited(request)
+    check_pdf_header(document)
+    result = await services(request).sealing.seal_pdf(
+        client(request), request.match_info["id"], document, options)
+    return web.Response(body=result.output, content_type="application/pdf",
+                        headers={RECEIPT_HEADER: result.receipt_id})
+
+
+@routes.get("/v1/sealing-receipts/{id}")
+@roles("signer", "auditor")
+async def sealing_receipt(request: web.Request) -> web.Response:
+    svc = services(request)
+    receipt = await svc.sealing.sealing_receipt(request.match_info["id"])
+    caller = client(request)
+    if caller.role == "signer" and receipt["client"] != caller.name:
+        # A signer sees its own receipts only; others' do not exist for it.
+        raise NotFound(f"no sealing receipt with id {request.match_info['id']}")
+    return json_response({**receipt, "signature": await svc.platform.sign(receipt)})
+
+
+def pdf_options(request: web.Request) -> PdfSealOptions:
+    """Query parameters of ``sign/pdf`` (API.md), each checked with a 422 naming it."""
+    q = request.query
+    settings = request.app[SETTINGS].signing
+    return PdfSealOptions(
+        placement=Placement(
+            page=_number(q, "page", int), x=_number(q, "x", float), y=_number(q, "y", float),
+            width=_number(q, "width", float),
+        ),
+        reason=q.get("reason") or None,
+        location=q.get("location") or None,
+        visible=_boolean(q, "visible", True),
+        level=q.get("level", settings.default_level),
+    )
+
+
+def _number(query: Mapping[str, str], name: str, kind: Callable[[str], N]) -> N | None:
+    raw = query.get(name, "")
+    if raw == "":
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        whole = "whole " if kind is int else ""
+        raise ValidationFailed.one(name, f"must be a {whole}number") from None
+
+
+def _boolean(query: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = query.get(name, "").lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValidationFailed.one(name, "must be true or false")

@@ -1,0 +1,52 @@
+"""`sealgate …`: the command line for operators, security teams and batch signing.
+
+Heavy modules are imported inside each command, after the process model is decided, because
+prometheus_client fixes its storage mode at import (see gateway.server.prepare_metrics_dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int] | int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway.cli import admin, audit, setup, sign
+
+    parser = argparse.ArgumentParser(prog="sealgate", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="a settings file read after config/sealgate.toml")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (setup, admin, sign, audit):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.errors import SealGateError
+
+    handler: Command = args.handler
+    try:
+        result = handler(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+    except SealGateError as exc:
+        print(f"sealgate: {exc.detail}", file=sys.stderr)
+        for field_error in getattr(exc, "errors", []):
+            print(f"  {field_error.field}: {field_error.message}", file=sys.stderr)
+        return 2 if exc.status < 500 else 1
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

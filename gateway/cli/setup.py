@@ -1,0 +1,118 @@
+"""`sealgate init` (dev CA, platform key, demo organisation and seal) and `sealgate serve`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from gateway.cli.common import OPERATOR, opened, settings_from
+
+DEMO_ORGANIZATION = {"name": "示例科技有限公司", "uscc": "91350100M000100Y43"}
+DEMO_LEGAL_REPRESENTATIVE = {"name": "张三", "id_number": "11010519491231002X"}
+DEMO_APPLICANT = {"name": "李四", "phone": "13800000000"}
+DEMO_CLIENT = "demo-app"
+
+
+def register(sub: Any) -> None:
+    init = sub.add_parser("init", help="prepare var/: dev CA, platform key; --demo adds a filed seal")
+    init.add_argument("--demo", action="store_true",
+                      help="also create a demo organisation, key, filed seal and signer client")
+    init.set_defaults(handler=init_command)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--workers", type=int, help="worker processes (default from settings)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(handler=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from gateway import server
+
+    settings = settings_from(args)
+    overrides = {k: getattr(args, k) for k in ("host", "port", "workers") if getattr(args, k)}
+    settings = settings.replace(server=dataclasses.replace(settings.server, **overrides))
+    server.serve(settings, settings.server.workers)
+    return 0
+
+
+async def init_command(args: argparse.Namespace) -> int:
+    from gateway.pki.devca import DevCA
+    from gateway.services import audit_key_file
+
+    settings = settings_from(args)
+    var = Path(settings.var_dir)
+    var.mkdir(parents=True, exist_ok=True)
+    ca = DevCA.open_or_create(Path(settings.pki.dev_ca_dir))
+    async with opened(args) as services:
+        await services.hsm.ensure_wrapping_key()
+        platform = await services.keys.ensure_platform_key(ca)
+        print(f"platform receipt key: {platform['id']} ({platform['algorithm']})")
+        audit_key = await services.keys.ensure_audit_key()
+        key_file = audit_key_file(settings)
+        if not key_file.exists():
+            key_file.write_text(str(audit_key["public_key_pem"]))
+        print(f"audit checkpoint key: {audit_key['id']} (public key in {key_file})")
+        if args.demo:
+            demo = await _ensure_demo(services, ca, var)
+            _print_first_steps(settings.server.host, settings.server.port, demo)
+    return 0
+
+
+async def _ensure_demo(services: Any, ca: Any, var: Path) -> dict[str, str]:
+    from gateway.errors import NotFound
+    from gateway.pki.certs import chain_to_pem
+
+    state_file = var / "demo.json"
+    token_file = var / "demo-token"
+    if state_file.exists() and token_file.exists():
+        state = json.loads(state_file.read_text())
+        try:
+            await services.seals.record(state["seal_id"])
+            return {**state, "token_file": str(token_file)}
+        except NotFound:
+            pass
+    key = await services.keys.create("demo-contract-seal", "rsa-2048", OPERATOR.name)
+    public_der = services.keys.public_key_der(key)
+    cert = ca.issue(public_der, DEMO_ORGANIZATION["name"] + " 合同专用章",
+                    DEMO_ORGANIZATION["name"])
+    pem = chain_to_pem([cert, ca.certificate]).encode()
+    await services.keys.import_certificate(key["id"], pem, OPERATOR.name)
+    seal = await services.seals.create(
+        {"name": "合同专用章", "type": "04", "organization": DEMO_ORGANIZATION,
+         "key_id": key["id"]},
+        OPERATOR.name,
+    )
+    await services.filings.file_and_approve_locally(
+        seal["id"], DEMO_APPLICANT, DEMO_LEGAL_REPRESENTATIVE, OPERATOR.name,
+    )
+    existing = await services.clients.find_by_name(DEMO_CLIENT)
+    if existing is not None:
+        await services.clients.grant(existing.id, seal["id"])
+        token = await services.clients.rotate(existing.id)
+    else:
+        _, token = await services.clients.create(DEMO_CLIENT, "signer", [seal["id"]])
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+    state = {"seal_id": seal["id"], "key_id": key["id"]}
+    state_file.write_text(json.dumps(state, indent=2))
+    return {**state, "token_file": str(token_file)}
+
+
+def _print_first_steps(host: str, port: int, demo: dict[str, str]) -> None:
+    sample = Path(__file__).resolve().parents[2] / "config" / "examples" / "sample.pdf"
+    base = f"http://{host}:{port}"
+    token = f"$(cat {shlex.quote(demo['token_file'])})"
+    print(f"""
+Demo seal {demo['seal_id']} is filed and active. Once the gateway is up, seal a PDF with:
+
+  curl -sS -X POST -H "Authorization: Bearer {token}" \\
+       -H 'Content-Type: application/pdf' --data-binary @{sample} \\
+       '{base}/v1/seals/{demo['seal_id']}/sign/pdf' -o sealed.pdf && pdfsig sealed.pdf
+""")

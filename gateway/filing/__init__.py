@@ -1,0 +1,1 @@
+"""Seal filing: applications, their state machine, identifier rules, receipts."""

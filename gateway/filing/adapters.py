@@ -1,0 +1,56 @@
+"""The filing-authority adapter protocol: how a filing reaches an authority and its decision returns.
+
+An adapter is what a plugin returns from ``sealgate_filing_adapters``. The gateway calls
+``submit`` once per application (and again, with the same application id, when a previous
+attempt's outcome is unknown: adapters must make that idempotent), then asks ``decision``
+until the authority has decided. Adapters for authorities that decide inside the gateway
+(``reviews_locally``) never decide by themselves: reviewers do, through the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Outcome = Literal["approved", "rejected"]
+
+
+class AuthorityUnavailable(Exception):
+    """The authority cannot be reached or answered with a server error; try again later."""
+
+
+class AuthorityRefused(Exception):
+    """The authority refused the request itself (4xx); retrying the same request will not help."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    comment: str = ""
+    valid_days: int | None = None
+    """Validity the authority grants, in days from approval; None means the gateway default."""
+    reference: str = ""
+    """The authority's own number for the filing, printed on the receipt."""
+
+
+@runtime_checkable
+class FilingAdapter(Protocol):
+    name: str
+    """Authority id as filings name it (``"authority"`` in ``POST /v1/filings``)."""
+    display_name: str
+    reviews_locally: bool
+
+    async def submit(self, application: Mapping[str, Any]) -> str:
+        """Hand the application to the authority; return the authority's reference.
+
+        ``application`` has ``id`` (stable across retries), ``action``, ``seal``, ``applicant``,
+        ``legal_representative`` (with the full ID number: the authority must check it) and
+        ``materials`` (kind, content_type, sha256, size, and ``content_b64``).
+        Raises AuthorityUnavailable (retry later) or AuthorityRefused.
+        """
+
+    async def decision(self, reference: str) -> Decision | None:
+        """The authority's decision, or None while it is still reviewing."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,116 @@
+"""Filing receipts (备案回执): building one on approval, reading, and verifying one offered back.
+
+A receipt is the JSON object of DOMAIN.md §2 with a ``signature`` member (detached JWS by the
+platform, see gateway.keys.platform). It holds integers and strings only, because its canonical
+form (RFC 8785) must be reproducible by any verifier and floats are where JSON encoders differ.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.clock import isoformat, parse
+from gateway.errors import NotFound
+from gateway.keys.platform import Check, PlatformSigner
+from gateway.seals.policy import effective_status
+from gateway.storage import Storage, Write
+
+RECEIPT = "receipt"
+ID_TYPE_RESIDENT = "resident_id"
+
+
+def receipt_number(day: dt.datetime, sequence: int) -> str:
+    """``SG`` + issue date + a daily sequence: unique, sortable, readable over the phone."""
+    return f"SG{day:%Y%m%d}{sequence:06d}"
+
+
+def build_receipt(
+    *,
+    number: str,
+    authority: Mapping[str, str],
+    filing: Mapping[str, Any],
+    seal: Mapping[str, Any],
+    key: Mapping[str, Any],
+    seal_status: str,
+    valid_from: dt.datetime | None,
+    valid_to: dt.datetime | None,
+    issued_at: dt.datetime,
+    authority_reference: str,
+) -> dict[str, Any]:
+    """The unsigned receipt object; every field comes from records, nothing is re-typed."""
+    certificate = key.get("certificate") or {}
+    size = seal.get("image_size_mm") or {}
+    legal = filing["legal_representative"]
+    return {
+        "number": number,
+        "authority": {"id": authority["id"], "name": authority["name"]},
+        "authority_reference": authority_reference,
+        "action": filing["action"],
+        "seal_status": seal_status,
+        "seal": {"id": seal["id"], "code": seal["seal_code"], "name": seal["name"],
+                 "type": seal["type"]},
+        "organization": {"name": seal["organization"]["name"],
+                         "uscc": seal["organization"]["uscc"]},
+        "legal_representative": {"name": legal["name"], "id_type": ID_TYPE_RESIDENT,
+                                 "id_number_masked": legal["id_number_masked"]},
+        "valid_from": isoformat(valid_from) if valid_from else None,
+        "valid_to": isoformat(valid_to) if valid_to else None,
+        "issued_at": isoformat(issued_at),
+        "certificate": {"serial": certificate.get("serial"), "issuer": certificate.get("issuer"),
+                        "sha256": certificate.get("sha256")},
+        "seal_image": {"sha256": seal.get("image_sha256"),
+                       "width_mm": _mm(size.get("width")), "height_mm": _mm(size.get("height"))},
+        "application_id": filing["id"],
+        "supersedes": seal.get("receipt_number"),
+    }
+
+
+def receipt_write(receipt: Mapping[str, Any]) -> Write:
+    return Write(RECEIPT, str(receipt["number"]), 0, dict(receipt))
+
+
+async def load_receipt(storage: Storage, number: str) -> dict[str, Any]:
+    record = await storage.get(RECEIPT, number)
+    if record is None:
+        raise NotFound(f"no receipt numbered {number}")
+    return record.data
+
+
+async def verify_receipt(
+    storage: Storage, platform: PlatformSigner, receipt: Mapping[str, Any], now: dt.datetime
+) -> list[Check]:
+    """Every check of ``POST /v1/receipts/verify``: authentic, trusted, current, in validity."""
+    checks = platform.verify(receipt, now)
+    if not all(c.ok for c in checks):
+        return checks
+    number = str(receipt.get("number"))
+    stored = await storage.get(RECEIPT, number)
+    checks.append(Check("issued", stored is not None,
+                        "the platform issued this receipt" if stored
+                        else "the platform has no record of this receipt number"))
+    seal_id = str((receipt.get("seal") or {}).get("id"))
+    seal = await storage.get("seal", seal_id)
+    if seal is None:
+        checks.append(Check("seal_status", False, "the seal no longer exists"))
+    else:
+        status = effective_status(seal.data, now)
+        latest = seal.data.get("receipt_number")
+        current = status == "active" and latest == number
+        detail = f"the seal is {status}"
+        if latest != number:
+            detail += f"; receipt {latest} has superseded this one"
+        checks.append(Check("seal_status", current, detail))
+    start, end = parse(receipt.get("valid_from")), parse(receipt.get("valid_to"))
+    in_validity = start is not None and end is not None and start <= now < end
+    checks.append(Check("validity", in_validity,
+                        f"valid from {receipt.get('valid_from')} to {receipt.get('valid_to')}"))
+    return checks
+
+
+def _mm(value: object) -> str | None:
+    """Millimetres as a decimal string ("40", "42.5"): receipts carry no JSON floats."""
+    if value is None:
+        return None
+    return f"{float(str(value)):g}"

@@ -1,0 +1,379 @@
+"""Filing applications: create, attach materials, submit to an authority, apply its decision.
+
+Every step is one atomic storage commit with its audit event. The decisive one, approval,
+writes the filing, the seal's new status and validity, and the receipt together: a seal never
+becomes active without its receipt, nor a receipt exist for a filing still under review.
+Submissions to remote authorities that fail stay ``submitted`` and are retried by
+:meth:`FilingService.process_pending`; adapters are idempotent on the application id, and the
+compare-and-set on the filing record makes the decision apply exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.audit import AuditLog
+from gateway.clock import isoformat, parse, utcnow
+from gateway.errors import (
+    Conflict, InvalidTransition, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed,
+)
+from gateway.filing import states
+from gateway.filing.adapters import AuthorityRefused, AuthorityUnavailable, Decision, FilingAdapter
+from gateway.filing.receipts import build_receipt, receipt_number, receipt_write
+from gateway.identifiers import mask_id_number, validate_resident_id
+from gateway.keys.platform import PlatformSigner
+from gateway.keys.registry import KEY
+from gateway.privacy import PersonalDataVault
+from gateway.seals.registry import SealRegistry
+from gateway.settings import FilingSettings
+from gateway.storage import Record, StaleWrite, Storage, Write
+
+log = logging.getLogger(__name__)
+
+FILING = "filing"
+MATERIAL_KINDS = ("business_license", "legal_rep_id", "seal_impression", "authorization_letter")
+REQUIRED_FOR_NEW = ("business_license", "legal_rep_id", "seal_impression")
+MAX_MATERIAL_BYTES = 10 * 1024 * 1024
+_PHONE = re.compile(r"^(1[3-9]\d{9}|0\d{2,3}-?\d{7,8})$")
+_SNIFF = ((b"%PDF-", "application/pdf"), (b"\x89PNG\r\n\x1a\n", "image/png"),
+          (b"\xff\xd8\xff", "image/jpeg"))
+
+
+def material_blob_key(filing_id: str, kind: str) -> str:
+    return f"filing-material/{filing_id}/{kind}"
+
+
+def sniff_material(body: bytes) -> str:
+    """The content type from the bytes themselves; a client's Content-Type is not trusted."""
+    for magic, content_type in _SNIFF:
+        if body.startswith(magic):
+            return content_type
+    raise UnsupportedMediaType("materials must be PDF, PNG or JPEG documents")
+
+
+class FilingService:
+    def __init__(
+        self, settings: FilingSettings, storage: Storage, seals: SealRegistry, audit: AuditLog,
+        vault: PersonalDataVault, platform: PlatformSigner, adapters: Mapping[str, FilingAdapter],
+    ) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._seals = seals
+        self._audit = audit
+        self._vault = vault
+        self._platform = platform
+        self.adapters = dict(adapters)
+
+    # -- applications -----------------------------------------------------------------------
+
+    async def create(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        seal = (await self._seals.record(_text(body, "seal_id"))).data
+        action = _choice(body, "action", [a.value for a in states.FilingAction])
+        authority = str(body.get("authority") or self._settings.default_authority)
+        if authority not in self.adapters:
+            raise ValidationFailed.one("authority", f"must be one of {', '.join(self.adapters)}")
+        now = utcnow()
+        states.check_action(seal["status"], action,
+                            expired=states.is_expired(parse(seal.get("valid_to")), now))
+        applicant = _object(body, "applicant")
+        phone = _text(applicant, "phone", "applicant.")
+        if not _PHONE.match(phone):
+            raise ValidationFailed.one("applicant.phone", "must be a mainland mobile or landline number")
+        legal = _object(body, "legal_representative")
+        id_number = validate_resident_id(legal.get("id_number"), "legal_representative.id_number")
+        filing_id = str(uuid.uuid4())
+        data = {
+            "id": filing_id, "seal_id": seal["id"], "action": action, "authority": authority,
+            "status": states.FilingStatus.DRAFT.value,
+            "applicant": {"name": _text(applicant, "name", "applicant."), "phone": phone},
+            "legal_representative": {
+                "name": _text(legal, "name", "legal_representative."),
+                "id_number_masked": mask_id_number(id_number),
+                "id_number_encrypted": await self._vault.encrypt(id_number, filing_id),
+            },
+            "materials": {}, "created_at": isoformat(now), "submitted_at": None,
+            "reference": None, "decision": None, "receipt_number": None,
+            "seal_status_before": None,
+        }
+        await self._audit.commit(
+            [Write(FILING, filing_id, 0, data)],
+            [self._audit.event_sealer(actor, "filing.created", f"filing/{filing_id}",
+                                      {"seal_id": seal["id"], "action": action,
+                                       "authority": authority})],
+        )
+        return data
+
+    async def get(self, filing_id: str) -> dict[str, Any]:
+        return (await self._record(filing_id)).data
+
+    async def list(self, seal_id: str | None = None) -> list[dict[str, Any]]:
+        where = {"seal_id": seal_id} if seal_id else None
+        return [r.data for r in await self._storage.list(FILING, where=where)]
+
+    async def put_material(
+        self, filing_id: str, kind: str, body: bytes, actor: str
+    ) -> dict[str, Any]:
+        if kind not in MATERIAL_KINDS:
+            raise NotFound(f"unknown material kind '{kind}'; one of {', '.join(MATERIAL_KINDS)}")
+        if len(body) > MAX_MATERIAL_BYTES:
+            raise PayloadTooLarge(f"a material may have at most {MAX_MATERIAL_BYTES} bytes")
+        content_type = sniff_material(body)
+        record = await self._record(filing_id)
+        self._require_status(record, states.FilingStatus.DRAFT)
+        await self._storage.put_blob(material_blob_key(filing_id, kind), body)
+        material = {"content_type": content_type, "size": len(body),
+                    "sha256": hashlib.sha256(body).hexdigest(), "uploaded_at": isoformat(utcnow())}
+        data = {**record.data, "materials": {**record.data["materials"], kind: material}}
+        await self._audit.commit(
+            [Write(FILING, filing_id, record.version, data)],
+            [self._audit.event_sealer(actor, "filing.material_added", f"filing/{filing_id}",
+                                      {"kind": kind, "sha256": material["sha256"]})],
+        )
+        return data
+
+    # -- submission -------------------------------------------------------------------------
+
+    async def submit(self, filing_id: str, actor: str) -> dict[str, Any]:
+        """draft → submitted (seal → pending status), then hand it to the authority."""
+        record = await self._record(filing_id)
+        self._require_status(record, states.FilingStatus.DRAFT)
+        filing = record.data
+        if filing["action"] == states.FilingAction.NEW:
+            missing = [k for k in REQUIRED_FOR_NEW if k not in filing["materials"]]
+            if missing:
+                raise ValidationFailed.one(f"materials.{missing[0]}",
+                                           "is required before a new seal is submitted")
+        seal = await self._seals.record(filing["seal_id"])
+        now = utcnow()
+        states.check_action(seal.data["status"], filing["action"],
+                            expired=states.is_expired(parse(seal.data.get("valid_to")), now))
+        pending = states.seal_status_while_pending(seal.data["status"], filing["action"])
+        data = {**filing, "status": states.FilingStatus.SUBMITTED.value,
+                "submitted_at": isoformat(now), "seal_status_before": seal.data["status"]}
+        writes = [Write(FILING, filing_id, record.version, data)]
+        if pending != seal.data["status"]:
+            writes.append(self._seals.status_write(seal, {"status": pending.value}))
+        await self._audit.commit(
+            writes,
+            [self._audit.event_sealer(actor, "filing.submitted", f"filing/{filing_id}",
+                                      {"seal_id": filing["seal_id"], "action": filing["action"]})],
+        )
+        return await self._hand_over(filing_id)
+
+    async def _hand_over(self, filing_id: str) -> dict[str, Any]:
+        """submitted → under_review once the authority has the application."""
+        record = await self._record(filing_id)
+        if record.data["status"] != states.FilingStatus.SUBMITTED:
+            return record.data
+        adapter = self.adapters[record.data["authority"]]
+        try:
+            reference = await adapter.submit(await self._application(record.data))
+        except AuthorityUnavailable as exc:
+            log.warning("filing %s: authority %s unavailable, will retry: %s", filing_id,
+                        adapter.name, exc)
+            return record.data
+        except AuthorityRefused as exc:
+            return await self._decide(record, Decision("rejected", f"refused by authority: {exc}"),
+                                      f"authority:{adapter.name}")
+        data = {**record.data, "status": states.FilingStatus.UNDER_REVIEW.value,
+                "reference": reference}
+        try:
+            await self._audit.commit(
+                [Write(FILING, filing_id, record.version, data)],
+                [self._audit.event_sealer(f"authority:{adapter.name}", "filing.under_review",
+                                          f"filing/{filing_id}", {"reference": reference})],
+            )
+        except StaleWrite:
+            return (await self._record(filing_id)).data
+        return data
+
+    async def _application(self, filing: Mapping[str, Any]) -> dict[str, Any]:
+        seal = (await self._seals.record(filing["seal_id"])).data
+        legal = filing["legal_representative"]
+        materials = []
+        for kind, meta in filing["materials"].items():
+            blob = await self._storage.get_blob(material_blob_key(filing["id"], kind)) or b""
+            materials.append({"kind": kind, **meta,
+                              "content_b64": base64.b64encode(blob).decode("ascii")})
+        return {
+            "id": filing["id"], "action": filing["action"],
+            "seal": {k: seal[k] for k in ("id", "seal_code", "name", "type", "organization",
+                                          "image_sha256")},
+            "applicant": filing["applicant"],
+            "legal_representative": {
+                "name": legal["name"],
+                "id_number": await self._vault.decrypt(legal["id_number_encrypted"],
+                                                       filing["id"]),
+            },
+            "materials": materials,
+        }
+
+    # -- decisions --------------------------------------------------------------------------
+
+    async def review(
+        self, filing_id: str, body: Mapping[str, Any], reviewer: str
+    ) -> dict[str, Any]:
+        record = await self._record(filing_id)
+        adapter = self.adapters[record.data["authority"]]
+        if not adapter.reviews_locally:
+            raise Conflict(f"authority '{adapter.name}' reviews filings itself")
+        self._require_status(record, states.FilingStatus.UNDER_REVIEW)
+        outcome = _choice(body, "decision", ["approve", "reject"])
+        valid_days = body.get("valid_days")
+        if valid_days is not None and (not isinstance(valid_days, int) or not 1 <= valid_days <= 3650):
+            raise ValidationFailed.one("valid_days", "must be a whole number of days, 1 to 3650")
+        decision = Decision("approved" if outcome == "approve" else "rejected",
+                            str(body.get("comment") or ""), valid_days)
+        return await self._decide(record, decision, reviewer)
+
+    async def process_pending(self) -> int:
+        """Retry hand-overs and collect remote decisions; returns how many filings moved."""
+        moved = 0
+        for status in (states.FilingStatus.SUBMITTED, states.FilingStatus.UNDER_REVIEW):
+            for record in await self._storage.list(FILING, where={"status": status.value}):
+                adapter = self.adapters.get(record.data["authority"])
+                if adapter is None or adapter.reviews_locally:
+                    continue
+                try:
+                    moved += await self._advance(record, adapter)
+                except (AuthorityUnavailable, StaleWrite) as exc:
+                    log.info("filing %s not advanced now: %s", record.key, type(exc).__name__)
+        return moved
+
+    async def _advance(self, record: Record, adapter: FilingAdapter) -> int:
+        if record.data["status"] == states.FilingStatus.SUBMITTED:
+            after = await self._hand_over(record.key)
+            return int(after["status"] != states.FilingStatus.SUBMITTED)
+        decision = await adapter.decision(str(record.data["reference"]))
+        if decision is None:
+            return 0
+        await self._decide(record, decision, f"authority:{adapter.name}")
+        return 1
+
+    async def _decide(self, record: Record, decision: Decision, actor: str) -> dict[str, Any]:
+        filing = record.data
+        target = states.FilingStatus.APPROVED if decision.outcome == "approved" \
+            else states.FilingStatus.REJECTED
+        if filing["status"] == states.FilingStatus.SUBMITTED:
+            filing = {**filing, "status": states.FilingStatus.UNDER_REVIEW.value}
+        states.check_filing_transition(filing["status"], target)
+        seal = await self._seals.record(filing["seal_id"])
+        now = utcnow()
+        decided = {**filing, "status": target.value,
+                   "decision": {"outcome": decision.outcome, "comment": decision.comment,
+                                "decided_at": isoformat(now), "by": actor,
+                                "reference": decision.reference}}
+        writes = [Write(FILING, filing["id"], record.version, decided)]
+        details: dict[str, Any] = {"outcome": decision.outcome, "seal_id": seal.key}
+        if decision.outcome == "approved":
+            receipt, seal_changes = await self._receipt_for(decided, seal, decision, now)
+            decided["receipt_number"] = receipt["number"]
+            writes.append(receipt_write(receipt))
+            writes.append(self._seals.status_write(seal, seal_changes))
+            details["receipt_number"] = receipt["number"]
+        else:
+            restored = states.seal_status_on_rejection(filing["seal_status_before"],
+                                                       filing["action"])
+            if restored != seal.data["status"]:
+                writes.append(self._seals.status_write(seal, {"status": restored.value}))
+        await self._audit.commit(
+            writes, [self._audit.event_sealer(actor, f"filing.{target.value}",
+                                              f"filing/{filing['id']}", details)],
+        )
+        return decided
+
+    async def _receipt_for(
+        self, filing: dict[str, Any], seal: Record, decision: Decision, now: dt.datetime
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        new_status = states.seal_status_on_approval(seal.data["status"], filing["action"])
+        valid_from, valid_to = parse(seal.data.get("valid_from")), parse(seal.data.get("valid_to"))
+        if filing["action"] in (states.FilingAction.NEW, states.FilingAction.RENEW,
+                                states.FilingAction.CHANGE):
+            days = dt.timedelta(days=decision.valid_days or self._settings.receipt_valid_days)
+            if filing["action"] == states.FilingAction.RENEW and valid_to and valid_to > now:
+                # Renewed before expiry: the period continues from the old end, so the seal
+                # keeps signing without a gap.
+                valid_to = valid_to + days
+            else:
+                valid_from, valid_to = now, now + days
+        key = await self._storage.get(KEY, str(seal.data["key_id"]))
+        adapter = self.adapters[filing["authority"]]
+        number = receipt_number(now, await self._storage.incr(f"receipt-seq:{now:%Y%m%d}"))
+        receipt = build_receipt(
+            number=number, authority={"id": adapter.name, "name": adapter.display_name},
+            filing=filing, seal=seal.data, key=key.data if key else {},
+            seal_status=new_status.value, valid_from=valid_from, valid_to=valid_to,
+            issued_at=now, authority_reference=decision.reference or str(filing.get("reference") or ""),
+        )
+        receipt["signature"] = await self._platform.sign(receipt)
+        changes = {"status": new_status.value, "receipt_number": number,
+                   "valid_from": isoformat(valid_from) if valid_from else None,
+                   "valid_to": isoformat(valid_to) if valid_to else None}
+        return receipt, changes
+
+    async def file_and_approve_locally(
+        self, seal_id: str, applicant: Mapping[str, str], legal: Mapping[str, str], actor: str,
+    ) -> dict[str, Any]:
+        """The whole `new` filing through the local authority, as `sealgate init --demo` does."""
+        filing = await self.create({"seal_id": seal_id, "action": "new", "authority": "local",
+                                    "applicant": applicant, "legal_representative": legal}, actor)
+        png = await self._seals.image(seal_id)
+        for kind in REQUIRED_FOR_NEW:
+            await self.put_material(filing["id"], kind, png, actor)
+        await self.submit(filing["id"], actor)
+        return await self.review(filing["id"], {"decision": "approve"}, actor)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _record(self, filing_id: str) -> Record:
+        record = await self._storage.get(FILING, filing_id)
+        if record is None:
+            raise NotFound(f"no filing with id {filing_id}")
+        return record
+
+    @staticmethod
+    def _require_status(record: Record, status: states.FilingStatus) -> None:
+        if record.data["status"] != status:
+            raise InvalidTransition(
+                f"the filing is '{record.data['status']}'; this needs it '{status.value}'"
+            )
+
+
+def public_view(filing: Mapping[str, Any]) -> dict[str, Any]:
+    """A filing as the API shows it: the ID number masked, never its ciphertext."""
+    legal = filing["legal_representative"]
+    return {
+        **{k: v for k, v in filing.items() if k not in ("legal_representative",
+                                                        "seal_status_before")},
+        "legal_representative": {"name": legal["name"], "id_number": legal["id_number_masked"]},
+    }
+
+
+def _text(body: Mapping[str, Any], field: str, prefix: str = "") -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationFailed.one(prefix + field, "is required")
+    if len(value) > 200:
+        raise ValidationFailed.one(prefix + field, "must be at most 200 characters")
+    return value.strip()
+
+
+def _object(body: Mapping[str, Any], field: str) -> Mapping[str, Any]:
+    value = body.get(field)
+    if not isinstance(value, Mapping):
+        raise ValidationFailed.one(field, "must be an object")
+    return value
+
+
+def _choice(body: Mapping[str, Any], field: str, allowed: list[str]) -> str:
+    value = body.get(field)
+    if value not in allowed:
+        raise ValidationFailed.one(field, f"must be one of {', '.join(allowed)}")
+    return str(value)

@@ -1,0 +1,140 @@
+"""The platform's own signature: JWS over canonical JSON for filing and sealing receipts.
+
+Receipts are signed with the platform key in the HSM (created by ``sealgate init``), as a
+compact JWS with detached payload whose payload is the RFC 8785 form of the receipt without
+its ``signature`` member. Anyone holding the platform certificate can check it offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from gateway.hsm import Hsm, KeyAlgorithm
+from gateway.keys.registry import KeyRegistry, certificate_chain
+from gateway.signing.jcs import canonicalize
+from gateway.signing.jws import HsmDigestSigner, JwsAlgorithm, JwsInvalid, sign_detached, verify_detached
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification step as ``POST /v1/receipts/verify`` reports it."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class PlatformKey:
+    key_id: str
+    algorithm: KeyAlgorithm
+    chain: tuple[x509.Certificate, ...]
+
+    @property
+    def chain_der(self) -> list[bytes]:
+        return [c.public_bytes(serialization.Encoding.DER) for c in self.chain]
+
+
+class PlatformSigner:
+    """Signs and verifies receipts with the platform key; the key record is read once."""
+
+    def __init__(self, keys: KeyRegistry, hsm: Hsm, trust_roots: Sequence[x509.Certificate]):
+        self._keys = keys
+        self._hsm = hsm
+        self._trust_roots = tuple(trust_roots)
+        self._key: PlatformKey | None = None
+
+    async def key(self) -> PlatformKey:
+        if self._key is None:
+            record = await self._keys.platform_key()
+            self._key = PlatformKey(str(record["id"]), KeyAlgorithm(record["algorithm"]),
+                                    tuple(certificate_chain(record)))
+        return self._key
+
+    async def certificate_pem(self) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (await self.key()).chain)
+
+    async def sign(self, document: Mapping[str, Any]) -> str:
+        """The detached JWS over the canonical form of ``document`` (without ``signature``)."""
+        key = await self.key()
+        payload = canonicalize(_unsigned(document))
+        signer = HsmDigestSigner(self._hsm, uuid.UUID(key.key_id).bytes, key.algorithm)
+        return await sign_detached(payload, signer, alg=JwsAlgorithm.default_for(key.algorithm),
+                                   kid=key.key_id, x5c=key.chain_der)
+
+    def verify(self, document: Mapping[str, Any], now: dt.datetime) -> list[Check]:
+        """Check a signed document's JWS and the certificate chain in its header."""
+        jws = document.get("signature")
+        if not isinstance(jws, str):
+            return [Check("signature", False, "the document has no 'signature' member")]
+        try:
+            header = verify_detached(jws, canonicalize(_unsigned(document)))
+        except (JwsInvalid, ValueError, TypeError) as exc:
+            return [Check("signature", False, str(exc))]
+        checks = [Check("signature", True, f"{header['alg']} signature by key {header['kid']}")]
+        chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in header["x5c"]]
+        checks.append(self._check_chain(chain, now))
+        return checks
+
+    def _check_chain(self, chain: list[x509.Certificate], now: dt.datetime) -> Check:
+        for cert in chain:
+            if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+                return Check("certificate", False,
+                             f"certificate {cert.subject.rfc4514_string()} is not valid now")
+        for child, issuer in zip(chain, chain[1:], strict=False):
+            if not _issued_by(child, issuer):
+                return Check("certificate", False, "the certificate chain is broken")
+        for root in self._trust_roots:
+            if chain[-1] == root or _issued_by(chain[-1], root):
+                return Check("certificate", True,
+                             f"chains to trusted root {root.subject.rfc4514_string()}")
+        return Check("certificate", False, "the certificate does not chain to a trusted root")
+
+
+def _unsigned(document: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k != "signature"}
+
+
+def _issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if child.issuer != issuer.subject:
+        return False
+    public = issuer.public_key()
+    try:
+        if isinstance(public, rsa.RSAPublicKey):
+            assert child.signature_hash_algorithm is not None
+            public.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(),
+                          child.signature_hash_algorithm)
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            assert child.signature_hash_algorithm is not None
+            public.verify(child.signature, child.tbs_certificate_bytes,
+                          ec.ECDSA(child.signature_hash_algorithm))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def load_trust_roots(paths: Sequence[str]) -> list[x509.Certificate]:
+    """Certificates from the configured trust-root files; missing files are skipped."""
+    from pathlib import Path
+
+    roots: list[x509.Certificate] = []
+    for path in paths:
+        p = Path(path)
+        if p.exists():
+            roots.extend(x509.load_pem_x509_certificates(p.read_bytes()))
+    return roots

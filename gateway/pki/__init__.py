@@ -1,0 +1,1 @@
+"""Certificates: the development CA, CSRs signed in the HSM, chain import and key-match checks."""

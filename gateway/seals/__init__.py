@@ -1,0 +1,1 @@
+"""Seal registry, lifecycle and the rule that decides whether a seal may sign now."""

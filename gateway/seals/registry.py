@@ -1,0 +1,167 @@
+"""Seal records: creation with an image, lookup within a client's grants, status changes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import io
+import secrets
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from gateway.audit import AuditLog
+from gateway.clock import isoformat, utcnow
+from gateway.auth import ApiClient
+from gateway.errors import NotFound, ValidationFailed
+from gateway.identifiers import validate_uscc
+from gateway.keys.registry import KEY, KeyRegistry
+from gateway.seals.image import SEAL_TYPES, render_round_seal, seal_type_name
+from gateway.seals.policy import effective_status, may_sign
+from gateway.storage import EventSealer, Record, Storage, Write
+
+SEAL = "seal"
+MAX_IMAGE_BYTES = 2 * 1024 * 1024
+MAX_IMAGE_MM = 100.0
+DEFAULT_DIAMETER_MM = 40.0
+
+JSONRecord = dict[str, Any]
+
+
+def image_blob_key(seal_id: str) -> str:
+    return f"seal-image/{seal_id}"
+
+
+class SealRegistry:
+    """Owns records of kind ``seal`` and their images (blobs)."""
+
+    def __init__(self, storage: Storage, keys: KeyRegistry, audit: AuditLog) -> None:
+        self._storage = storage
+        self._keys = keys
+        self._audit = audit
+
+    async def create(self, body: Mapping[str, Any], actor: str) -> JSONRecord:
+        name = _required_text(body, "name", 64)
+        seal_type = str(body.get("type", ""))
+        if seal_type not in SEAL_TYPES:
+            raise ValidationFailed.one("type", f"must be one of {', '.join(SEAL_TYPES)}")
+        org = body.get("organization")
+        if not isinstance(org, Mapping):
+            raise ValidationFailed.one("organization", "must be an object with name and uscc")
+        org_name = _required_text(org, "name", 100, prefix="organization.")
+        uscc = validate_uscc(str(org.get("uscc", "")), field="organization.uscc")
+        key = await self._keys.get(_required_text(body, "key_id", 64))
+        seal_id = str(uuid.uuid4())
+        seal_code = _seal_code()
+        if body.get("image_png"):
+            png, size_mm = _checked_png(body["image_png"])
+        else:
+            png = render_round_seal(org_name, seal_type_name(seal_type), seal_code,
+                                    diameter_mm=DEFAULT_DIAMETER_MM)
+            size_mm = (DEFAULT_DIAMETER_MM, DEFAULT_DIAMETER_MM)
+        await self._storage.put_blob(image_blob_key(seal_id), png)
+        data: JSONRecord = {
+            "id": seal_id, "name": name, "type": seal_type, "seal_code": seal_code,
+            "organization": {"name": org_name, "uscc": uscc}, "key_id": key["id"],
+            "status": "draft", "valid_from": None, "valid_to": None, "receipt_number": None,
+            "image_sha256": hashlib.sha256(png).hexdigest(),
+            "image_size_mm": {"width": size_mm[0], "height": size_mm[1]},
+            "created_at": isoformat(utcnow()),
+        }
+        await self._audit.commit(
+            [Write(SEAL, seal_id, 0, data)],
+            [self._audit.event_sealer(actor, "seal.created", f"seal/{seal_id}",
+                                      {"name": name, "type": seal_type, "key_id": key["id"]})],
+        )
+        return data
+
+    async def record(self, seal_id: str) -> Record:
+        record = await self._storage.get(SEAL, seal_id)
+        if record is None:
+            raise NotFound(f"no seal with id {seal_id}")
+        return record
+
+    async def get_for(self, client: ApiClient, seal_id: str) -> JSONRecord:
+        """The seal, or 404 when it does not exist *or* the client holds no grant for it:
+        a client must not learn that a seal it may not use exists."""
+        if not client.may_use_seal(seal_id):
+            raise NotFound(f"no seal with id {seal_id}")
+        return (await self.record(seal_id)).data
+
+    async def list_for(self, client: ApiClient) -> list[JSONRecord]:
+        return [r.data for r in await self._storage.list(SEAL) if client.may_use_seal(r.key)]
+
+    async def image(self, seal_id: str) -> bytes:
+        png = await self._storage.get_blob(image_blob_key(seal_id))
+        if png is None:
+            raise NotFound(f"seal {seal_id} has no image")
+        return png
+
+    async def signing_material(
+        self, client: ApiClient, seal_id: str, now: dt.datetime
+    ) -> tuple[JSONRecord, JSONRecord]:
+        """The seal and its key record after the grant check and ``may_sign``."""
+        seal = await self.get_for(client, seal_id)
+        key = await self._storage.get(KEY, str(seal["key_id"]))
+        if key is None:
+            raise NotFound(f"the key of seal {seal_id} no longer exists")
+        may_sign(seal, key.data, now)
+        return seal, key.data
+
+    def status_write(self, record: Record, changes: Mapping[str, Any]) -> Write:
+        """A write that applies ``changes`` to a seal, for the caller's own atomic commit."""
+        return Write(SEAL, record.key, record.version, {**record.data, **changes})
+
+    async def update(
+        self, record: Record, changes: Mapping[str, Any], events: Sequence[EventSealer] = ()
+    ) -> JSONRecord:
+        write = self.status_write(record, changes)
+        await self._audit.commit([write], events)
+        assert write.data is not None
+        return write.data
+
+
+def public_view(seal: Mapping[str, Any], now: dt.datetime) -> JSONRecord:
+    """The seal as the API shows it, with ``expired`` derived from time."""
+    return {**seal, "status": effective_status(seal, now)}
+
+
+def _required_text(body: Mapping[str, Any], field: str, max_len: int, prefix: str = "") -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationFailed.one(prefix + field, "is required")
+    if len(value) > max_len:
+        raise ValidationFailed.one(prefix + field, f"must be at most {max_len} characters")
+    return value.strip()
+
+
+def _checked_png(b64: object) -> tuple[bytes, tuple[float, float]]:
+    try:
+        png = base64.b64decode(str(b64), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed.one("image_png", "is not valid base64") from None
+    if len(png) > MAX_IMAGE_BYTES:
+        raise ValidationFailed.one("image_png", f"must be at most {MAX_IMAGE_BYTES} bytes")
+    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValidationFailed.one("image_png", "is not a PNG image")
+    try:
+        with Image.open(io.BytesIO(png)) as img:
+            img.verify()
+        with Image.open(io.BytesIO(png)) as img:
+            width_px, height_px = img.size
+            dpi = img.info.get("dpi", (300, 300))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ValidationFailed.one("image_png", "is a damaged PNG image") from None
+    size = (round(width_px / float(dpi[0]) * 25.4, 1), round(height_px / float(dpi[1]) * 25.4, 1))
+    if max(size) > MAX_IMAGE_MM:
+        raise ValidationFailed.one("image_png", f"must be at most {MAX_IMAGE_MM:g} mm wide and high")
+    return png, size
+
+
+def _seal_code() -> str:
+    """A 13-digit seal code; real codes come from the authority, this one identifies drafts."""
+    return "".join(secrets.choice("0123456789") for _ in range(13))

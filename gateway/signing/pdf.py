@@ -1,0 +1,259 @@
+"""Sealing PDFs: a PAdES baseline signature added as an incremental update, visible or not.
+
+A seal runs in three steps so that neither the event loop nor the HSM thread does the other's
+work:
+
+1. in a worker thread, pyHanko's interrupted signing API reads the document, adds the field,
+   the seal's appearance and a signature placeholder of a size known in advance, and digests
+   the byte range; the signed attributes come from the key's :class:`CmsTemplate`;
+2. on the event loop, the digest of the signed attributes is signed by the HSM (which has its
+   own thread);
+3. in a worker thread, the CMS structure is joined from the template and written into the
+   placeholder.
+
+Everything client-supplied is checked on the way in: a body that is not a PDF is
+:class:`UnsupportedMediaType`, one that cannot be read is :class:`BadDocument`, and foreign
+exceptions never escape this module.
+"""
+
+# pyHanko's PDF object layer (generic, rw_common) has no annotations.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import io
+import logging
+import uuid
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from pyhanko.pdf_utils import generic
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.pdf_utils.misc import PdfError
+from pyhanko.pdf_utils.rw_common import find_inherited_value_in_tree
+from pyhanko.sign import fields, signers
+from pyhanko.sign.general import SigningError
+from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
+
+from gateway.errors import BadDocument, SealGateError, UnsupportedMediaType, ValidationFailed
+from gateway.signing.pdf_stamp import Placement, Rect, SealImage, SealStampStyle
+from gateway.signing.seal_key import SealKey
+
+log = logging.getLogger(__name__)
+
+# PDF readers look for the header within the first 1024 bytes (ISO 32000-2 §7.5.2 note).
+_HEADER_WINDOW = 1024
+_LEADING_BYTES = b"\xef\xbb\xbf \t\r\n\f\x00"
+_INVISIBLE = SealStampStyle()
+
+
+class SignatureLevel(enum.StrEnum):
+    """PAdES baseline levels (ETSI EN 319 142-1), as the API names them."""
+
+    B_B = "B-B"
+    B_T = "B-T"
+    B_LT = "B-LT"
+    B_LTA = "B-LTA"
+
+    @classmethod
+    def parse(cls, value: object, field: str = "level") -> SignatureLevel:
+        try:
+            return cls(str(value).upper())
+        except ValueError:
+            allowed = ", ".join(level.value for level in cls)
+            raise ValidationFailed.one(field, f"must be one of {allowed}") from None
+
+
+SUPPORTED_LEVELS = frozenset({SignatureLevel.B_B})
+
+
+@dataclass(frozen=True)
+class PdfSealOptions:
+    """How to seal one document: where the seal goes, what the signature says, which level."""
+
+    placement: Placement = field(default_factory=Placement)
+    reason: str | None = None
+    location: str | None = None
+    visible: bool = True
+    level: SignatureLevel | str = SignatureLevel.B_B
+
+
+def check_pdf_header(document: bytes) -> None:
+    """Raise UnsupportedMediaType unless the body starts like a PDF (BOM/whitespace allowed)."""
+    head = document[:_HEADER_WINDOW].lstrip(_LEADING_BYTES)
+    if not head.startswith(b"%PDF-"):
+        raise UnsupportedMediaType("the body is not a PDF document (no %PDF- header)")
+
+
+def reserved_size(key: SealKey, level: SignatureLevel) -> int:
+    """Placeholder size for the signature: twice the DER bound, as it is written in hex.
+
+    Known from the key alone, so no dry-run signature is built per document (DOMAIN.md §6).
+    Levels with a signature timestamp will add the token's size here.
+    """
+    assert level in SUPPORTED_LEVELS
+    return 2 * key.cms.max_size
+
+
+class PdfSealer:
+    """Seals PDFs with any seal; caches each seal picture's encoded form.
+
+    ``executor`` runs the PDF and CMS work (the loop's default executor when ``None``); it
+    must not be the HSM's thread.
+    """
+
+    def __init__(self, executor: Executor | None = None, image_cache_size: int = 128) -> None:
+        self._executor = executor
+        # Keyed by the PNG bytes themselves: equal pictures share one entry, whatever seal
+        # they belong to, and a changed picture can never hit a stale one.
+        self._seal_image = functools.lru_cache(maxsize=image_cache_size)(SealImage.from_png)
+
+    def image_cache_info(self) -> functools._CacheInfo:
+        """Hits and misses of the seal-picture cache, for metrics and tests."""
+        return self._seal_image.cache_info()
+
+    async def seal(
+        self,
+        document: bytes,
+        key: SealKey,
+        image_png: bytes | None,
+        options: PdfSealOptions | None = None,
+    ) -> bytes:
+        """Return ``document`` with one more signature, appended as an incremental update."""
+        options = options or PdfSealOptions()
+        level = SignatureLevel.parse(options.level)
+        if level not in SUPPORTED_LEVELS:
+            raise ValidationFailed.one("level", f"{level} is not supported yet; use B-B")
+        if options.visible:
+            if image_png is None:
+                raise ValidationFailed.one("visible", "a visible seal needs the seal's image")
+            options.placement.check_numbers()
+        check_pdf_header(document)
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(
+            self._executor, self._prepare, document, key, image_png, options, level
+        )
+        signature = await key.sign_digest(prepared.digest_to_sign)
+        return await loop.run_in_executor(self._executor, prepared.finish, key, signature)
+
+    # -- in a worker thread --------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        document: bytes,
+        key: SealKey,
+        image_png: bytes | None,
+        options: PdfSealOptions,
+        level: SignatureLevel,
+    ) -> _PreparedSeal:
+        image = self._seal_image(image_png) if options.visible and image_png else None
+        writer = _open(document)
+        try:
+            page_index = _page_index(writer, options.placement.page)
+            if image is not None:
+                rect = options.placement.rect(_page_box(writer, page_index), image.aspect_ratio)
+                style = SealStampStyle(image=image, size=(rect[2] - rect[0], rect[3] - rect[1]))
+            else:
+                rect, style = None, _INVISIBLE
+            field_name = f"Seal-{uuid.uuid4().hex[:12]}"
+            pdf_signer = signers.PdfSigner(
+                signers.PdfSignatureMetadata(
+                    field_name=field_name,
+                    md_algorithm=key.hash_name,
+                    subfilter=fields.SigSeedSubFilter.PADES,
+                    reason=options.reason,
+                    location=options.location,
+                ),
+                key.signer,
+                stamp_style=style,
+                new_field_spec=fields.SigFieldSpec(
+                    field_name,
+                    on_page=page_index,
+                    # pyHanko annotates the box as ints but writes any real number.
+                    box=rect,  # type: ignore[arg-type]
+                ),
+            )
+            session = pdf_signer.init_signing_session(writer)
+            tbs = session.prepare_tbs_document(
+                validation_info=None, bytes_reserved=reserved_size(key, level)
+            )
+            output = io.BytesIO()
+            byte_range, _ = tbs.digest_tbs_document(output=output)
+        except SealGateError:
+            raise
+        except SigningError as exc:
+            # pyHanko refuses documents whose existing signatures forbid more changes.
+            raise BadDocument(f"the PDF cannot be sealed: {exc}") from exc
+        except Exception as exc:
+            raise _damaged(exc) from exc
+        signed_attributes = key.cms.signed_attributes(byte_range.document_digest)
+        return _PreparedSeal(
+            byte_range, output, signed_attributes, key.cms.digest_to_sign(signed_attributes)
+        )
+
+
+@dataclass(frozen=True)
+class _PreparedSeal:
+    """A document in its final pre-signing state and what the key has to sign for it."""
+
+    byte_range: PreparedByteRangeDigest
+    output: io.BytesIO
+    signed_attributes: bytes
+    digest_to_sign: bytes
+
+    def finish(self, key: SealKey, signature: bytes) -> bytes:
+        signed_data = key.cms.signed_data(self.signed_attributes, signature)
+        self.byte_range.fill_with_cms(self.output, signed_data)
+        return self.output.getvalue()
+
+
+def _damaged(exc: Exception) -> BadDocument:
+    # Malformed input makes pyHanko raise anything from PdfReadError to KeyError; none of it
+    # is a gateway fault, and its own message only helps when it is a PDF syntax error.
+    log.info("unreadable PDF: %s: %s", type(exc).__name__, exc)
+    if isinstance(exc, PdfError):
+        return BadDocument(f"the PDF is damaged and cannot be read: {exc}")
+    return BadDocument("the PDF is damaged: its object structure cannot be read")
+
+
+def _open(document: bytes) -> IncrementalPdfFileWriter:
+    try:
+        # Not strict: hybrid-reference files (common from office suites) must seal too.
+        writer = IncrementalPdfFileWriter(io.BytesIO(document), strict=False)
+        encrypted = writer.prev.encrypted
+    except Exception as exc:
+        raise _damaged(exc) from exc
+    if encrypted:
+        raise BadDocument(
+            "the PDF is encrypted (password protected); remove the encryption before sealing",
+            type_slug="encrypted-document",
+        )
+    return writer
+
+
+def _page_index(writer: IncrementalPdfFileWriter, page: int | None) -> int:
+    count = writer.root["/Pages"]["/Count"]
+    if not isinstance(count, int) or count < 1:
+        raise BadDocument("the PDF has no pages")
+    if page is None:
+        return count - 1
+    if not 1 <= page <= count:
+        raise ValidationFailed.one(
+            "page", f"must be between 1 and {count}: the document has {count} pages"
+        )
+    return page - 1
+
+
+def _page_box(writer: IncrementalPdfFileWriter, page_index: int) -> Rect:
+    """The visible area of the page (crop box, else media box), normalised to (ll, ur)."""
+    page = writer.find_page_for_modification(page_index)[0].get_object()
+    box = find_inherited_value_in_tree(page, "/CropBox", "/Parent")
+    if box is None:
+        box = find_inherited_value_in_tree(page, "/MediaBox", "/Parent")
+    if not isinstance(box, generic.ArrayObject) or len(box) != 4:
+        raise BadDocument(f"page {page_index + 1} has no valid /MediaBox")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))

@@ -1,0 +1,402 @@
+"""The embedded storage backend: one SQLite file in WAL mode, shared safely by worker processes.
+
+Each backend instance owns one connection and one thread, because a sqlite3 connection must not
+be used from several threads; every call hops to that thread and back. Writers serialise on
+SQLite's write lock (``BEGIN IMMEDIATE``), which is what makes an audit append fork-free across
+processes: the head of the chain is read and extended while the lock is held. A writer that
+cannot get the lock within ``timeout_seconds`` (``busy_timeout``) gets BackendUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.hookspecs import hookimpl
+from gateway.settings import Settings
+from gateway.storage import (
+    GENESIS_HASH,
+    JSON,
+    BackendUnavailable,
+    CommitResult,
+    EventSealer,
+    Record,
+    StaleWrite,
+    Write,
+    check_writes,
+    resolve_writes,
+    seal_event,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    updated REAL NOT NULL,
+    UNIQUE (kind, key)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS expiring (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS expiring_by_time ON expiring (expires_at);
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS token_buckets (
+    bucket TEXT PRIMARY KEY,
+    tokens REAL NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
+# Primary result codes that mean "the database cannot serve now" rather than "this statement
+# is wrong": BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
+_OUTAGE_CODES = {5, 6, 8, 10, 13, 14, 15}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class SqliteStorage:
+    """The Storage protocol on a SQLite file; see the module docstring for the concurrency."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, timeout_seconds: float = 2.0) -> None:
+        self.path = Path(path)
+        self.timeout_seconds = timeout_seconds
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        await self._run(self._connect)
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self._run(self._disconnect)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._conn().execute("SELECT max(seq) FROM events").fetchall())
+
+    # -- records and events ------------------------------------------------------------------
+
+    async def get(self, kind: str, key: str) -> Record | None:
+        def read() -> Record | None:
+            row = self._conn().execute(
+                "SELECT version, data FROM records WHERE kind = ? AND key = ?", (kind, key)
+            ).fetchone()
+            return Record(kind, key, row[0], json.loads(row[1])) if row else None
+
+        return await self._run(read)
+
+    async def list(
+        self, kind: str, *, where: Mapping[str, Any] | None = None, limit: int = 1000
+    ) -> list[Record]:
+        sql = ["SELECT key, version, data FROM records WHERE kind = ?"]
+        args: list[Any] = [kind]
+        for field, value in (where or {}).items():
+            if not isinstance(value, _SCALARS):
+                raise TypeError(f"where['{field}'] must be a scalar, not {type(value).__name__}")
+            if '"' in field or "\\" in field:
+                raise ValueError(f"where field names cannot hold quotes ({field!r})")
+            path = f'$."{field}"'
+            if value is None:
+                sql.append("AND json_extract(data, ?) IS NULL")
+                args.append(path)
+            elif isinstance(value, str):
+                # json_extract also yields text for nested objects; only JSON strings match.
+                sql.append("AND json_type(data, ?) = 'text' AND json_extract(data, ?) = ?")
+                args += [path, path, value]
+            else:
+                sql.append("AND json_extract(data, ?) = ?")
+                args += [path, value]
+        sql.append("ORDER BY id LIMIT ?")
+        args.append(limit)
+
+        def read() -> list[Record]:
+            rows = self._conn().execute(" ".join(sql), args).fetchall()
+            return [Record(kind, key, version, json.loads(data)) for key, version, data in rows]
+
+        return await self._run(read)
+
+    async def commit(
+        self, writes: Sequence[Write], events: Sequence[EventSealer] = ()
+    ) -> CommitResult:
+        check_writes(writes)
+        return await self._run(self._commit, tuple(writes), tuple(events))
+
+    async def events(self, *, since_seq: int = 0, limit: int = 1000) -> builtins.list[JSON]:
+        def read() -> builtins.list[JSON]:
+            rows = self._conn().execute(
+                "SELECT data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (since_seq, limit)
+            ).fetchall()
+            return [json.loads(data) for (data,) in rows]
+
+        return await self._run(read)
+
+    async def last_event(self) -> JSON | None:
+        def read() -> JSON | None:
+            row = self._conn().execute(
+                "SELECT data FROM events ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            return json.loads(row[0]) if row else None
+
+        return await self._run(read)
+
+    # -- blobs, expiring keys, counters, token buckets ---------------------------------------
+
+    async def put_blob(self, key: str, data: bytes) -> None:
+        await self._execute(
+            "INSERT INTO blobs (key, data) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET data = excluded.data",
+            (key, data),
+        )
+
+    async def get_blob(self, key: str) -> bytes | None:
+        rows = await self._execute("SELECT data FROM blobs WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    async def put_expiring(self, key: str, value: JSON, ttl_seconds: float) -> bool:
+        now = time.time()
+
+        def put() -> bool:
+            with self._transaction() as db:
+                _purge_expired(db, now)
+                rows = db.execute(
+                    "INSERT INTO expiring (key, value, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO NOTHING RETURNING 1",
+                    (key, _dumps(value), now + ttl_seconds),
+                ).fetchall()
+                return bool(rows)
+
+        return await self._run(put)
+
+    async def get_expiring(self, key: str) -> JSON | None:
+        rows = await self._execute(
+            "SELECT value FROM expiring WHERE key = ? AND expires_at > ?", (key, time.time())
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    async def set_expiring(self, key: str, value: JSON, ttl_seconds: float) -> None:
+        now = time.time()
+
+        def write() -> None:
+            with self._transaction() as db:
+                _purge_expired(db, now)
+                db.execute(
+                    "INSERT INTO expiring (key, value, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                    "expires_at = excluded.expires_at",
+                    (key, _dumps(value), now + ttl_seconds),
+                )
+
+        await self._run(write)
+
+    async def incr(self, key: str, amount: int = 1) -> int:
+        rows = await self._execute(
+            "INSERT INTO counters (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value RETURNING value",
+            (key, amount),
+        )
+        value: int = rows[0][0]
+        return value
+
+    async def take_token(self, bucket: str, *, rate: float, burst: int, now: float) -> float:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
+
+        def take() -> float:
+            with self._transaction() as db:
+                row = db.execute(
+                    "SELECT tokens, updated FROM token_buckets WHERE bucket = ?", (bucket,)
+                ).fetchone()
+                tokens, updated = row if row else (float(burst), now)
+                # Clocks of several processes disagree a little; never refill backwards.
+                tokens = min(float(burst), tokens + max(0.0, now - updated) * rate)
+                wait = 0.0
+                if tokens >= 1:
+                    tokens -= 1
+                else:
+                    wait = (1 - tokens) / rate
+                db.execute(
+                    "INSERT INTO token_buckets (bucket, tokens, updated) VALUES (?, ?, ?) "
+                    "ON CONFLICT (bucket) DO UPDATE SET tokens = excluded.tokens, "
+                    "updated = excluded.updated",
+                    (bucket, tokens, max(now, updated)),
+                )
+                return wait
+
+        return await self._run(take)
+
+    # -- on the database thread --------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            self.path, timeout=self.timeout_seconds, isolation_level=None,
+            check_same_thread=True,
+        )
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self.timeout_seconds * 1000)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            # FULL: an acknowledged audit event or receipt must survive a power cut too.
+            db.execute("PRAGMA synchronous = FULL")
+            self._db = db
+            with self._transaction():
+                if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self._db = None
+            db.close()
+            raise
+
+    def _disconnect(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise BackendUnavailable("the SQLite backend is not open")
+        return self._db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds SQLite's write lock from its first statement."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _commit(
+        self, writes: tuple[Write, ...], sealers: tuple[EventSealer, ...]
+    ) -> CommitResult:
+        now = time.time()
+        with self._transaction() as db:
+            for write in writes:
+                row = db.execute(
+                    "SELECT version FROM records WHERE kind = ? AND key = ?",
+                    (write.kind, write.key),
+                ).fetchone()
+                actual = row[0] if row else 0
+                if actual != write.expected_version:
+                    raise StaleWrite(write.kind, write.key, write.expected_version, actual)
+            appended = []
+            if sealers:
+                head = db.execute(
+                    "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                seq, prev_hash = head if head else (0, GENESIS_HASH)
+                for sealer in sealers:
+                    seq += 1
+                    event = seal_event(sealer, seq, prev_hash)
+                    db.execute(
+                        "INSERT INTO events (seq, hash, data) VALUES (?, ?, ?)",
+                        (seq, event["hash"], _dumps(event)),
+                    )
+                    prev_hash = event["hash"]
+                    appended.append(event)
+            records = []
+            for write in resolve_writes(writes, appended):
+                data = write.data
+                assert not callable(data)
+                if data is None:
+                    db.execute(
+                        "DELETE FROM records WHERE kind = ? AND key = ?", (write.kind, write.key)
+                    )
+                    continue
+                version = write.expected_version + 1
+                db.execute(
+                    "INSERT INTO records (kind, key, version, data, updated) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET "
+                    "version = excluded.version, data = excluded.data, "
+                    "updated = excluded.updated",
+                    (write.kind, write.key, version, _dumps(data), now),
+                )
+                records.append(Record(write.kind, write.key, version, data))
+        return CommitResult(tuple(records), tuple(appended))
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _execute(self, sql: str, args: Sequence[Any]) -> builtins.list[Any]:
+        """One statement in autocommit mode; all rows are fetched so the statement ends."""
+        return await self._run(lambda: self._conn().execute(sql, args).fetchall())
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise BackendUnavailable("the SQLite backend is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(_translated, fn, *args))
+
+
+def _translated(fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return fn(*args)
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _OUTAGE_CODES:
+            raise BackendUnavailable(f"SQLite: {exc.sqlite_errorname}") from exc
+        raise
+
+
+def _purge_expired(db: sqlite3.Connection, now: float) -> None:
+    # Done by the writers of expiring keys, which hold the write lock anyway, so that dead
+    # idempotency keys do not pile up and no separate sweeper is needed.
+    db.execute("DELETE FROM expiring WHERE expires_at <= ?", (now,))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class SqliteBackendFactory:
+    """Creates the SQLite backend at ``settings.storage.sqlite_path``."""
+
+    name: str = "sqlite"
+
+    def create(self, settings: Settings) -> SqliteStorage:
+        return SqliteStorage(settings.storage.sqlite_path, settings.storage.timeout_seconds)
+
+
+@hookimpl
+def sealgate_storage_backends(settings: Settings) -> list[SqliteBackendFactory]:
+    return [SqliteBackendFactory()]

@@ -1,0 +1,178 @@
+"""What PDF sealing answers to bad input: each request error names its cause, nothing escapes."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+
+from gateway.errors import (
+    BadDocument,
+    ClientError,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from gateway.hsm import Hsm, KeyAlgorithm
+from gateway.pki.devca import DevCA
+from gateway.signing import PdfSealer, PdfSealOptions, Placement, SealKey, check_pdf_header
+from tests import pdf_samples
+
+PNG = pdf_samples.seal_png()
+
+
+@pytest.fixture(scope="module")
+async def seal_key(hsm: Hsm, key_factory: Any, dev_ca: DevCA) -> SealKey:
+    key_id, cert = await key_factory(KeyAlgorithm.EC_P256)
+    return SealKey.create(hsm, key_id, KeyAlgorithm.EC_P256, cert, [dev_ca.certificate])
+
+
+@pytest.fixture(scope="module")
+def sealer() -> PdfSealer:
+    return PdfSealer()
+
+
+def field_names(exc: ValidationFailed) -> list[str]:
+    return [error.field for error in exc.errors]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"Hello, world", PNG, b"PK\x03\x04" + bytes(64), b" " * 1024 + b"%PDF-1.7\n"],
+    ids=["empty", "text", "png", "zip", "header-after-1024-bytes"],
+)
+async def test_body_that_is_not_a_pdf_is_unsupported_media_type(
+    sealer: PdfSealer, seal_key: SealKey, body: bytes
+) -> None:
+    """A body without a %PDF- header near its start is refused as the wrong media type."""
+    with pytest.raises(UnsupportedMediaType):
+        await sealer.seal(body, seal_key, PNG)
+
+
+@pytest.mark.parametrize("prefix", [b"", b"\xef\xbb\xbf", b"\r\n  \t"])
+def test_header_check_allows_bom_and_leading_whitespace(prefix: bytes) -> None:
+    """A UTF-8 BOM or whitespace before %PDF- still counts as a PDF."""
+    check_pdf_header(prefix + pdf_samples.one_page_pdf())
+
+
+@pytest.mark.parametrize(
+    "make", [pdf_samples.truncated_pdf, pdf_samples.garbage_pdf, pdf_samples.pageless_pdf]
+)
+async def test_damaged_pdf_is_bad_document(
+    sealer: PdfSealer, seal_key: SealKey, make: object
+) -> None:
+    """A PDF that cannot be read (cut short, garbage, no page tree) is a bad-document error."""
+    assert callable(make)
+    with pytest.raises(BadDocument) as caught:
+        await sealer.seal(make(), seal_key, PNG)
+    assert caught.value.type_slug == "bad-document"
+    assert caught.value.status == 422
+
+
+async def test_encrypted_pdf_is_encrypted_document(sealer: PdfSealer, seal_key: SealKey) -> None:
+    """An encrypted PDF is refused with the encrypted-document type, saying why."""
+    with pytest.raises(BadDocument) as caught:
+        await sealer.seal(pdf_samples.encrypted_pdf(), seal_key, PNG)
+    assert caught.value.type_slug == "encrypted-document"
+    assert "encrypted" in caught.value.detail
+
+
+async def test_pdf_whose_certification_forbids_changes_is_bad_document(
+    sealer: PdfSealer, seal_key: SealKey
+) -> None:
+    """A document certified with 'no changes allowed' cannot take a seal and says so."""
+    locked = await pdf_samples.signed_pdf(seal_key.signer, lock_document=True)
+    with pytest.raises(BadDocument) as caught:
+        await sealer.seal(locked, seal_key, PNG)
+    assert "cannot be sealed" in caught.value.detail
+
+
+@pytest.mark.parametrize("page", [0, -1, 4])
+async def test_page_out_of_range_names_page_and_count(
+    sealer: PdfSealer, seal_key: SealKey, page: int
+) -> None:
+    """A page outside 1..N is a validation error on 'page' that states the page count."""
+    options = PdfSealOptions(placement=Placement(page=page))
+    with pytest.raises(ValidationFailed) as caught:
+        await sealer.seal(pdf_samples.multi_page_pdf(3), seal_key, PNG, options)
+    assert field_names(caught.value) == ["page"]
+    assert "has 3 pages" in caught.value.errors[0].message
+
+
+async def test_invisible_seal_still_checks_page(sealer: PdfSealer, seal_key: SealKey) -> None:
+    """The page of an invisible seal's field is checked like a visible one's."""
+    options = PdfSealOptions(placement=Placement(page=2), visible=False)
+    with pytest.raises(ValidationFailed) as caught:
+        await sealer.seal(pdf_samples.one_page_pdf(), seal_key, None, options)
+    assert field_names(caught.value) == ["page"]
+
+
+@pytest.mark.parametrize("level", ["B-X", "", "PAdES", "B-T", "B-LTA"])
+async def test_unknown_or_unsupported_level_names_level(
+    sealer: PdfSealer, seal_key: SealKey, level: str
+) -> None:
+    """A level that is not B-B (unknown, or not supported yet) is a validation error on 'level'."""
+    with pytest.raises(ValidationFailed) as caught:
+        await sealer.seal(pdf_samples.one_page_pdf(), seal_key, PNG, PdfSealOptions(level=level))
+    assert field_names(caught.value) == ["level"]
+
+
+@pytest.mark.parametrize(
+    ("placement", "field"),
+    [
+        (Placement(width=0), "width"),
+        (Placement(width=-10), "width"),
+        (Placement(width=math.nan), "width"),
+        (Placement(x=math.inf), "x"),
+        (Placement(width=2000), "width"),
+        (Placement(x=560, y=10, width=100), "x"),
+        (Placement(x=10, y=800, width=100), "y"),
+        (Placement(x=-5), "x"),
+    ],
+)
+async def test_placement_off_the_page_names_the_field(
+    sealer: PdfSealer, seal_key: SealKey, placement: Placement, field: str
+) -> None:
+    """A stamp that would not fit on the page is a validation error on the offending field."""
+    with pytest.raises(ValidationFailed) as caught:
+        await sealer.seal(
+            pdf_samples.one_page_pdf(), seal_key, PNG, PdfSealOptions(placement=placement)
+        )
+    assert field_names(caught.value) == [field]
+
+
+async def test_visible_seal_without_image_names_visible(
+    sealer: PdfSealer, seal_key: SealKey
+) -> None:
+    """Asking for a visible seal without a seal image is a validation error on 'visible'."""
+    with pytest.raises(ValidationFailed) as caught:
+        await sealer.seal(pdf_samples.one_page_pdf(), seal_key, None)
+    assert field_names(caught.value) == ["visible"]
+
+
+async def test_unreadable_seal_image_names_image(sealer: PdfSealer, seal_key: SealKey) -> None:
+    """A seal image that is not a PNG is a validation error on 'image_png'."""
+    with pytest.raises(ValidationFailed) as caught:
+        await sealer.seal(pdf_samples.one_page_pdf(), seal_key, b"\x89PNG\r\n\x1a\nbroken")
+    assert field_names(caught.value) == ["image_png"]
+
+
+async def test_corrupted_pdfs_end_in_client_errors_or_seals(
+    sealer: PdfSealer, seal_key: SealKey
+) -> None:
+    """Truncating or scrambling a PDF anywhere gives a sealed PDF or a 4xx error, never a crash."""
+    original = pdf_samples.object_stream_pdf()
+    rng = random.Random(20251009)
+    variants = [original[:cut] for cut in range(8, len(original), max(len(original) // 25, 1))]
+    for _ in range(40):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        variants.append(bytes(data))
+    for variant in variants:
+        try:
+            sealed = await sealer.seal(variant, seal_key, PNG)
+        except ClientError:
+            continue
+        assert sealed.startswith(variant)
