@@ -40,8 +40,10 @@ import binascii
 import collections
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import hmac
+import json
 import logging
 import math
 import os
@@ -69,6 +71,8 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _PUBLIC_PATHS = frozenset({"/health"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Comments and names are Chinese; escaping them would make every answer unreadable by eye.
+_dumps = functools.partial(json.dumps, ensure_ascii=False)
 
 
 # -- rejection rules -------------------------------------------------------------------------
@@ -283,7 +287,8 @@ def _material_errors(material: Any, where: str) -> list[FieldError]:
 def problem(status: int, title: str, detail: str, **extra: Any) -> web.Response:
     """An RFC 9457 problem answer, the shape the http adapter reads refusals from."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return web.json_response(body, status=status, content_type="application/problem+json")
+    return web.json_response(body, status=status, content_type="application/problem+json",
+                             dumps=_dumps)
 
 
 def _unprocessable(detail: str, **extra: Any) -> web.Response:
@@ -354,7 +359,7 @@ async def submit_filing(request: web.Request) -> web.Response:
     filing, new = state.receive(body)
     return web.json_response(
         {**filing.view(state), "received_at": filing.received_at.isoformat(timespec="seconds")},
-        status=201 if new else 200,
+        status=201 if new else 200, dumps=_dumps,
     )
 
 
@@ -363,7 +368,7 @@ async def get_filing(request: web.Request) -> web.Response:
     filing = state.filings.get(request.match_info["reference"])
     if filing is None:
         return problem(404, "Not Found", "no filing with this reference")
-    return web.json_response(filing.view(state))
+    return web.json_response(filing.view(state), dumps=_dumps)
 
 
 async def set_faults(request: web.Request) -> web.Response:
@@ -391,7 +396,7 @@ async def list_filings(request: web.Request) -> web.Response:
     state = request.app[SIMULATOR]
     filings = [{**f.view(state), "submissions": state.submissions[f.application_id]}
                for f in state.filings.values()]
-    return web.json_response({"filings": filings})
+    return web.json_response({"filings": filings}, dumps=_dumps)
 
 
 async def health(request: web.Request) -> web.Response:

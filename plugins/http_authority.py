@@ -21,11 +21,13 @@ What the adapter does with answers:
 - 2xx: parsed; a body that is not what the protocol says raises AuthorityUnavailable (the
   authority is misbehaving; a later attempt may find it fixed) without retrying now;
 - connection errors, timeouts (``timeout_seconds`` per attempt), 5xx and 429: retried with
-  exponential backoff and jitter (``backoff_seconds`` · 2^(n−1), honouring a 429's
-  ``Retry-After``) up to ``max_attempts`` attempts, then AuthorityUnavailable. Retrying a
-  POST is safe only because the authority is idempotent on the application id;
-- any other 4xx (bad token, invalid application, unknown reference): AuthorityRefused at
-  once, since sending the same request again cannot change the answer.
+  exponential backoff and jitter (``backoff_seconds`` · 2^(n−1), or longer when the answer
+  has a ``Retry-After`` in seconds) up to ``max_attempts`` attempts, then
+  AuthorityUnavailable. Retrying a POST is safe only because the authority is idempotent on
+  the application id;
+- any other answer (4xx: bad token, invalid application, unknown reference; 3xx, since
+  redirects are not followed): AuthorityRefused at once, since sending the same request
+  again cannot change the answer.
 
 Responses are not signed. An HMAC keyed with the bearer token would add nothing: whoever can
 alter responses on the path can read the token from the requests too. Integrity and
@@ -56,6 +58,7 @@ from yarl import URL
 from gateway.errors import ConfigError
 from gateway.filing.adapters import AuthorityRefused, AuthorityUnavailable, Decision
 from gateway.hookspecs import hookimpl
+from gateway.identifiers import mask_id_number
 from gateway.settings import HttpAuthoritySettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ MAX_MESSAGE_CHARS = 300
 _JITTER = random.Random()  # noqa: S311
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # 17 digits and a check character: a resident ID number, wherever it turns up in a message.
-_ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])(\d{6})\d{8}(\d{3}[\dXx])(?![0-9A-Za-z])")
+_ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 
 
 def backoff_delay(attempt: int, base_seconds: float, rng: random.Random | None = None) -> float:
@@ -82,7 +85,7 @@ def backoff_delay(attempt: int, base_seconds: float, rng: random.Random | None =
 
 def mask_id_numbers(text: str) -> str:
     """``text`` with every resident-ID-shaped run shown as its first 6 and last 4 only."""
-    return _ID_NUMBER.sub(lambda m: m.group(1) + "*" * 8 + m.group(2), text)
+    return _ID_NUMBER.sub(lambda m: mask_id_number(m.group(0)), text)
 
 
 class HttpAuthorityAdapter:
@@ -185,12 +188,14 @@ class HttpAuthorityAdapter:
         for attempt in range(1, attempts + 1):
             retry_after = 0.0
             try:
+                # Redirects are not followed: a moved authority is a configuration change,
+                # and a redirected POST would reach its target without the application.
                 async with self._client().request(
-                    method, self._base_url + path, data=body,
+                    method, self._base_url + path, data=body, allow_redirects=False,
                     headers=self._headers(body is not None), timeout=timeout,
                 ) as response:
                     text = await response.text(encoding="utf-8", errors="replace")
-                    if response.status < 300:
+                    if 200 <= response.status < 300:
                         return response.status, self._json_object(text, method, path)
                     if response.status != 429 and response.status < 500:
                         raise AuthorityRefused(self._refusal(response.status, text))

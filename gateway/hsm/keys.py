@@ -152,7 +152,7 @@ class Hsm:
     # -- on the HSM thread -------------------------------------------------------------------
 
     def _check(self, session: Any) -> None:
-        self._secret(session)
+        _probe_token(session)
 
     def _secret(self, session: Any) -> Any:
         cache_key = (DATA_KEY_WRAPPING_LABEL.encode(), ObjectClass.SECRET_KEY)
@@ -173,10 +173,19 @@ class Hsm:
                 key = session.get_key(object_class=cls, id=key_id)
             except p11e.NoSuchKey:
                 # A missing key and a vanished token look the same to C_FindObjects.
-                self._secret(session)
+                _probe_token(session)
                 raise NotFound("the key does not exist in the HSM") from None
             self._handles[(key_id, cls)] = key
         return key
+
+
+def _probe_token(session: Any) -> None:
+    """Look up the wrapping key afresh (never from the cache): it is on every SealGate token,
+    so not finding it means the token is gone, and the session must be replaced."""
+    try:
+        session.get_key(object_class=ObjectClass.SECRET_KEY, label=DATA_KEY_WRAPPING_LABEL)
+    except p11e.NoSuchKey:
+        raise p11e.TokenNotPresent() from None
 
 
 def _generate(session: Any, algorithm: KeyAlgorithm, label: str, key_id: bytes) -> bytes:

@@ -126,7 +126,7 @@ async def http_authority(request: pytest.FixtureRequest) -> AsyncIterator[Author
     wrong_token_file.write_text("not-the-token\n")
     rules = [OrganisationNameContains(REJECTED_ORGANISATION_MARK),
              MaterialMissing(REQUIRED_MATERIAL), ActionIn(frozenset({REJECTED_ACTION}))]
-    async with running_simulator(SIMULATOR_TOKEN, review_delay_seconds=0.3,
+    async with running_simulator(SIMULATOR_TOKEN, review_delay_seconds=0.5,
                                  reject_rules=rules) as simulator:
         settings = HttpAuthoritySettings(
             url=simulator.url, token=SecretRef(file=str(token_file)), enabled=True,

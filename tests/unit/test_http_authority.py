@@ -65,8 +65,8 @@ def adapter_settings(url: str, token: SecretRef, **changes: Any) -> HttpAuthorit
 
 @pytest.fixture
 async def simulator() -> AsyncIterator[RunningSimulator]:
-    """A simulator that rejects organisations named 测试 and decides after 0.1 s."""
-    async with running_simulator(TOKEN, review_delay_seconds=0.1,
+    """A simulator that rejects organisations named 测试 and decides after 0.3 s."""
+    async with running_simulator(TOKEN, review_delay_seconds=0.3,
                                  reject_rules=[OrganisationNameContains("测试")]) as running:
         yield running
 
@@ -240,7 +240,7 @@ async def test_the_authority_decision_is_read(adapter: HttpAuthorityAdapter) -> 
         seal={**sample_application()["seal"], "organization": organisation}
     ))
     assert await adapter.decision(approved) is None
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.35)
     assert await adapter.decision(approved) == Decision("approved", "", 365, approved)
     decision = await adapter.decision(rejected)
     assert decision is not None and decision.outcome == "rejected"
