@@ -29,3 +29,9 @@ def sealgate_storage_backends(settings: Any) -> list[Any]:
 @hookspec
 def sealgate_filing_adapters(settings: Any) -> list[Any]:
     """Return filing-authority adapters (each with a ``name``), one per authority they serve."""
+
+
+@hookspec
+def sealgate_register_commands(subparsers: Any) -> None:
+    """Add ``sealgate`` subcommands: ``subparsers.add_parser(...)`` with ``handler`` set as
+    a default (a function taking the parsed arguments, returning an exit code or a coroutine)."""

@@ -19,6 +19,7 @@ DEFAULT_PLUGINS = (
     "plugins.redis_storage",
     "plugins.local_authority",
     "plugins.http_authority",
+    "plugins.authority_simulator",
 )
 
 

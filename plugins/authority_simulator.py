@@ -58,6 +58,8 @@ from typing import Any, Literal, Protocol, get_args
 
 from aiohttp import web
 
+from gateway.hookspecs import hookimpl
+
 from gateway.errors import FieldError, ValidationFailed
 from gateway.filing.states import FilingAction
 from gateway.identifiers import validate_resident_id, validate_uscc
@@ -553,3 +555,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@hookimpl
+def sealgate_register_commands(subparsers: Any) -> None:
+    """`sealgate authority-simulator …`: the same options as ``python -m`` this module."""
+    command = subparsers.add_parser(
+        "authority-simulator", help="serve the filing-authority simulator (tests and demos)",
+        add_help=False,
+    )
+    command.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    command.set_defaults(handler=lambda args: main(args.simulator_args))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import OPERATOR, opened, print_json
+from gateway.cli.filings import register_seal_commands
 
 
 def register(sub: Any) -> None:
@@ -61,6 +62,7 @@ def register(sub: Any) -> None:
     render.add_argument("--diameter-mm", type=float, default=40.0)
     render.add_argument("--out", type=Path, required=True)
     render.set_defaults(handler=seals_render)
+    register_seal_commands(seals)
 
 
 async def clients_create(args: argparse.Namespace) -> int:

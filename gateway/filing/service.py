@@ -158,8 +158,14 @@ class FilingService:
         data = {**filing, "status": states.FilingStatus.SUBMITTED.value,
                 "submitted_at": isoformat(now), "seal_status_before": seal.data["status"]}
         writes = [Write(FILING, filing_id, record.version, data)]
+        seal_changes: dict[str, Any] = {}
         if pending != seal.data["status"]:
-            writes.append(self._seals.status_write(seal, {"status": pending.value}))
+            seal_changes["status"] = pending.value
+        if states.ACTION_RULES[states.FilingAction(filing["action"])].stops_signing_while_pending:
+            # A seal reported lost must stop signing now, not when the authority gets to it.
+            seal_changes["signing_stopped"] = {"reason": "loss-reported", "filing_id": filing_id}
+        if seal_changes:
+            writes.append(self._seals.status_write(seal, seal_changes))
         await self._audit.commit(
             writes,
             [self._audit.event_sealer(actor, "filing.submitted", f"filing/{filing_id}",
@@ -281,8 +287,11 @@ class FilingService:
         else:
             restored = states.seal_status_on_rejection(filing["seal_status_before"],
                                                        filing["action"])
+            changes: dict[str, Any] = {"signing_stopped": None}
             if restored != seal.data["status"]:
-                writes.append(self._seals.status_write(seal, {"status": restored.value}))
+                changes["status"] = restored.value
+            if seal.data.get("signing_stopped") or "status" in changes:
+                writes.append(self._seals.status_write(seal, changes))
         await self._audit.commit(
             writes, [self._audit.event_sealer(actor, f"filing.{target.value}",
                                               f"filing/{filing['id']}", details)],
@@ -313,7 +322,7 @@ class FilingService:
             issued_at=now, authority_reference=decision.reference or str(filing.get("reference") or ""),
         )
         receipt["signature"] = await self._platform.sign(receipt)
-        changes = {"status": new_status.value, "receipt_number": number,
+        changes = {"status": new_status.value, "receipt_number": number, "signing_stopped": None,
                    "valid_from": isoformat(valid_from) if valid_from else None,
                    "valid_to": isoformat(valid_to) if valid_to else None}
         return receipt, changes

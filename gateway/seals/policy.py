@@ -38,6 +38,10 @@ def may_sign(seal: Mapping[str, Any], key: Mapping[str, Any], now: dt.datetime) 
     if status in REFUSAL_BY_STATUS:
         reason, detail = REFUSAL_BY_STATUS[status]
         raise SealMaySignNot(reason, detail)
+    stopped = seal.get("signing_stopped")
+    if stopped:
+        raise SealMaySignNot(str(stopped.get("reason", "stopped")),
+                             "the seal's loss has been reported; it signs nothing until decided")
     valid_from = parse_time(seal.get("valid_from"))
     valid_to = parse_time(seal.get("valid_to"))
     if valid_from is None or valid_to is None:

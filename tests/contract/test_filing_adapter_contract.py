@@ -41,6 +41,7 @@ from plugins.authority_simulator import (
     running_simulator,
 )
 from plugins.http_authority import HttpAuthorityAdapter
+from plugins.local_authority import LocalAuthority
 
 # The simulator's server and the adapters' sessions must live in the loop the tests run in.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -165,9 +166,16 @@ async def http_authority(request: pytest.FixtureRequest) -> AsyncIterator[Author
                 await adapter.close()
 
 
+@contextlib.asynccontextmanager
+async def local_authority(request: pytest.FixtureRequest) -> AsyncIterator[AuthorityUnderTest]:
+    """The local adapter: reviewers decide inside the gateway, so only submission is tested."""
+    yield AuthorityUnderTest(adapter=LocalAuthority())
+
+
 # The adapters under contract, by name. Add an adapter to the suite by adding its factory here.
 FILING_ADAPTER_FACTORIES: dict[str, AuthorityFactory] = {
     "http": http_authority,
+    "local": local_authority,
 }
 
 

@@ -1,0 +1,407 @@
+"""The seal's legal life over HTTP: filing through authorities, receipts, and every refusal."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from joserfc import jws
+from joserfc.jwk import ECKey
+
+from gateway.clock import isoformat, parse, utcnow
+from gateway.hsm import Hsm
+from gateway.pki.devca import DevCA
+from gateway.settings import SecretRef, Settings
+from plugins.authority_simulator import Faults, OrganisationNameContains, running_simulator
+from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
+from tests.api.test_sign_pdf import assert_problem
+from tests.pdf_samples import one_page_pdf, seal_png
+
+PDF = {"Content-Type": "application/pdf"}
+AUTHORITY_TOKEN = "simulator-token-for-tests"
+
+
+@dataclasses.dataclass
+class Filing:
+    """A world with a filer, a reviewer and a signer, and a simulator authority beside it."""
+
+    world: World
+    filer: dict[str, str]
+    reviewer: dict[str, str]
+    simulator: Any
+
+    async def seal(self, organization: dict[str, str] | None = None) -> dict[str, Any]:
+        key = await self.world.key()
+        response = await self.world.http.post("/v1/seals", headers=self.filer, json={
+            "name": "合同专用章", "type": "04", "organization": organization or ORGANIZATION,
+            "key_id": key["id"]})
+        assert response.status == 201, await response.text()
+        return dict(await response.json())
+
+    async def file(self, seal_id: str, action: str, authority: str = "local",
+                   materials: bool = True) -> dict[str, Any]:
+        """Create and submit a filing; return it as the submit call answered."""
+        created = await self.world.http.post("/v1/filings", headers=self.filer, json={
+            "seal_id": seal_id, "action": action, "authority": authority,
+            "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
+        assert created.status == 201, await created.text()
+        filing = await created.json()
+        if materials and action == "new":
+            for kind in ("business_license", "legal_rep_id", "seal_impression"):
+                put = await self.world.http.put(f"/v1/filings/{filing['id']}/materials/{kind}",
+                                                data=seal_png(), headers=self.filer)
+                assert put.status == 200, await put.text()
+        submitted = await self.world.http.post(f"/v1/filings/{filing['id']}/submit",
+                                               headers=self.filer)
+        assert submitted.status == 202, await submitted.text()
+        return dict(await submitted.json())
+
+    async def approve(self, filing_id: str, **extra: Any) -> dict[str, Any]:
+        response = await self.world.http.post(f"/v1/filings/{filing_id}/review",
+                                              headers=self.reviewer,
+                                              json={"decision": "approve", **extra})
+        assert response.status == 200, await response.text()
+        return dict(await response.json())
+
+    async def active(self) -> dict[str, Any]:
+        seal = await self.seal()
+        filing = await self.file(seal["id"], "new")
+        await self.approve(filing["id"])
+        return dict(await (await self.world.http.get(f"/v1/seals/{seal['id']}",
+                                                     headers=self.filer)).json())
+
+    async def sign(self, seal_id: str) -> Any:
+        _, signer = await self.world.client("signer", [seal_id])
+        return await self.world.http.post(f"/v1/seals/{seal_id}/sign/pdf", data=one_page_pdf(),
+                                          headers={**signer, **PDF})
+
+
+@pytest.fixture
+async def filing(settings: Settings, hsm: Hsm, dev_ca: DevCA, tmp_path: Path
+                 ) -> AsyncIterator[Filing]:
+    token_file = tmp_path / "authority-token"
+    token_file.write_text(AUTHORITY_TOKEN)
+    async with running_simulator(AUTHORITY_TOKEN, review_delay_seconds=0.0,
+                                 reject_rules=(OrganisationNameContains("拒绝"),)) as simulator:
+        http = dataclasses.replace(settings.filing.http, enabled=True, url=simulator.url,
+                                   token=SecretRef(file=str(token_file)), backoff_seconds=0.01,
+                                   max_attempts=2, timeout_seconds=2.0)
+        configured = settings.replace(filing=dataclasses.replace(
+            settings.filing, http=http, poll_interval_seconds=3600.0))
+        async with World.running(configured, hsm, dev_ca) as world:
+            _, filer = await world.client("filer")
+            _, reviewer = await world.client("reviewer")
+            yield Filing(world, filer, reviewer, simulator)
+
+
+async def test_new_seal_filed_locally_becomes_active_and_signs(filing: Filing) -> None:
+    """draft → pending_filing → active with a receipt; only then does the seal sign."""
+    seal = await filing.seal()
+    assert seal["status"] == "draft"
+    refused = await filing.sign(seal["id"])
+    await assert_problem(refused, 409, "seal-not-filed")
+    submitted = await filing.file(seal["id"], "new")
+    assert submitted["status"] == "under_review"
+    pending = await filing.world.http.get(f"/v1/seals/{seal['id']}", headers=filing.filer)
+    assert (await pending.json())["status"] == "pending_filing"
+    approved = await filing.approve(submitted["id"], valid_days=30)
+    assert approved["status"] == "approved"
+    assert approved["receipt_number"].startswith("SG")
+    now = await (await filing.world.http.get(f"/v1/seals/{seal['id']}",
+                                             headers=filing.filer)).json()
+    assert now["status"] == "active"
+    assert now["receipt_number"] == approved["receipt_number"]
+    assert parse(now["valid_to"]) - parse(now["valid_from"]) == dt.timedelta(days=30)
+    assert (await filing.sign(seal["id"])).status == 200
+
+
+async def test_receipt_json_verifies_with_an_independent_jose_library(filing: Filing) -> None:
+    """The receipt's detached JWS verifies with joserfc and the platform certificate alone."""
+    seal = await filing.active()
+    receipt = await (await filing.world.http.get(f"/v1/receipts/{seal['receipt_number']}",
+                                                 headers=filing.filer)).json()
+    assert receipt["legal_representative"]["id_number_masked"] == "110105********002X"
+    assert LEGAL_REPRESENTATIVE["id_number"] not in json.dumps(receipt)
+    pem = await (await filing.world.http.get("/v1/platform/certificate")).read()
+    certificate = x509.load_pem_x509_certificates(pem)[0]
+    header_b64, empty, signature_b64 = receipt["signature"].split(".")
+    assert empty == ""
+    unsigned = {k: v for k, v in receipt.items() if k != "signature"}
+    payload = json.dumps(unsigned, ensure_ascii=False, sort_keys=True,
+                         separators=(",", ":")).encode()
+    payload_b64 = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    key = ECKey.import_key(certificate.public_key())  # type: ignore[arg-type]
+    registry = jws.JWSRegistry(header_registry=None, algorithms=["ES256"])
+    registry.max_header_length = 16 * 1024
+    obj = jws.deserialize_compact(f"{header_b64}.{payload_b64}.{signature_b64}", key,
+                                  registry=registry)
+    assert json.loads(obj.payload) == unsigned
+    assert obj.protected["alg"] == "ES256"
+
+
+async def test_receipt_verification_reports_each_check(filing: Filing) -> None:
+    """A genuine receipt is valid and current; a changed one is invalid."""
+    seal = await filing.active()
+    receipt = await (await filing.world.http.get(f"/v1/receipts/{seal['receipt_number']}",
+                                                 headers=filing.filer)).json()
+    verified = await (await filing.world.http.post("/v1/receipts/verify", json=receipt)).json()
+    assert verified["valid"] is True, verified
+    assert verified["status"] == "current"
+    assert {c["name"] for c in verified["checks"]} >= {"signature", "certificate",
+                                                        "seal_status", "validity"}
+    forged = {**receipt, "valid_to": "2099-01-01T00:00:00Z"}
+    verdict = await (await filing.world.http.post("/v1/receipts/verify", json=forged)).json()
+    assert verdict["valid"] is False
+    assert verdict["status"] == "invalid"
+
+
+@pytest.mark.interop
+async def test_receipt_pdf_is_signed_readable_and_verifies(
+    filing: Filing, tmp_path: Path, poppler: str
+) -> None:
+    """The receipt PDF renders Chinese text, is PAdES-valid, and verifies through the API."""
+    seal = await filing.active()
+    response = await filing.world.http.get(f"/v1/receipts/{seal['receipt_number']}.pdf",
+                                           headers=filing.filer)
+    assert response.status == 200
+    pdf = await response.read()
+    out = tmp_path / "receipt.pdf"
+    out.write_bytes(pdf)
+    report = subprocess.run([poppler, str(out)], capture_output=True, text=True, check=False)
+    assert "Signature is Valid" in report.stdout, report.stdout
+    text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "电子印章备案回执" in text
+    assert seal["receipt_number"] in text
+    assert "110105********002X" in text
+    verified = await (await filing.world.http.post("/v1/receipts/verify", data=pdf,
+                                                   headers=PDF)).json()
+    assert verified["valid"] is True, verified
+    tampered = bytearray(pdf)
+    spot = pdf.index(b"/Contents") - 40
+    tampered[spot] ^= 0x01
+    verdict = await (await filing.world.http.post("/v1/receipts/verify", data=bytes(tampered),
+                                                  headers=PDF)).json()
+    assert verdict["valid"] is False
+
+
+async def test_filing_through_the_simulator_authority(filing: Filing) -> None:
+    """A filing to the http authority is reviewed there and its decision applied once."""
+    seal = await filing.seal()
+    submitted = await filing.file(seal["id"], "new", authority="sim")
+    assert submitted["status"] == "under_review"
+    assert await filing.world.services.filings.process_pending() == 1
+    done = await (await filing.world.http.get(f"/v1/filings/{submitted['id']}",
+                                              headers=filing.filer)).json()
+    assert done["status"] == "approved"
+    assert done["decision"]["by"] == "authority:sim"
+    assert await filing.world.services.filings.process_pending() == 0
+    assert (await filing.sign(seal["id"])).status == 200
+    review = await filing.world.http.post(f"/v1/filings/{submitted['id']}/review",
+                                          headers=filing.reviewer, json={"decision": "approve"})
+    await assert_problem(review, 409, "conflict")
+
+
+async def test_simulator_rejection_returns_seal_to_draft(filing: Filing) -> None:
+    """An authority's rejection leaves the filing rejected and the seal back in draft."""
+    seal = await filing.seal({"name": "拒绝测试有限公司", "uscc": "9144030071526726XG"})
+    submitted = await filing.file(seal["id"], "new", authority="sim")
+    await filing.world.services.filings.process_pending()
+    done = await filing.world.services.filings.get(submitted["id"])
+    assert done["status"] == "rejected"
+    assert done["decision"]["comment"]
+    assert (await filing.world.services.seals.record(seal["id"])).data["status"] == "draft"
+
+
+async def test_authority_outage_leaves_filing_submitted_then_completes_once(
+    filing: Filing,
+) -> None:
+    """While the authority is down the filing waits; afterwards it completes exactly once."""
+    state = filing.simulator.state
+    seal = await filing.seal()
+    state.faults = Faults("down")
+    submitted = await filing.file(seal["id"], "new", authority="sim")
+    assert submitted["status"] == "submitted"
+    assert await filing.world.services.filings.process_pending() == 0
+    assert (await filing.world.services.filings.get(submitted["id"]))["status"] == "submitted"
+    state.faults = None
+    await filing.world.services.filings.process_pending()
+    await filing.world.services.filings.process_pending()
+    done = await filing.world.services.filings.get(submitted["id"])
+    assert done["status"] == "approved"
+    assert len(state.filings_for(submitted["id"])) == 1
+
+
+async def test_suspend_resume_loss_and_cancel_each_refuse_with_their_reason(
+    filing: Filing,
+) -> None:
+    """Every status change refuses signing with its own reason, and resume restores it."""
+    seal = await filing.active()
+    suspend = await filing.file(seal["id"], "suspend")
+    await filing.approve(suspend["id"])
+    await assert_problem(await filing.sign(seal["id"]), 409, "seal-suspended")
+    resume = await filing.file(seal["id"], "resume")
+    await filing.approve(resume["id"])
+    assert (await filing.sign(seal["id"])).status == 200
+    loss = await filing.file(seal["id"], "report_loss")
+    await assert_problem(await filing.sign(seal["id"]), 409, "seal-loss-reported")
+    await filing.approve(loss["id"])
+    await assert_problem(await filing.sign(seal["id"]), 409, "seal-lost")
+    cancel = await filing.file(seal["id"], "cancel")
+    approved = await filing.approve(cancel["id"])
+    await assert_problem(await filing.sign(seal["id"]), 409, "seal-cancelled")
+    first = await (await filing.world.http.get(f"/v1/receipts/{seal['receipt_number']}",
+                                               headers=filing.filer)).json()
+    verdict = await (await filing.world.http.post("/v1/receipts/verify", json=first)).json()
+    assert verdict["status"] == "authentic_not_current"
+    assert verdict["valid"] is False
+    last = await filing.world.services.receipts.get(approved["receipt_number"])
+    assert last["seal_status"] == "cancelled"
+    assert last["supersedes"]
+
+
+async def test_expired_seal_refuses_and_renewal_restores_it(filing: Filing) -> None:
+    """Past its validity a seal is expired and refuses; an approved renewal signs again."""
+    seal = await filing.active()
+    record = await filing.world.services.seals.record(seal["id"])
+    await filing.world.services.seals.update(record, {
+        "valid_from": isoformat(utcnow() - dt.timedelta(days=400)),
+        "valid_to": isoformat(utcnow() - dt.timedelta(days=1))})
+    shown = await (await filing.world.http.get(f"/v1/seals/{seal['id']}",
+                                               headers=filing.filer)).json()
+    assert shown["status"] == "expired"
+    await assert_problem(await filing.sign(seal["id"]), 409, "seal-expired")
+    renew = await filing.file(seal["id"], "renew")
+    await filing.approve(renew["id"], valid_days=365)
+    assert (await filing.sign(seal["id"])).status == 200
+
+
+async def test_renewal_before_expiry_extends_without_a_gap(filing: Filing) -> None:
+    """A renewal approved before expiry continues from the old end: no gap, no overlap."""
+    seal = await filing.active()
+    renew = await filing.file(seal["id"], "renew")
+    await filing.approve(renew["id"], valid_days=10)
+    renewed = (await filing.world.services.seals.record(seal["id"])).data
+    assert renewed["valid_from"] == seal["valid_from"]
+    assert parse(renewed["valid_to"]) == parse(seal["valid_to"]) + dt.timedelta(days=10)
+    assert (await filing.sign(seal["id"])).status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"organization": {"name": "某公司", "uscc": "91350100M000100Y4Z"}},
+         "organization.uscc"),
+        ({"organization": {"name": "某公司", "uscc": "91350100M000100Y44"}},
+         "organization.uscc"),
+        ({"type": "07"}, "type"),
+        ({"name": ""}, "name"),
+        ({"image_png": "bm90IGEgcG5n"}, "image_png"),
+    ],
+)
+async def test_bad_seal_fields_are_422_naming_the_field(
+    filing: Filing, body: dict[str, Any], field: str
+) -> None:
+    """Seal creation names the invalid field, with the USCC checked by its checksum."""
+    key = await filing.world.key()
+    request = {"name": "合同专用章", "type": "04", "organization": ORGANIZATION,
+               "key_id": key["id"], **body}
+    response = await filing.world.http.post("/v1/seals", headers=filing.filer, json=request)
+    problem = await assert_problem(response, 422, "validation-failed")
+    assert problem["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"legal_representative": {"name": "张三", "id_number": "110105194912310021"}},
+         "legal_representative.id_number"),
+        ({"legal_representative": {"name": "张三", "id_number": "11010519491331002X"}},
+         "legal_representative.id_number"),
+        ({"applicant": {"name": "李四", "phone": "12345"}}, "applicant.phone"),
+        ({"action": "destroy"}, "action"),
+        ({"authority": "nowhere"}, "authority"),
+    ],
+)
+async def test_bad_filing_fields_are_422_naming_the_field(
+    filing: Filing, change: dict[str, Any], field: str
+) -> None:
+    """Filing creation names the invalid field: ID checksum and birth date included."""
+    seal = await filing.seal()
+    body = {"seal_id": seal["id"], "action": "new", "authority": "local",
+            "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE, **change}
+    response = await filing.world.http.post("/v1/filings", headers=filing.filer, json=body)
+    problem = await assert_problem(response, 422, "validation-failed")
+    assert problem["errors"][0]["field"] == field
+    assert LEGAL_REPRESENTATIVE["id_number"][:10] not in json.dumps(problem)
+
+
+async def test_invalid_transitions_are_409_naming_the_state(filing: Filing) -> None:
+    """Submitting twice, reviewing a draft and suspending a draft seal are refused."""
+    seal = await filing.seal()
+    suspend = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
+        "seal_id": seal["id"], "action": "suspend", "authority": "local",
+        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
+    body = await assert_problem(suspend, 409, "invalid-transition")
+    assert "draft" in body["detail"]
+    created = await (await filing.world.http.post("/v1/filings", headers=filing.filer, json={
+        "seal_id": seal["id"], "action": "new", "authority": "local",
+        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})).json()
+    review = await filing.world.http.post(f"/v1/filings/{created['id']}/review",
+                                          headers=filing.reviewer, json={"decision": "approve"})
+    body = await assert_problem(review, 409, "invalid-transition")
+    assert "draft" in body["detail"]
+    missing = await filing.world.http.post(f"/v1/filings/{created['id']}/submit",
+                                           headers=filing.filer)
+    problem = await assert_problem(missing, 422, "validation-failed")
+    assert problem["errors"][0]["field"] == "materials.business_license"
+
+
+async def test_bad_materials_are_refused(filing: Filing) -> None:
+    """Materials must be PDF, PNG or JPEG by content, within the size limit, of a known kind."""
+    seal = await filing.seal()
+    created = await (await filing.world.http.post("/v1/filings", headers=filing.filer, json={
+        "seal_id": seal["id"], "action": "new", "authority": "local",
+        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})).json()
+    base = f"/v1/filings/{created['id']}/materials"
+    text = await filing.world.http.put(f"{base}/business_license", data=b"just text",
+                                       headers={**filing.filer, "Content-Type": "image/png"})
+    await assert_problem(text, 415, "unsupported-media-type")
+    huge = await filing.world.http.put(f"{base}/business_license",
+                                       data=b"%PDF-" + bytes(11 * 1024 * 1024),
+                                       headers=filing.filer)
+    await assert_problem(huge, 413, "payload-too-large")
+    unknown = await filing.world.http.put(f"{base}/selfie", data=seal_png(),
+                                          headers=filing.filer)
+    await assert_problem(unknown, 404, "not-found")
+
+
+async def test_id_number_is_encrypted_at_rest_and_masked_everywhere(
+    filing: Filing, settings: Settings
+) -> None:
+    """The full ID number is in no response and nowhere in the database file."""
+    seal = await filing.active()
+    filings = await (await filing.world.http.get(f"/v1/filings?seal_id={seal['id']}",
+                                                  headers=filing.filer)).json()
+    assert filings["filings"][0]["legal_representative"]["id_number"] == "110105********002X"
+    assert LEGAL_REPRESENTATIVE["id_number"] not in json.dumps(filings)
+    database = Path(settings.storage.sqlite_path)
+    for path in database.parent.glob(database.name + "*"):
+        assert LEGAL_REPRESENTATIVE["id_number"].encode() not in path.read_bytes()
+
+
+async def test_only_reviewers_review(filing: Filing) -> None:
+    """A filer cannot approve its own filing."""
+    seal = await filing.seal()
+    submitted = await filing.file(seal["id"], "new")
+    response = await filing.world.http.post(f"/v1/filings/{submitted['id']}/review",
+                                            headers=filing.filer, json={"decision": "approve"})
+    await assert_problem(response, 403, "forbidden")
