@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api import filings, health, keys, middlewares, receipts, seals, signing
+from gateway.api import filings, health, keys, middlewares, openapi, receipts, seals, signing
 from gateway.api.context import SERVICES, SETTINGS
 from gateway.hsm import Hsm
 from gateway.services import Services, close_services, open_services
@@ -17,8 +17,8 @@ from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ROUTE_TABLES = (health.routes, keys.routes, seals.routes, signing.routes, filings.routes,
-                receipts.routes)
+ROUTE_TABLES = (health.routes, openapi.routes, keys.routes, seals.routes, signing.routes,
+                filings.routes, receipts.routes)
 
 
 def create_app(

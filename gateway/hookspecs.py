@@ -24,11 +24,13 @@ def sealgate_storage_backends(settings: Any) -> list[Any]:
 
     ``settings.storage.backend`` picks one of them by name.
     """
+    return []
 
 
 @hookspec
 def sealgate_filing_adapters(settings: Any) -> list[Any]:
     """Return filing-authority adapters (each with a ``name``), one per authority they serve."""
+    return []
 
 
 @hookspec

@@ -16,8 +16,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
-from prometheus_client import multiprocess
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -97,6 +97,7 @@ def render_latest() -> bytes:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        # prometheus_client ships this collector without annotations.
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -68,13 +69,12 @@ class PersonalDataVault:
     async def _create(self) -> None:
         key_id = _b64(os.urandom(9)).replace("+", "-").replace("/", "_")
         wrapped = await self._hsm.encrypt(AESGCM.generate_key(bit_length=256))
-        try:
+        # Another process may create the first data key at the same moment: then use theirs.
+        with contextlib.suppress(StaleWrite):
             await self._storage.commit([
                 Write(KIND, key_id, 0, {"key_id": key_id, "wrapped": _b64(wrapped)}),
                 Write(KIND, CURRENT, 0, {"key_id": key_id}),
             ])
-        except StaleWrite:
-            pass  # another process created the first data key at the same moment: use theirs
 
 
 def _b64(data: bytes) -> str:

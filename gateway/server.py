@@ -7,6 +7,7 @@ the fork (DOMAIN.md §5). A worker that dies is replaced; SIGTERM/SIGINT stop th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -93,9 +94,9 @@ def serve(settings: Settings, workers: int) -> None:
             break
         except InterruptedError:
             continue
-        slot = children.pop(pid, None)
-        if slot is None:
+        if pid not in children:
             continue
+        slot = children.pop(pid)
         _forget_worker_metrics(pid)
         if not stopping:
             log.warning("worker %d exited (status %d); starting a replacement", pid, status)
@@ -110,11 +111,9 @@ def _forget_worker_metrics(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # untyped upstream
 
 
 def _kill(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

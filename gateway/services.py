@@ -59,7 +59,7 @@ async def open_services(
     keys = KeyRegistry(storage, hsm, audit)
     audit.set_signer(await audit_signer(settings, keys, hsm))
     seals = SealRegistry(storage, keys, audit)
-    roots_pem = [Path(p).read_bytes() for p in settings.pki.trust_roots if Path(p).exists()]
+    roots_pem = _read_trust_roots(settings)
     platform = PlatformSigner(keys, hsm, load_trust_roots(settings.pki.trust_roots))
     filings = FilingService(
         settings.filing, storage, seals, audit, PersonalDataVault(storage, hsm), platform,
@@ -67,12 +67,16 @@ async def open_services(
     )
     return Services(
         settings=settings, storage=storage, hsm=hsm, audit=audit,
-        clients=ClientRegistry(storage), keys=keys, seals=seals,
+        clients=ClientRegistry(storage, audit), keys=keys, seals=seals,
         sealing=SealingService(settings, storage, hsm, seals, audit),
         platform=platform, filings=filings,
         receipts=ReceiptService(storage, hsm, platform, roots_pem),
         owns_hsm=owns_hsm,
     )
+
+
+def _read_trust_roots(settings: Settings) -> list[bytes]:
+    return [Path(p).read_bytes() for p in settings.pki.trust_roots if Path(p).exists()]
 
 
 def audit_key_file(settings: Settings) -> Path:

@@ -53,7 +53,9 @@ class SecretRef:
             try:
                 return Path(self.file).read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise ConfigError(f"secret file {self.file} cannot be read: {exc.strerror}") from exc
+                raise ConfigError(
+                    f"secret file {self.file} cannot be read: {exc.strerror}"
+                ) from exc
         raise ConfigError("a secret reference names neither 'env' nor 'file'")
 
     @property
@@ -118,6 +120,15 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """Failed-authentication limits per remote address, and dual-control request lifetime."""
+
+    failures_per_minute: float = 10.0
+    failure_burst: int = 20
+    approval_ttl_hours: float = 24.0
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
 
@@ -154,6 +165,7 @@ class Settings:
     signing: SigningSettings = field(default_factory=SigningSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     log: LogSettings = field(default_factory=LogSettings)
     filing: FilingSettings = field(default_factory=FilingSettings)
 
@@ -174,7 +186,8 @@ def load_settings(
         if source:
             _merge(merged, _read_toml(Path(source)))
     _merge(merged, _environment_overrides(env))
-    return _build(Settings, merged, "")
+    settings: Settings = _build(Settings, merged, "")
+    return settings
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -248,7 +261,7 @@ def _resolve_paths(value: Any) -> Any:
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where + ".")
     origin = typing.get_origin(hint)
     if origin is tuple:

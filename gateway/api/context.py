@@ -46,4 +46,4 @@ def client(request: web.Request) -> ApiClient:
 
 
 def request_id(request: web.Request) -> str:
-    return request.get(REQUEST_ID, "-")
+    return str(request.get(REQUEST_ID, "-"))

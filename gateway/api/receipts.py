@@ -29,9 +29,11 @@ async def get_receipt(request: web.Request) -> web.Response:
 async def get_receipt_pdf(request: web.Request) -> web.Response:
     pdf = await services(request).receipts.pdf(request.match_info["number"])
     return web.Response(
-        body=pdf, content_type="application/pdf",
-        headers={"Content-Disposition":
-                 f'inline; filename="receipt-{request.match_info["number"]}.pdf"'},
+        body=pdf,
+        content_type="application/pdf",
+        headers={
+            "Content-Disposition": f'inline; filename="receipt-{request.match_info["number"]}.pdf"'
+        },
     )
 
 
@@ -47,7 +49,9 @@ async def verify_receipt(request: web.Request) -> web.Response:
         try:
             document = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ValidationFailed.one("body", "is neither a receipt PDF nor receipt JSON") from None
+            raise ValidationFailed.one(
+                "body", "is neither a receipt PDF nor receipt JSON"
+            ) from None
         if not isinstance(document, dict):
             raise ValidationFailed.one("body", "must be a receipt JSON object")
         result = await receipts.verify_json(document, utcnow())

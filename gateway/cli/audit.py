@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ def register(sub: Any) -> None:
 async def verify(args: argparse.Namespace) -> int:
     async with opened(args) as services:
         result = await services.audit.verify()
-    print_json(result.as_dict())
+    print_json(dataclasses.asdict(result))
     return 0 if result.intact else 1
 
 

@@ -19,9 +19,14 @@ DEMO_CLIENT = "demo-app"
 
 
 def register(sub: Any) -> None:
-    init = sub.add_parser("init", help="prepare var/: dev CA, platform key; --demo adds a filed seal")
-    init.add_argument("--demo", action="store_true",
-                      help="also create a demo organisation, key, filed seal and signer client")
+    init = sub.add_parser(
+        "init", help="prepare var/: dev CA, platform key; --demo adds a filed seal"
+    )
+    init.add_argument(
+        "--demo",
+        action="store_true",
+        help="also create a demo organisation, key, filed seal and signer client",
+    )
     init.set_defaults(handler=init_command)
 
     serve = sub.add_parser("serve", help="run the gateway")
@@ -79,17 +84,25 @@ async def _ensure_demo(services: Any, ca: Any, var: Path) -> dict[str, str]:
             pass
     key = await services.keys.create("demo-contract-seal", "rsa-2048", OPERATOR.name)
     public_der = services.keys.public_key_der(key)
-    cert = ca.issue(public_der, DEMO_ORGANIZATION["name"] + " 合同专用章",
-                    DEMO_ORGANIZATION["name"])
+    cert = ca.issue(
+        public_der, DEMO_ORGANIZATION["name"] + " 合同专用章", DEMO_ORGANIZATION["name"]
+    )
     pem = chain_to_pem([cert, ca.certificate]).encode()
     await services.keys.import_certificate(key["id"], pem, OPERATOR.name)
     seal = await services.seals.create(
-        {"name": "合同专用章", "type": "04", "organization": DEMO_ORGANIZATION,
-         "key_id": key["id"]},
+        {
+            "name": "合同专用章",
+            "type": "04",
+            "organization": DEMO_ORGANIZATION,
+            "key_id": key["id"],
+        },
         OPERATOR.name,
     )
     await services.filings.file_and_approve_locally(
-        seal["id"], DEMO_APPLICANT, DEMO_LEGAL_REPRESENTATIVE, OPERATOR.name,
+        seal["id"],
+        DEMO_APPLICANT,
+        DEMO_LEGAL_REPRESENTATIVE,
+        OPERATOR.name,
     )
     existing = await services.clients.find_by_name(DEMO_CLIENT)
     if existing is not None:
@@ -110,9 +123,9 @@ def _print_first_steps(host: str, port: int, demo: dict[str, str]) -> None:
     base = f"http://{host}:{port}"
     token = f"$(cat {shlex.quote(demo['token_file'])})"
     print(f"""
-Demo seal {demo['seal_id']} is filed and active. Once the gateway is up, seal a PDF with:
+Demo seal {demo["seal_id"]} is filed and active. Once the gateway is up, seal a PDF with:
 
   curl -sS -X POST -H "Authorization: Bearer {token}" \\
        -H 'Content-Type: application/pdf' --data-binary @{sample} \\
-       '{base}/v1/seals/{demo['seal_id']}/sign/pdf' -o sealed.pdf && pdfsig sealed.pdf
+       '{base}/v1/seals/{demo["seal_id"]}/sign/pdf' -o sealed.pdf && pdfsig sealed.pdf
 """)

@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 
 async def sign_pdf(args: argparse.Namespace) -> int:
     from gateway.errors import SealGateError
-    from gateway.signing import Placement, PdfSealOptions
+    from gateway.signing import PdfSealOptions, Placement
 
     args.out.mkdir(parents=True, exist_ok=True)
     options = PdfSealOptions(placement=Placement(page=args.page), reason=args.reason,

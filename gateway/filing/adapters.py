@@ -1,4 +1,4 @@
-"""The filing-authority adapter protocol: how a filing reaches an authority and its decision returns.
+"""The filing-authority adapter protocol: how a filing reaches an authority, and back.
 
 An adapter is what a plugin returns from ``sealgate_filing_adapters``. The gateway calls
 ``submit`` once per application (and again, with the same application id, when a previous

@@ -124,7 +124,7 @@ def _render_with_attachment(receipt: dict[str, Any], seal_png: bytes | None) -> 
         description="The signed filing receipt (JSON with detached JWS)",
     ))
     out = io.BytesIO()
-    writer.write(out)
+    writer.write(out)  # type: ignore[no-untyped-call]  # pyHanko's writer is unannotated
     return out.getvalue()
 
 

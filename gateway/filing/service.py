@@ -22,7 +22,12 @@ from typing import Any
 from gateway.audit import AuditLog
 from gateway.clock import isoformat, parse, utcnow
 from gateway.errors import (
-    Conflict, InvalidTransition, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed,
+    Conflict,
+    InvalidTransition,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
 )
 from gateway.filing import states
 from gateway.filing.adapters import AuthorityRefused, AuthorityUnavailable, Decision, FilingAdapter
@@ -42,8 +47,11 @@ MATERIAL_KINDS = ("business_license", "legal_rep_id", "seal_impression", "author
 REQUIRED_FOR_NEW = ("business_license", "legal_rep_id", "seal_impression")
 MAX_MATERIAL_BYTES = 10 * 1024 * 1024
 _PHONE = re.compile(r"^(1[3-9]\d{9}|0\d{2,3}-?\d{7,8})$")
-_SNIFF = ((b"%PDF-", "application/pdf"), (b"\x89PNG\r\n\x1a\n", "image/png"),
-          (b"\xff\xd8\xff", "image/jpeg"))
+_SNIFF = (
+    (b"%PDF-", "application/pdf"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+)
 
 
 def material_blob_key(filing_id: str, kind: str) -> str:
@@ -60,8 +68,14 @@ def sniff_material(body: bytes) -> str:
 
 class FilingService:
     def __init__(
-        self, settings: FilingSettings, storage: Storage, seals: SealRegistry, audit: AuditLog,
-        vault: PersonalDataVault, platform: PlatformSigner, adapters: Mapping[str, FilingAdapter],
+        self,
+        settings: FilingSettings,
+        storage: Storage,
+        seals: SealRegistry,
+        audit: AuditLog,
+        vault: PersonalDataVault,
+        platform: PlatformSigner,
+        adapters: Mapping[str, FilingAdapter],
     ) -> None:
         self._settings = settings
         self._storage = storage
@@ -80,17 +94,23 @@ class FilingService:
         if authority not in self.adapters:
             raise ValidationFailed.one("authority", f"must be one of {', '.join(self.adapters)}")
         now = utcnow()
-        states.check_action(seal["status"], action,
-                            expired=states.is_expired(parse(seal.get("valid_to")), now))
+        states.check_action(
+            seal["status"], action, expired=states.is_expired(parse(seal.get("valid_to")), now)
+        )
         applicant = _object(body, "applicant")
         phone = _text(applicant, "phone", "applicant.")
         if not _PHONE.match(phone):
-            raise ValidationFailed.one("applicant.phone", "must be a mainland mobile or landline number")
+            raise ValidationFailed.one(
+                "applicant.phone", "must be a mainland mobile or landline number"
+            )
         legal = _object(body, "legal_representative")
         id_number = validate_resident_id(legal.get("id_number"), "legal_representative.id_number")
         filing_id = str(uuid.uuid4())
         data = {
-            "id": filing_id, "seal_id": seal["id"], "action": action, "authority": authority,
+            "id": filing_id,
+            "seal_id": seal["id"],
+            "action": action,
+            "authority": authority,
             "status": states.FilingStatus.DRAFT.value,
             "applicant": {"name": _text(applicant, "name", "applicant."), "phone": phone},
             "legal_representative": {
@@ -98,15 +118,24 @@ class FilingService:
                 "id_number_masked": mask_id_number(id_number),
                 "id_number_encrypted": await self._vault.encrypt(id_number, filing_id),
             },
-            "materials": {}, "created_at": isoformat(now), "submitted_at": None,
-            "reference": None, "decision": None, "receipt_number": None,
+            "materials": {},
+            "created_at": isoformat(now),
+            "submitted_at": None,
+            "reference": None,
+            "decision": None,
+            "receipt_number": None,
             "seal_status_before": None,
         }
         await self._audit.commit(
             [Write(FILING, filing_id, 0, data)],
-            [self._audit.event_sealer(actor, "filing.created", f"filing/{filing_id}",
-                                      {"seal_id": seal["id"], "action": action,
-                                       "authority": authority})],
+            [
+                self._audit.event_sealer(
+                    actor,
+                    "filing.created",
+                    f"filing/{filing_id}",
+                    {"seal_id": seal["id"], "action": action, "authority": authority},
+                )
+            ],
         )
         return data
 
@@ -128,13 +157,23 @@ class FilingService:
         record = await self._record(filing_id)
         self._require_status(record, states.FilingStatus.DRAFT)
         await self._storage.put_blob(material_blob_key(filing_id, kind), body)
-        material = {"content_type": content_type, "size": len(body),
-                    "sha256": hashlib.sha256(body).hexdigest(), "uploaded_at": isoformat(utcnow())}
+        material = {
+            "content_type": content_type,
+            "size": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "uploaded_at": isoformat(utcnow()),
+        }
         data = {**record.data, "materials": {**record.data["materials"], kind: material}}
         await self._audit.commit(
             [Write(FILING, filing_id, record.version, data)],
-            [self._audit.event_sealer(actor, "filing.material_added", f"filing/{filing_id}",
-                                      {"kind": kind, "sha256": material["sha256"]})],
+            [
+                self._audit.event_sealer(
+                    actor,
+                    "filing.material_added",
+                    f"filing/{filing_id}",
+                    {"kind": kind, "sha256": material["sha256"]},
+                )
+            ],
         )
         return data
 
@@ -148,15 +187,23 @@ class FilingService:
         if filing["action"] == states.FilingAction.NEW:
             missing = [k for k in REQUIRED_FOR_NEW if k not in filing["materials"]]
             if missing:
-                raise ValidationFailed.one(f"materials.{missing[0]}",
-                                           "is required before a new seal is submitted")
+                raise ValidationFailed.one(
+                    f"materials.{missing[0]}", "is required before a new seal is submitted"
+                )
         seal = await self._seals.record(filing["seal_id"])
         now = utcnow()
-        states.check_action(seal.data["status"], filing["action"],
-                            expired=states.is_expired(parse(seal.data.get("valid_to")), now))
+        states.check_action(
+            seal.data["status"],
+            filing["action"],
+            expired=states.is_expired(parse(seal.data.get("valid_to")), now),
+        )
         pending = states.seal_status_while_pending(seal.data["status"], filing["action"])
-        data = {**filing, "status": states.FilingStatus.SUBMITTED.value,
-                "submitted_at": isoformat(now), "seal_status_before": seal.data["status"]}
+        data = {
+            **filing,
+            "status": states.FilingStatus.SUBMITTED.value,
+            "submitted_at": isoformat(now),
+            "seal_status_before": seal.data["status"],
+        }
         writes = [Write(FILING, filing_id, record.version, data)]
         seal_changes: dict[str, Any] = {}
         if pending != seal.data["status"]:
@@ -168,8 +215,14 @@ class FilingService:
             writes.append(self._seals.status_write(seal, seal_changes))
         await self._audit.commit(
             writes,
-            [self._audit.event_sealer(actor, "filing.submitted", f"filing/{filing_id}",
-                                      {"seal_id": filing["seal_id"], "action": filing["action"]})],
+            [
+                self._audit.event_sealer(
+                    actor,
+                    "filing.submitted",
+                    f"filing/{filing_id}",
+                    {"seal_id": filing["seal_id"], "action": filing["action"]},
+                )
+            ],
         )
         return await self._hand_over(filing_id)
 
@@ -182,19 +235,32 @@ class FilingService:
         try:
             reference = await adapter.submit(await self._application(record.data))
         except AuthorityUnavailable as exc:
-            log.warning("filing %s: authority %s unavailable, will retry: %s", filing_id,
-                        adapter.name, exc)
+            log.warning(
+                "filing %s: authority %s unavailable, will retry: %s", filing_id, adapter.name, exc
+            )
             return record.data
         except AuthorityRefused as exc:
-            return await self._decide(record, Decision("rejected", f"refused by authority: {exc}"),
-                                      f"authority:{adapter.name}")
-        data = {**record.data, "status": states.FilingStatus.UNDER_REVIEW.value,
-                "reference": reference}
+            return await self._decide(
+                record,
+                Decision("rejected", f"refused by authority: {exc}"),
+                f"authority:{adapter.name}",
+            )
+        data = {
+            **record.data,
+            "status": states.FilingStatus.UNDER_REVIEW.value,
+            "reference": reference,
+        }
         try:
             await self._audit.commit(
                 [Write(FILING, filing_id, record.version, data)],
-                [self._audit.event_sealer(f"authority:{adapter.name}", "filing.under_review",
-                                          f"filing/{filing_id}", {"reference": reference})],
+                [
+                    self._audit.event_sealer(
+                        f"authority:{adapter.name}",
+                        "filing.under_review",
+                        f"filing/{filing_id}",
+                        {"reference": reference},
+                    )
+                ],
             )
         except StaleWrite:
             return (await self._record(filing_id)).data
@@ -206,17 +272,20 @@ class FilingService:
         materials = []
         for kind, meta in filing["materials"].items():
             blob = await self._storage.get_blob(material_blob_key(filing["id"], kind)) or b""
-            materials.append({"kind": kind, **meta,
-                              "content_b64": base64.b64encode(blob).decode("ascii")})
+            materials.append(
+                {"kind": kind, **meta, "content_b64": base64.b64encode(blob).decode("ascii")}
+            )
         return {
-            "id": filing["id"], "action": filing["action"],
-            "seal": {k: seal[k] for k in ("id", "seal_code", "name", "type", "organization",
-                                          "image_sha256")},
+            "id": filing["id"],
+            "action": filing["action"],
+            "seal": {
+                k: seal[k]
+                for k in ("id", "seal_code", "name", "type", "organization", "image_sha256")
+            },
             "applicant": filing["applicant"],
             "legal_representative": {
                 "name": legal["name"],
-                "id_number": await self._vault.decrypt(legal["id_number_encrypted"],
-                                                       filing["id"]),
+                "id_number": await self._vault.decrypt(legal["id_number_encrypted"], filing["id"]),
             },
             "materials": materials,
         }
@@ -233,10 +302,15 @@ class FilingService:
         self._require_status(record, states.FilingStatus.UNDER_REVIEW)
         outcome = _choice(body, "decision", ["approve", "reject"])
         valid_days = body.get("valid_days")
-        if valid_days is not None and (not isinstance(valid_days, int) or not 1 <= valid_days <= 3650):
+        if valid_days is not None and (
+            not isinstance(valid_days, int) or not 1 <= valid_days <= 3650
+        ):
             raise ValidationFailed.one("valid_days", "must be a whole number of days, 1 to 3650")
-        decision = Decision("approved" if outcome == "approve" else "rejected",
-                            str(body.get("comment") or ""), valid_days)
+        decision = Decision(
+            "approved" if outcome == "approve" else "rejected",
+            str(body.get("comment") or ""),
+            valid_days,
+        )
         return await self._decide(record, decision, reviewer)
 
     async def process_pending(self) -> int:
@@ -265,17 +339,27 @@ class FilingService:
 
     async def _decide(self, record: Record, decision: Decision, actor: str) -> dict[str, Any]:
         filing = record.data
-        target = states.FilingStatus.APPROVED if decision.outcome == "approved" \
+        target = (
+            states.FilingStatus.APPROVED
+            if decision.outcome == "approved"
             else states.FilingStatus.REJECTED
+        )
         if filing["status"] == states.FilingStatus.SUBMITTED:
             filing = {**filing, "status": states.FilingStatus.UNDER_REVIEW.value}
         states.check_filing_transition(filing["status"], target)
         seal = await self._seals.record(filing["seal_id"])
         now = utcnow()
-        decided = {**filing, "status": target.value,
-                   "decision": {"outcome": decision.outcome, "comment": decision.comment,
-                                "decided_at": isoformat(now), "by": actor,
-                                "reference": decision.reference}}
+        decided = {
+            **filing,
+            "status": target.value,
+            "decision": {
+                "outcome": decision.outcome,
+                "comment": decision.comment,
+                "decided_at": isoformat(now),
+                "by": actor,
+                "reference": decision.reference,
+            },
+        }
         writes = [Write(FILING, filing["id"], record.version, decided)]
         details: dict[str, Any] = {"outcome": decision.outcome, "seal_id": seal.key}
         if decision.outcome == "approved":
@@ -285,16 +369,21 @@ class FilingService:
             writes.append(self._seals.status_write(seal, seal_changes))
             details["receipt_number"] = receipt["number"]
         else:
-            restored = states.seal_status_on_rejection(filing["seal_status_before"],
-                                                       filing["action"])
+            restored = states.seal_status_on_rejection(
+                filing["seal_status_before"], filing["action"]
+            )
             changes: dict[str, Any] = {"signing_stopped": None}
             if restored != seal.data["status"]:
                 changes["status"] = restored.value
             if seal.data.get("signing_stopped") or "status" in changes:
                 writes.append(self._seals.status_write(seal, changes))
         await self._audit.commit(
-            writes, [self._audit.event_sealer(actor, f"filing.{target.value}",
-                                              f"filing/{filing['id']}", details)],
+            writes,
+            [
+                self._audit.event_sealer(
+                    actor, f"filing.{target.value}", f"filing/{filing['id']}", details
+                )
+            ],
         )
         return decided
 
@@ -303,8 +392,11 @@ class FilingService:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         new_status = states.seal_status_on_approval(seal.data["status"], filing["action"])
         valid_from, valid_to = parse(seal.data.get("valid_from")), parse(seal.data.get("valid_to"))
-        if filing["action"] in (states.FilingAction.NEW, states.FilingAction.RENEW,
-                                states.FilingAction.CHANGE):
+        if filing["action"] in (
+            states.FilingAction.NEW,
+            states.FilingAction.RENEW,
+            states.FilingAction.CHANGE,
+        ):
             days = dt.timedelta(days=decision.valid_days or self._settings.receipt_valid_days)
             if filing["action"] == states.FilingAction.RENEW and valid_to and valid_to > now:
                 # Renewed before expiry: the period continues from the old end, so the seal
@@ -316,23 +408,45 @@ class FilingService:
         adapter = self.adapters[filing["authority"]]
         number = receipt_number(now, await self._storage.incr(f"receipt-seq:{now:%Y%m%d}"))
         receipt = build_receipt(
-            number=number, authority={"id": adapter.name, "name": adapter.display_name},
-            filing=filing, seal=seal.data, key=key.data if key else {},
-            seal_status=new_status.value, valid_from=valid_from, valid_to=valid_to,
-            issued_at=now, authority_reference=decision.reference or str(filing.get("reference") or ""),
+            number=number,
+            authority={"id": adapter.name, "name": adapter.display_name},
+            filing=filing,
+            seal=seal.data,
+            key=key.data if key else {},
+            seal_status=new_status.value,
+            valid_from=valid_from,
+            valid_to=valid_to,
+            issued_at=now,
+            authority_reference=decision.reference or str(filing.get("reference") or ""),
         )
         receipt["signature"] = await self._platform.sign(receipt)
-        changes = {"status": new_status.value, "receipt_number": number, "signing_stopped": None,
-                   "valid_from": isoformat(valid_from) if valid_from else None,
-                   "valid_to": isoformat(valid_to) if valid_to else None}
+        changes = {
+            "status": new_status.value,
+            "receipt_number": number,
+            "signing_stopped": None,
+            "valid_from": isoformat(valid_from) if valid_from else None,
+            "valid_to": isoformat(valid_to) if valid_to else None,
+        }
         return receipt, changes
 
     async def file_and_approve_locally(
-        self, seal_id: str, applicant: Mapping[str, str], legal: Mapping[str, str], actor: str,
+        self,
+        seal_id: str,
+        applicant: Mapping[str, str],
+        legal: Mapping[str, str],
+        actor: str,
     ) -> dict[str, Any]:
         """The whole `new` filing through the local authority, as `sealgate init --demo` does."""
-        filing = await self.create({"seal_id": seal_id, "action": "new", "authority": "local",
-                                    "applicant": applicant, "legal_representative": legal}, actor)
+        filing = await self.create(
+            {
+                "seal_id": seal_id,
+                "action": "new",
+                "authority": "local",
+                "applicant": applicant,
+                "legal_representative": legal,
+            },
+            actor,
+        )
         png = await self._seals.image(seal_id)
         for kind in REQUIRED_FOR_NEW:
             await self.put_material(filing["id"], kind, png, actor)
@@ -359,8 +473,11 @@ def public_view(filing: Mapping[str, Any]) -> dict[str, Any]:
     """A filing as the API shows it: the ID number masked, never its ciphertext."""
     legal = filing["legal_representative"]
     return {
-        **{k: v for k, v in filing.items() if k not in ("legal_representative",
-                                                        "seal_status_before")},
+        **{
+            k: v
+            for k, v in filing.items()
+            if k not in ("legal_representative", "seal_status_before")
+        },
         "legal_representative": {"name": legal["name"], "id_number": legal["id_number_masked"]},
     }
 

@@ -13,12 +13,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-
 import pkcs11.exceptions as p11e
 from asn1crypto.core import ObjectIdentifier, OctetString
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from pkcs11 import Attribute, KeyType, Mechanism, MGF, ObjectClass
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from gateway.errors import HsmError, HsmUnavailable, NotFound

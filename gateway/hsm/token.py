@@ -11,6 +11,7 @@ the gateway recovers without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -168,7 +169,5 @@ class TokenSession:
     def _close_session(self) -> None:
         session, self._session = self._session, None
         if session is not None:
-            try:
+            with contextlib.suppress(p11e.PKCS11Error):
                 session.close()
-            except p11e.PKCS11Error:
-                pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import itertools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.keys.registry import KeyRegistry, certificate_chain
 from gateway.signing.jcs import canonicalize
-from gateway.signing.jws import HsmDigestSigner, JwsAlgorithm, JwsInvalid, sign_detached, verify_detached
+from gateway.signing.jws import (
+    HsmDigestSigner,
+    JwsAlgorithm,
+    JwsInvalid,
+    sign_detached,
+    verify_detached,
+)
 
 
 @dataclass(frozen=True)
@@ -60,20 +67,30 @@ class PlatformSigner:
     async def key(self) -> PlatformKey:
         if self._key is None:
             record = await self._keys.platform_key()
-            self._key = PlatformKey(str(record["id"]), KeyAlgorithm(record["algorithm"]),
-                                    tuple(certificate_chain(record)))
+            self._key = PlatformKey(
+                str(record["id"]),
+                KeyAlgorithm(record["algorithm"]),
+                tuple(certificate_chain(record)),
+            )
         return self._key
 
     async def certificate_pem(self) -> bytes:
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (await self.key()).chain)
+        return b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in (await self.key()).chain
+        )
 
     async def sign(self, document: Mapping[str, Any]) -> str:
         """The detached JWS over the canonical form of ``document`` (without ``signature``)."""
         key = await self.key()
         payload = canonicalize(_unsigned(document))
         signer = HsmDigestSigner(self._hsm, uuid.UUID(key.key_id).bytes, key.algorithm)
-        return await sign_detached(payload, signer, alg=JwsAlgorithm.default_for(key.algorithm),
-                                   kid=key.key_id, x5c=key.chain_der)
+        return await sign_detached(
+            payload,
+            signer,
+            alg=JwsAlgorithm.default_for(key.algorithm),
+            kid=key.key_id,
+            x5c=key.chain_der,
+        )
 
     def verify(self, document: Mapping[str, Any], now: dt.datetime) -> list[Check]:
         """Check a signed document's JWS and the certificate chain in its header."""
@@ -92,15 +109,19 @@ class PlatformSigner:
     def _check_chain(self, chain: list[x509.Certificate], now: dt.datetime) -> Check:
         for cert in chain:
             if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-                return Check("certificate", False,
-                             f"certificate {cert.subject.rfc4514_string()} is not valid now")
-        for child, issuer in zip(chain, chain[1:], strict=False):
+                return Check(
+                    "certificate",
+                    False,
+                    f"certificate {cert.subject.rfc4514_string()} is not valid now",
+                )
+        for child, issuer in itertools.pairwise(chain):
             if not _issued_by(child, issuer):
                 return Check("certificate", False, "the certificate chain is broken")
         for root in self._trust_roots:
             if chain[-1] == root or _issued_by(chain[-1], root):
-                return Check("certificate", True,
-                             f"chains to trusted root {root.subject.rfc4514_string()}")
+                return Check(
+                    "certificate", True, f"chains to trusted root {root.subject.rfc4514_string()}"
+                )
         return Check("certificate", False, "the certificate does not chain to a trusted root")
 
 
@@ -115,12 +136,19 @@ def _issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         if isinstance(public, rsa.RSAPublicKey):
             assert child.signature_hash_algorithm is not None
-            public.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(),
-                          child.signature_hash_algorithm)
+            public.verify(
+                child.signature,
+                child.tbs_certificate_bytes,
+                padding.PKCS1v15(),
+                child.signature_hash_algorithm,
+            )
         elif isinstance(public, ec.EllipticCurvePublicKey):
             assert child.signature_hash_algorithm is not None
-            public.verify(child.signature, child.tbs_certificate_bytes,
-                          ec.ECDSA(child.signature_hash_algorithm))
+            public.verify(
+                child.signature,
+                child.tbs_certificate_bytes,
+                ec.ECDSA(child.signature_hash_algorithm),
+            )
         else:
             return False
     except InvalidSignature:

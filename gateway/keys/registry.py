@@ -2,12 +2,15 @@
 
 The private key lives only on the token (addressed by ``CKA_ID`` = the key's UUID bytes);
 storage keeps what may be public: label, algorithm, public key, certificate chain, status.
+A key may carry a ``usage_limit``: the number of signatures it may ever make, counted with the
+storage backend's atomic counter so that every worker process draws from the same budget.
+Destroying a key removes it from the token for good; the record stays, ``destroyed``.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography import x509
@@ -15,12 +18,12 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.audit import AuditLog
 from gateway.clock import isoformat, utcnow
-from gateway.errors import Conflict, NotFound, ValidationFailed
+from gateway.errors import Conflict, NotFound, SealMaySignNot, ValidationFailed
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.certs import chain_to_pem, check_signing_leaf, parse_pem_chain, summarize
 from gateway.pki.csr import build_csr
 from gateway.pki.devca import PLATFORM_PROFILE, DevCA
-from gateway.storage import Record, Storage, Write
+from gateway.storage import EventSealer, Record, Storage, Write
 
 KEY = "key"
 PLATFORM = "platform"
@@ -29,6 +32,7 @@ AUDIT_SIGNER = "audit-signer"
 PLATFORM_KEY_LABEL = "sealgate-platform-receipts"
 AUDIT_KEY_LABEL = "sealgate-audit-checkpoints"
 KEY_STATUSES = ("enabled", "disabled", "destroyed")
+MAX_USAGE_LIMIT = 10**12
 
 JSONRecord = dict[str, Any]
 
@@ -41,11 +45,14 @@ class KeyRegistry:
         self._hsm = hsm
         self._audit = audit
 
-    async def create(self, label: str, algorithm: object, actor: str) -> JSONRecord:
+    async def create(
+        self, label: str, algorithm: object, actor: str, usage_limit: object = None
+    ) -> JSONRecord:
         algo = KeyAlgorithm.parse(algorithm)
         label = str(label or "").strip()
         if not label or len(label) > 100:
             raise ValidationFailed.one("label", "must be 1 to 100 characters")
+        limit = _usage_limit(usage_limit)
         key_id = uuid.uuid4()
         public_der = await self._hsm.generate_key(algo, label, key_id.bytes)
         public_pem = serialization.load_der_public_key(public_der).public_bytes(
@@ -54,12 +61,13 @@ class KeyRegistry:
         data = {
             "id": str(key_id), "label": label, "algorithm": algo.value,
             "public_key_pem": public_pem, "status": "enabled", "created_at": isoformat(utcnow()),
-            "certificate_chain_pem": None, "certificate": None,
+            "certificate_chain_pem": None, "certificate": None, "usage_limit": limit,
         }
         await self._audit.commit(
-            [Write(KEY, data["id"], 0, data)],
-            [self._audit.event_sealer(actor, "key.created", f"key/{data['id']}",
-                                      {"label": label, "algorithm": algo.value})],
+            [Write(KEY, str(key_id), 0, data)],
+            [self._audit.event_sealer(actor, "key.created", f"key/{key_id}",
+                                      {"label": label, "algorithm": algo.value,
+                                       "usage_limit": limit})],
         )
         return data
 
@@ -106,6 +114,49 @@ class KeyRegistry:
         )
         return data
 
+    async def destroyable(self, key_id: str) -> Record:
+        """The key's record when it may be destroyed now; 409 naming the reason otherwise."""
+        record = await self._record(key_id)
+        status = record.data["status"]
+        if status == "enabled":
+            raise Conflict("disable the key before destroying it")
+        if status != "disabled":
+            raise Conflict(f"the key is {status}")
+        if key_id in await self._platform_key_ids():
+            raise Conflict("the platform's own receipt and audit keys are never destroyed")
+        return record
+
+    async def destroy(
+        self,
+        key_id: str,
+        actor: str,
+        *,
+        also_writes: Sequence[Write] = (),
+        also_events: Sequence[EventSealer] = (),
+    ) -> JSONRecord:
+        """Remove the private and public key from the token, then mark the record destroyed.
+
+        The token comes first: if the record cannot be written afterwards, the key is gone
+        and a retry (the token step finds nothing to delete) completes the record. The other
+        order could leave a key marked destroyed that still exists on the token.
+        """
+        record = await self.destroyable(key_id)
+        await self._hsm.destroy_key(uuid.UUID(key_id).bytes)
+        data = {**record.data, "status": "destroyed", "destroyed_at": isoformat(utcnow())}
+        await self._audit.commit(
+            [Write(KEY, key_id, record.version, data), *also_writes],
+            [*also_events,
+             self._audit.event_sealer(actor, "key.destroyed", f"key/{key_id}",
+                                      {"label": data["label"]})],
+        )
+        return data
+
+    async def usage(self, data: JSONRecord) -> int | None:
+        """Signatures made so far by a key with a usage limit; None for keys without one."""
+        if data.get("usage_limit") is None:
+            return None
+        return await self._storage.incr(usage_counter(str(data["id"])), 0)
+
     async def ensure_platform_key(self, ca: DevCA) -> JSONRecord:
         """The key that signs filing and sealing receipts; created once, certified by ``ca``."""
         link = await self._storage.get(PLATFORM, RECEIPT_SIGNER)
@@ -139,6 +190,10 @@ class KeyRegistry:
             raise NotFound("the platform receipt key is not set up; run `sealgate init`")
         return await self.get(str(link.data["key_id"]))
 
+    async def _platform_key_ids(self) -> set[str]:
+        links = [await self._storage.get(PLATFORM, name) for name in (RECEIPT_SIGNER, AUDIT_SIGNER)]
+        return {str(link.data["key_id"]) for link in links if link is not None}
+
     @staticmethod
     def public_key_der(data: JSONRecord) -> bytes:
         return _public_der(data)
@@ -159,10 +214,40 @@ class KeyRegistry:
             raise Conflict(f"the key is {data['status']}")
 
 
+def _usage_limit(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_USAGE_LIMIT:
+        raise ValidationFailed.one("usage_limit", "must be a whole number of signatures above 0")
+    return value
+
+
 def _public_der(data: JSONRecord) -> bytes:
     return serialization.load_pem_public_key(str(data["public_key_pem"]).encode()).public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def usage_counter(key_id: str) -> str:
+    return f"key-usage/{key_id}"
+
+
+async def reserve_signatures(storage: Storage, key: Mapping[str, Any], count: int = 1) -> None:
+    """Take ``count`` signatures from the key's usage budget, or refuse with 409.
+
+    The atomic counter is shared by every worker, so concurrent requests can never sign more
+    than the limit together; a refused reservation is given back so the count stays exact. A
+    reservation is not returned when the signing then fails for another reason: the limit is
+    an upper bound on uses of the key, never a promise of that many signatures.
+    """
+    limit = key.get("usage_limit")
+    if limit is None:
+        return
+    counter = usage_counter(str(key["id"]))
+    if await storage.incr(counter, count) > int(limit):
+        await storage.incr(counter, -count)
+        raise SealMaySignNot("key-usage-exhausted",
+                             f"the seal's key has used up its limit of {limit} signatures")
 
 
 def certificate_chain(data: JSONRecord) -> list[x509.Certificate]:
@@ -176,5 +261,5 @@ def public_view(data: JSONRecord) -> JSONRecord:
     return {
         k: data.get(k)
         for k in ("id", "label", "algorithm", "public_key_pem", "status", "created_at",
-                  "certificate")
+                  "certificate", "usage_limit")
     }

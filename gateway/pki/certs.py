@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -82,8 +83,9 @@ def check_signing_leaf(
             "certificate",
             "the leaf certificate allows neither digitalSignature nor nonRepudiation",
         )
-    for child, issuer in zip(chain, chain[1:], strict=False):
+    for child, issuer in itertools.pairwise(chain):
         if child.issuer != issuer.subject:
             raise ValidationFailed.one(
-                "certificate", "the chain is not in order (each certificate's issuer must follow it)"
+                "certificate",
+                "the chain is not in order (each certificate's issuer must follow it)",
             )

@@ -15,8 +15,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from gateway.audit import AuditLog
-from gateway.clock import isoformat, utcnow
 from gateway.auth import ApiClient
+from gateway.clock import isoformat, utcnow
 from gateway.errors import NotFound, ValidationFailed
 from gateway.identifiers import validate_uscc
 from gateway.keys.registry import KEY, KeyRegistry
@@ -60,22 +60,36 @@ class SealRegistry:
         if body.get("image_png"):
             png, size_mm = _checked_png(body["image_png"])
         else:
-            png = render_round_seal(org_name, seal_type_name(seal_type), seal_code,
-                                    diameter_mm=DEFAULT_DIAMETER_MM)
+            png = render_round_seal(
+                org_name, seal_type_name(seal_type), seal_code, diameter_mm=DEFAULT_DIAMETER_MM
+            )
             size_mm = (DEFAULT_DIAMETER_MM, DEFAULT_DIAMETER_MM)
         await self._storage.put_blob(image_blob_key(seal_id), png)
         data: JSONRecord = {
-            "id": seal_id, "name": name, "type": seal_type, "seal_code": seal_code,
-            "organization": {"name": org_name, "uscc": uscc}, "key_id": key["id"],
-            "status": "draft", "valid_from": None, "valid_to": None, "receipt_number": None,
+            "id": seal_id,
+            "name": name,
+            "type": seal_type,
+            "seal_code": seal_code,
+            "organization": {"name": org_name, "uscc": uscc},
+            "key_id": key["id"],
+            "status": "draft",
+            "valid_from": None,
+            "valid_to": None,
+            "receipt_number": None,
             "image_sha256": hashlib.sha256(png).hexdigest(),
             "image_size_mm": {"width": size_mm[0], "height": size_mm[1]},
             "created_at": isoformat(utcnow()),
         }
         await self._audit.commit(
             [Write(SEAL, seal_id, 0, data)],
-            [self._audit.event_sealer(actor, "seal.created", f"seal/{seal_id}",
-                                      {"name": name, "type": seal_type, "key_id": key["id"]})],
+            [
+                self._audit.event_sealer(
+                    actor,
+                    "seal.created",
+                    f"seal/{seal_id}",
+                    {"name": name, "type": seal_type, "key_id": key["id"]},
+                )
+            ],
         )
         return data
 
@@ -119,10 +133,9 @@ class SealRegistry:
     async def update(
         self, record: Record, changes: Mapping[str, Any], events: Sequence[EventSealer] = ()
     ) -> JSONRecord:
-        write = self.status_write(record, changes)
-        await self._audit.commit([write], events)
-        assert write.data is not None
-        return write.data
+        data = {**record.data, **changes}
+        await self._audit.commit([Write(SEAL, record.key, record.version, data)], events)
+        return data
 
 
 def public_view(seal: Mapping[str, Any], now: dt.datetime) -> JSONRecord:
@@ -158,7 +171,9 @@ def _checked_png(b64: object) -> tuple[bytes, tuple[float, float]]:
         raise ValidationFailed.one("image_png", "is a damaged PNG image") from None
     size = (round(width_px / float(dpi[0]) * 25.4, 1), round(height_px / float(dpi[1]) * 25.4, 1))
     if max(size) > MAX_IMAGE_MM:
-        raise ValidationFailed.one("image_png", f"must be at most {MAX_IMAGE_MM:g} mm wide and high")
+        raise ValidationFailed.one(
+            "image_png", f"must be at most {MAX_IMAGE_MM:g} mm wide and high"
+        )
     return png, size
 
 
