@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 VAR := var
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := softhsm2 opensc poppler-utils redis-server openssl fonts-wqy-microhei zbar-tools curl
+APT_PACKAGES := python3-venv softhsm2 opensc poppler-utils redis-server openssl fonts-wqy-microhei zbar-tools curl
 export SOFTHSM2_CONF := $(CURDIR)/$(VAR)/softhsm/softhsm2.conf
 
 .PHONY: run test lint bench setup system venv token demo clean help

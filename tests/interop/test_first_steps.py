@@ -1,0 +1,84 @@
+"""What a new user does after `make run`: the printed command seals a PDF, the CLI seals many."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.cli_support import Installation, prepare
+from tests.pdf_samples import multi_page_pdf, one_page_pdf
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture(scope="module")
+def installation(tmp_path_factory: pytest.TempPathFactory) -> Installation:
+    return prepare(tmp_path_factory.mktemp("var"))
+
+
+def test_init_again_reuses_everything(installation: Installation) -> None:
+    """A second `sealgate init --demo` keeps the same demo seal and token."""
+    before = json.loads((installation.var / "demo.json").read_text())
+    token = (installation.var / "demo-token").read_text()
+    output = installation.run("init", "--demo").stdout
+    assert json.loads((installation.var / "demo.json").read_text()) == before
+    assert (installation.var / "demo-token").read_text() == token
+    assert before["seal_id"] in output
+    assert oct((installation.var / "demo-token").stat().st_mode & 0o777) == "0o600"
+    assert oct((installation.var / "softhsm" / "user-pin").stat().st_mode & 0o777) == "0o600"
+
+
+def test_printed_curl_command_seals_a_valid_pdf(
+    installation: Installation, tmp_path: Path, poppler: str
+) -> None:
+    """The command `sealgate init --demo` prints, run by a shell, yields a valid sealed PDF."""
+    output = installation.run("init", "--demo").stdout
+    command = output[output.index("curl"):].strip()
+    with installation.serving() as base:
+        command = re.sub(r"http://127\.0\.0\.1:\d+", base, command)
+        result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60, check=False)
+    assert "Signature is Valid" in result.stdout, result.stdout + result.stderr
+    assert (tmp_path / "sealed.pdf").exists()
+
+
+def test_batch_cli_seals_every_input(
+    installation: Installation, tmp_path: Path, poppler: str
+) -> None:
+    """`sealgate sign pdf` seals each input into the output directory, each valid."""
+    seal_id = json.loads((installation.var / "demo.json").read_text())["seal_id"]
+    inputs = []
+    for name, data in (("a.pdf", one_page_pdf()), ("b.pdf", multi_page_pdf(5))):
+        path = tmp_path / name
+        path.write_bytes(data)
+        inputs.append(str(path))
+    bad = tmp_path / "c.pdf"
+    bad.write_bytes(b"not a pdf")
+    result = installation.run("sign", "pdf", "--seal", seal_id, "--out", str(tmp_path / "out"),
+                              *inputs, str(bad), check=False)
+    assert result.returncode == 1
+    assert "sealed 2 of 3" in result.stdout
+    assert "c.pdf" in result.stderr
+    for name in ("a.pdf", "b.pdf"):
+        report = subprocess.run([poppler, str(tmp_path / "out" / name)], capture_output=True,
+                                text=True, check=False)
+        assert "Signature is Valid" in report.stdout
+
+
+def test_render_image_draws_a_transparent_round_seal(
+    installation: Installation, tmp_path: Path
+) -> None:
+    """`sealgate seals render-image` writes a transparent PNG about 40 mm across."""
+    out = tmp_path / "seal.png"
+    installation.run("seals", "render-image", "--organization", "示例科技有限公司",
+                     "--type", "04", "--code", "1101050000001", "--out", str(out))
+    with Image.open(out) as image:
+        assert image.mode == "RGBA"
+        assert image.getpixel((0, 0))[3] == 0
+        dpi = image.info["dpi"][0]
+        assert abs(image.width / dpi * 25.4 - 40) < 1
