@@ -82,3 +82,15 @@ def test_render_image_draws_a_transparent_round_seal(
         assert image.getpixel((0, 0))[3] == 0
         dpi = image.info["dpi"][0]
         assert abs(image.width / dpi * 25.4 - 40) < 1
+
+
+def test_expiring_lists_seals_whose_validity_ends_within_the_horizon(
+    installation: Installation,
+) -> None:
+    """`sealgate seals expiring --days N` lists the demo seal only when N reaches its end."""
+    seal_id = json.loads((installation.var / "demo.json").read_text())["seal_id"]
+    soon = json.loads(installation.run("seals", "expiring", "--days", "30").stdout)
+    later = json.loads(installation.run("seals", "expiring", "--days", "400").stdout)
+    assert seal_id not in [s["id"] for s in soon]
+    assert [s["id"] for s in later] == [seal_id]
+    assert 360 <= later[0]["days_left"] <= 365
