@@ -9,16 +9,39 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api import filings, health, keys, middlewares, openapi, receipts, seals, signing
+from gateway import metrics
+from gateway.api import (
+    approvals,
+    audit,
+    csc,
+    detached_signing,
+    filings,
+    health,
+    keys,
+    middlewares,
+    openapi,
+    pki,
+    receipts,
+    seals,
+    signing,
+    tsa,
+    verify,
+)
 from gateway.api.context import SERVICES, SETTINGS
+from gateway.clock import parse, utcnow
+from gateway.errors import SealGateError
 from gateway.hsm import Hsm
+from gateway.seals.policy import effective_status
+from gateway.seals.registry import SEAL
 from gateway.services import Services, close_services, open_services
 from gateway.settings import Settings
+from gateway.storage import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
 ROUTE_TABLES = (health.routes, openapi.routes, keys.routes, seals.routes, signing.routes,
-                filings.routes, receipts.routes)
+                filings.routes, receipts.routes, approvals.routes, audit.routes,
+                detached_signing.routes, csc.routes, tsa.routes, verify.routes, pki.routes)
 
 
 def create_app(
@@ -26,7 +49,8 @@ def create_app(
 ) -> web.Application:
     # JSON bodies go through request.read(); documents are streamed with their own limit.
     app = web.Application(
-        middlewares=middlewares.ALL, client_max_size=settings.server.max_body_bytes
+        middlewares=csc.with_csc_errors(middlewares.ALL),
+        client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
 
@@ -34,10 +58,12 @@ def create_app(
         services = await open_services(settings, hsm=hsm, extra_plugins=extra_plugins)
         app[SERVICES] = services
         poller = asyncio.create_task(_poll_filings(services))
+        watcher = asyncio.create_task(_watch(services))
         yield
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+        for task in (poller, watcher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await close_services(services)
 
     app.cleanup_ctx.append(lifecycle)
@@ -55,3 +81,32 @@ async def _poll_filings(services: Services) -> None:
             await services.filings.process_pending()
         except Exception:  # the poller must outlive any one failure (storage down, ...)
             log.exception("filing poller failed; retrying in %.1f s", interval)
+
+
+async def _watch(services: Services) -> None:
+    """Probe storage and the HSM and publish every active seal's validity end, at start and
+    then every ``metrics.refresh_seconds``: the up-gauges stay true between requests, and a
+    seal renewed or cancelled through any instance shows within one period."""
+    interval = services.settings.metrics.refresh_seconds
+    while True:
+        try:
+            await services.storage.ping()
+            metrics.STORAGE_UP.set(1)
+            await _publish_seal_validity(services)
+        except BackendUnavailable:
+            metrics.STORAGE_UP.set(0)
+        except Exception:  # the watcher must outlive any one failure
+            log.exception("metrics refresh failed; retrying in %.1f s", interval)
+        with contextlib.suppress(SealGateError):
+            await services.hsm.check()  # sets sealgate_hsm_up either way
+        await asyncio.sleep(interval)
+
+
+async def _publish_seal_validity(services: Services) -> None:
+    now = utcnow()
+    active: dict[tuple[str, str], float] = {}
+    for record in await services.storage.list(SEAL, limit=1_000_000):
+        valid_to = parse(record.data.get("valid_to"))
+        if valid_to is not None and effective_status(record.data, now) == "active":
+            active[(record.key, str(record.data.get("name", "")))] = valid_to.timestamp()
+    metrics.publish_seal_validity(active)

@@ -4,12 +4,16 @@
     ├── ConfigError                      (settings; not an HTTP answer)
     ├── ClientError                      4xx
     │   ├── BadRequest                   400 bad-request
+    │   │   └── CscRequestError          400 csc-<error> (CSC API error code)
     │   ├── Unauthorized                 401 unauthorized
     │   ├── Forbidden                    403 forbidden
+    │   │   └── DualControlRefused       403 dual-control
     │   ├── NotFound                     404 not-found
     │   ├── Conflict                     409 conflict
     │   │   ├── IdempotencyConflict      409 idempotency-key-reused
-    │   │   └── InvalidTransition        409 invalid-transition
+    │   │   ├── IdempotencyInProgress    409 idempotency-key-in-progress
+    │   │   ├── InvalidTransition        409 invalid-transition
+    │   │   └── ApprovalExpired          409 approval-expired
     │   ├── SealMaySignNot               409 seal-<reason>
     │   ├── PayloadTooLarge              413 payload-too-large
     │   ├── UnsupportedMediaType         415 unsupported-media-type
@@ -72,6 +76,17 @@ class BadRequest(ClientError):
     pass
 
 
+class CscRequestError(BadRequest):
+    """A CSC API request the service refuses. ``error`` is the CSC (OAuth 2.0 style) error
+    code of CSC API v1.0.4.0 §10.2, and the detail its ``error_description``."""
+
+    title = "Invalid CSC request"
+
+    def __init__(self, description: str, error: str = "invalid_request") -> None:
+        super().__init__(description, type_slug="csc-" + error.replace("_", "-"))
+        self.error = error
+
+
 class Unauthorized(ClientError):
     status = 401
     type_slug = "unauthorized"
@@ -82,6 +97,14 @@ class Forbidden(ClientError):
     status = 403
     type_slug = "forbidden"
     title = "Forbidden"
+
+
+class DualControlRefused(Forbidden):
+    """A dual-control step by someone who may not take it: the requester approving their own
+    request, or a client that is not an active key officer."""
+
+    type_slug = "dual-control"
+    title = "Dual control refused"
 
 
 class NotFound(ClientError):
@@ -101,9 +124,25 @@ class IdempotencyConflict(Conflict):
     title = "Idempotency key reused with a different request"
 
 
+class IdempotencyInProgress(Conflict):
+    """The first request with this key is still running; retry after ``retry_after`` s."""
+
+    type_slug = "idempotency-key-in-progress"
+    title = "A request with this idempotency key is in progress"
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class InvalidTransition(Conflict):
     type_slug = "invalid-transition"
     title = "Invalid state transition"
+
+
+class ApprovalExpired(Conflict):
+    type_slug = "approval-expired"
+    title = "The approval request has expired"
 
 
 class SealMaySignNot(ClientError):

@@ -8,6 +8,7 @@ imports this module, and ``/metrics`` aggregates every worker's files.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -72,7 +73,8 @@ HSM_ERRORS = Counter(
 HSM_UP = Gauge(
     "sealgate_hsm_up",
     "1 when this worker's HSM session works, 0 otherwise.",
-    multiprocess_mode="min",
+    # live: a dead worker's last value must not hold the minimum down after its replacement.
+    multiprocess_mode="livemin",
 )
 SIGNING_IN_FLIGHT = Gauge(
     "sealgate_signing_in_flight",
@@ -81,15 +83,57 @@ SIGNING_IN_FLIGHT = Gauge(
 )
 SEAL_VALID_TO = Gauge(
     "sealgate_seal_valid_to_timestamp_seconds",
-    "End of each active seal's filing validity (Unix time).",
+    "End of each active seal's filing validity (Unix time); 0 once a seal stops being active.",
     ["seal_id", "seal_name"],
-    multiprocess_mode="max",
+    # Every worker publishes the same values from storage; the latest write is the truth
+    # (a renewal moves the date later, a cancellation ends it).
+    multiprocess_mode="livemostrecent",
+)
+STORAGE_UP = Gauge(
+    "sealgate_storage_up",
+    "1 when this worker reached the storage backend at its last probe, 0 otherwise.",
+    multiprocess_mode="livemin",
+)
+STORAGE_UNAVAILABLE = Counter(
+    "sealgate_storage_unavailable_total",
+    "Requests answered 503 because the storage backend could not be reached.",
+)
+RATE_LIMITED = Counter(
+    "sealgate_rate_limited_total",
+    "Requests refused with 429 by the per-client rate limit.",
+)
+IDEMPOTENT_REQUESTS = Counter(
+    "sealgate_idempotent_requests_total",
+    "Requests with an Idempotency-Key, by outcome (executed, replayed, reused, in_progress).",
+    ["outcome"],
 )
 AUTH_FAILURES = Counter(
     "sealgate_auth_failures_total",
     "Requests refused for a missing, unknown or revoked token.",
     ["reason"],
 )
+
+
+_published_seals: set[tuple[str, str]] = set()
+
+
+def publish_seal_validity(active: Mapping[tuple[str, str], float]) -> None:
+    """Set the validity gauge of every active seal: ``(seal id, seal name) -> valid_to``.
+
+    A seal published before and missing now has stopped being active. Multiprocess mode
+    cannot remove a series (it stays in the worker's file), so there it is set to 0, and
+    alert rules look only at values above 0.
+    """
+    multiprocess_mode = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    for labels, valid_to in active.items():
+        SEAL_VALID_TO.labels(*labels).set(valid_to)
+    for labels in _published_seals - active.keys():
+        if multiprocess_mode:
+            SEAL_VALID_TO.labels(*labels).set(0)
+        else:
+            SEAL_VALID_TO.remove(*labels)
+    _published_seals.clear()
+    _published_seals.update(active)
 
 
 def render_latest() -> bytes:

@@ -13,15 +13,22 @@ from pathlib import Path
 from gateway import plugins
 from gateway.audit import AuditLog, CheckpointSigner
 from gateway.auth import ClientRegistry
+from gateway.csc import CscService
+from gateway.custody import DualControl
 from gateway.filing.receipt_service import ReceiptService
 from gateway.filing.service import FilingService
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.keys.platform import PlatformSigner, load_trust_roots
 from gateway.keys.registry import KeyRegistry
+from gateway.keys.timestamping import TimestampService
+from gateway.pki.devca import DevCA, crl_url
+from gateway.pki.revocation import LocalRevocation
 from gateway.privacy import PersonalDataVault
 from gateway.seals.registry import SealRegistry
 from gateway.seals.sealing import SealingService
+from gateway.seals.verification import SignatureVerifier
 from gateway.settings import Settings
+from gateway.signing.ltv import LongTermSigning
 from gateway.storage import Storage
 
 
@@ -36,8 +43,13 @@ class Services:
     seals: SealRegistry
     sealing: SealingService
     platform: PlatformSigner
+    timestamps: TimestampService
+    verifier: SignatureVerifier
+    dev_ca: DevCA | None  # None where `sealgate init` has made no dev CA
     filings: FilingService
     receipts: ReceiptService
+    approvals: DualControl
+    csc: CscService
     owns_hsm: bool = True
 
 
@@ -59,6 +71,12 @@ async def open_services(
     keys = KeyRegistry(storage, hsm, audit)
     audit.set_signer(await audit_signer(settings, keys, hsm))
     seals = SealRegistry(storage, keys, audit)
+    clients = ClientRegistry(storage, audit)
+    timestamps = TimestampService(settings, keys, hsm, storage)
+    dev_ca = DevCA.open(Path(settings.pki.dev_ca_dir),
+                        crl_url=crl_url(settings.pki.public_base_url))
+    sealing = SealingService(settings, storage, hsm, seals, audit,
+                             long_term=LongTermSigning(timestamps, LocalRevocation(dev_ca)))
     roots_pem = _read_trust_roots(settings)
     platform = PlatformSigner(keys, hsm, load_trust_roots(settings.pki.trust_roots))
     filings = FilingService(
@@ -67,10 +85,13 @@ async def open_services(
     )
     return Services(
         settings=settings, storage=storage, hsm=hsm, audit=audit,
-        clients=ClientRegistry(storage, audit), keys=keys, seals=seals,
-        sealing=SealingService(settings, storage, hsm, seals, audit),
-        platform=platform, filings=filings,
+        clients=clients, keys=keys, seals=seals,
+        sealing=sealing,
+        platform=platform, timestamps=timestamps, dev_ca=dev_ca, filings=filings,
+        verifier=SignatureVerifier(storage, roots_pem),
         receipts=ReceiptService(storage, hsm, platform, roots_pem),
+        approvals=DualControl(settings.auth, storage, audit, clients, keys, seals),
+        csc=CscService(settings, storage, seals, keys, sealing),
         owns_hsm=owns_hsm,
     )
 

@@ -99,6 +99,7 @@ class StorageSettings:
 class PkiSettings:
     trust_roots: tuple[str, ...] = field(default=(), metadata={"path": True})
     dev_ca_dir: str = path_field("var/ca")
+    public_base_url: str = "http://127.0.0.1:8080"
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,42 @@ class SigningSettings:
     stamp_width_points: float = 113.4
     stamp_margin_points: float = 36.0
     max_hash_batch: int = 256
+    csc_sad_ttl_seconds: int = 300
+    tsa_url: str = ""
+    tsa_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class TsaSettings:
+    """The gateway's own RFC 3161 time-stamp authority (``POST /tsa``)."""
+
+    allow_anonymous: bool = False
+    policy_oid: str = "2.25.205891610393853788334838913953181100343"
+    accuracy_seconds: int = 1
 
 
 @dataclass(frozen=True)
 class MetricsSettings:
     multiprocess_dir: str = path_field("var/metrics")
+    refresh_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """Per-client request rate: a token bucket in the storage backend, shared by every worker
+    and instance. ``requests_per_second = 0`` turns the limit off."""
+
+    requests_per_second: float = 100.0
+    burst: int = 200
+
+
+@dataclass(frozen=True)
+class IdempotencySettings:
+    """How long answers to ``Idempotency-Key`` requests are kept, and how claims behave."""
+
+    ttl_seconds: float = 86400.0
+    lock_seconds: float = 30.0
+    wait_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -163,9 +195,12 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     pki: PkiSettings = field(default_factory=PkiSettings)
     signing: SigningSettings = field(default_factory=SigningSettings)
+    tsa: TsaSettings = field(default_factory=TsaSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    idempotency: IdempotencySettings = field(default_factory=IdempotencySettings)
     log: LogSettings = field(default_factory=LogSettings)
     filing: FilingSettings = field(default_factory=FilingSettings)
 

@@ -5,6 +5,14 @@ be used from several threads; every call hops to that thread and back. Writers s
 SQLite's write lock (``BEGIN IMMEDIATE``), which is what makes an audit append fork-free across
 processes: the head of the chain is read and extended while the lock is held. A writer that
 cannot get the lock within ``timeout_seconds`` (``busy_timeout``) gets BackendUnavailable.
+
+Commits are grouped: while one transaction is being written (its ``fsync`` under
+``synchronous = FULL`` is most of a commit's time), the commits that arrive meanwhile queue
+up and are written together in the next transaction, each inside its own savepoint so that a
+stale write fails only its own commit. Every caller still returns only once its data is
+durable; under load the ``fsync`` is simply shared. Token-bucket updates commit without an
+``fsync`` (``synchronous = NORMAL``): losing the last few of them in a power cut only returns
+a few tokens to a bucket, and the next durable commit makes them durable too (WAL order).
 """
 
 from __future__ import annotations
@@ -87,6 +95,8 @@ class SqliteStorage:
         self.timeout_seconds = timeout_seconds
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
+        self._queued: list[_QueuedCommit] = []
+        self._writer: asyncio.Task[None] | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -152,7 +162,36 @@ class SqliteStorage:
         self, writes: Sequence[Write], events: Sequence[EventSealer] = ()
     ) -> CommitResult:
         check_writes(writes)
-        return await self._run(self._commit, tuple(writes), tuple(events))
+        if self._executor is None:
+            raise BackendUnavailable("the SQLite backend is not open")
+        done: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        self._queued.append(_QueuedCommit(tuple(writes), tuple(events), done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        return await done
+
+    async def _write_queued(self) -> None:
+        """Write queued commits, a group per transaction, until none is left."""
+        while self._queued:
+            group, self._queued = self._queued, []
+            try:
+                outcomes = await self._run(self._commit_group, group)
+            except BaseException as exc:
+                # The transaction as a whole failed (lock timeout, I/O error): nothing of
+                # the group was written, and every caller learns it.
+                for queued in group:
+                    if not queued.done.done():
+                        queued.done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for queued, outcome in zip(group, outcomes, strict=True):
+                if queued.done.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    queued.done.set_exception(outcome)
+                else:
+                    queued.done.set_result(outcome)
 
     async def events(self, *, since_seq: int = 0, limit: int = 1000) -> builtins.list[JSON]:
         def read() -> builtins.list[JSON]:
@@ -235,7 +274,7 @@ class SqliteStorage:
             raise ValueError("a token bucket needs rate > 0 and burst >= 1")
 
         def take() -> float:
-            with self._transaction() as db:
+            with self._transaction(durable=False) as db:
                 row = db.execute(
                     "SELECT tokens, updated FROM token_buckets WHERE bucket = ?", (bucket,)
                 ).fetchone()
@@ -295,64 +334,95 @@ class SqliteStorage:
         return self._db
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds SQLite's write lock from its first statement."""
+    def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds SQLite's write lock from its first statement.
+
+        ``durable=False`` commits without waiting for the disk (see the module docstring).
+        """
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
+        if not durable:
+            db.execute("PRAGMA synchronous = NORMAL")
         try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            if not durable:
+                db.execute("PRAGMA synchronous = FULL")
+
+    def _commit_group(
+        self, group: builtins.list[_QueuedCommit]
+    ) -> builtins.list[CommitResult | Exception]:
+        """One transaction for the whole group; each commit in a savepoint of its own."""
+        now = time.time()
+        outcomes: builtins.list[CommitResult | Exception] = []
+        with self._transaction() as db:
+            for queued in group:
+                db.execute("SAVEPOINT one_commit")
+                try:
+                    outcomes.append(self._commit(db, queued.writes, queued.sealers, now))
+                except sqlite3.DatabaseError as exc:
+                    if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _OUTAGE_CODES:
+                        raise  # the database itself is failing: the whole group fails
+                    db.execute("ROLLBACK TO one_commit")
+                    outcomes.append(exc)
+                except Exception as exc:  # StaleWrite, or an event that cannot be sealed
+                    db.execute("ROLLBACK TO one_commit")
+                    outcomes.append(exc)
+                db.execute("RELEASE one_commit")
+        return outcomes
 
     def _commit(
-        self, writes: tuple[Write, ...], sealers: tuple[EventSealer, ...]
+        self, db: sqlite3.Connection, writes: tuple[Write, ...],
+        sealers: tuple[EventSealer, ...], now: float,
     ) -> CommitResult:
-        now = time.time()
-        with self._transaction() as db:
-            for write in writes:
-                row = db.execute(
-                    "SELECT version FROM records WHERE kind = ? AND key = ?",
-                    (write.kind, write.key),
-                ).fetchone()
-                actual = row[0] if row else 0
-                if actual != write.expected_version:
-                    raise StaleWrite(write.kind, write.key, write.expected_version, actual)
-            appended = []
-            if sealers:
-                head = db.execute(
-                    "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
-                seq, prev_hash = head if head else (0, GENESIS_HASH)
-                for sealer in sealers:
-                    seq += 1
-                    event = seal_event(sealer, seq, prev_hash)
-                    db.execute(
-                        "INSERT INTO events (seq, hash, data) VALUES (?, ?, ?)",
-                        (seq, event["hash"], _dumps(event)),
-                    )
-                    prev_hash = event["hash"]
-                    appended.append(event)
-            records = []
-            for write in resolve_writes(writes, appended):
-                data = write.data
-                assert not callable(data)
-                if data is None:
-                    db.execute(
-                        "DELETE FROM records WHERE kind = ? AND key = ?", (write.kind, write.key)
-                    )
-                    continue
-                version = write.expected_version + 1
+        """Check and apply one commit inside the open transaction."""
+        for write in writes:
+            row = db.execute(
+                "SELECT version FROM records WHERE kind = ? AND key = ?",
+                (write.kind, write.key),
+            ).fetchone()
+            actual = row[0] if row else 0
+            if actual != write.expected_version:
+                raise StaleWrite(write.kind, write.key, write.expected_version, actual)
+        appended = []
+        if sealers:
+            head = db.execute(
+                "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            seq, prev_hash = head if head else (0, GENESIS_HASH)
+            for sealer in sealers:
+                seq += 1
+                event = seal_event(sealer, seq, prev_hash)
                 db.execute(
-                    "INSERT INTO records (kind, key, version, data, updated) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET "
-                    "version = excluded.version, data = excluded.data, "
-                    "updated = excluded.updated",
-                    (write.kind, write.key, version, _dumps(data), now),
+                    "INSERT INTO events (seq, hash, data) VALUES (?, ?, ?)",
+                    (seq, event["hash"], _dumps(event)),
                 )
-                records.append(Record(write.kind, write.key, version, data))
+                prev_hash = event["hash"]
+                appended.append(event)
+        records = []
+        for write in resolve_writes(writes, appended):
+            data = write.data
+            assert not callable(data)
+            if data is None:
+                db.execute(
+                    "DELETE FROM records WHERE kind = ? AND key = ?", (write.kind, write.key)
+                )
+                continue
+            version = write.expected_version + 1
+            db.execute(
+                "INSERT INTO records (kind, key, version, data, updated) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET "
+                "version = excluded.version, data = excluded.data, "
+                "updated = excluded.updated",
+                (write.kind, write.key, version, _dumps(data), now),
+            )
+            records.append(Record(write.kind, write.key, version, data))
         return CommitResult(tuple(records), tuple(appended))
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -385,6 +455,13 @@ def _purge_expired(db: sqlite3.Connection, now: float) -> None:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class _QueuedCommit:
+    writes: tuple[Write, ...]
+    sealers: tuple[EventSealer, ...]
+    done: asyncio.Future[CommitResult]
 
 
 @dataclass(frozen=True)

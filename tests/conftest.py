@@ -6,6 +6,7 @@ per process (a second ``open(user_pin=…)`` fails) and SoftHSM wants one sessio
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import uuid
@@ -17,6 +18,7 @@ import pytest
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
 from gateway.settings import HsmSettings, SecretRef, Settings, load_settings
+from tests.redis_server import RedisServer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +98,20 @@ def poppler() -> Iterator[str]:
     path = which("pdfsig")
     assert path, "pdfsig (poppler-utils) is required; `make test` installs it"
     yield path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The test session's redis-server on a free loopback port (a test that stops or pauses
+    Redis starts its own :class:`RedisServer` instead)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+def on_redis(settings: Settings, url: str, prefix: str | None = None) -> Settings:
+    """``settings`` with the Redis backend at ``url``, under a key prefix nobody else uses."""
+    storage = dataclasses.replace(
+        settings.storage, backend="redis", redis_url=url,
+        redis_prefix=prefix or f"test:{uuid.uuid4().hex}:",
+    )
+    return settings.replace(storage=storage)

@@ -19,18 +19,24 @@ CLIENT = web.RequestKey("client", ApiClient)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ROLES_ATTR = "__sealgate_roles__"
+OPEN_WHEN_ATTR = "__sealgate_open_when__"
 ANYONE: tuple[str, ...] = ()
 
 
-def roles(*allowed: str) -> Callable[[Handler], Handler]:
+def roles(
+    *allowed: str, open_when: Callable[[Settings], bool] | None = None
+) -> Callable[[Handler], Handler]:
     """Mark a handler with the roles that may call it (admin always may).
 
     The auth middleware is the one place that reads the mark; handlers never check roles.
-    ``@roles()`` with no role means anyone, without a token.
+    ``@roles()`` with no role means anyone, without a token; ``open_when`` opens a route to
+    anyone when the settings say so (``POST /tsa`` with ``[tsa] allow_anonymous``).
     """
 
     def mark(handler: Handler) -> Handler:
         setattr(handler, ROLES_ATTR, tuple(allowed))
+        if open_when is not None:
+            setattr(handler, OPEN_WHEN_ATTR, open_when)
         return handler
 
     return mark

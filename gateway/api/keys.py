@@ -1,13 +1,18 @@
-"""Key endpoints for security teams: generate in the HSM, CSR, certificate import, disable."""
+"""Key endpoints for security teams: generate in the HSM, CSR, certificate import, disable,
+destroy (through dual control), and moving a seal to a new key."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.api import approvals
 from gateway.api.bodies import json_object, json_response, read_limited
 from gateway.api.context import client, roles, services
+from gateway.clock import utcnow
+from gateway.custody import Action
 from gateway.errors import ValidationFailed
 from gateway.keys.registry import public_view
+from gateway.seals import registry as seal_registry
 
 routes = web.RouteTableDef()
 
@@ -19,7 +24,7 @@ MAX_CERTIFICATE_BYTES = 256 * 1024
 async def create_key(request: web.Request) -> web.Response:
     body = await json_object(request)
     key = await services(request).keys.create(body.get("label", ""), body.get("algorithm"),
-                                               client(request).name)
+                                               client(request).name, body.get("usage_limit"))
     return json_response(public_view(key), status=201)
 
 
@@ -62,3 +67,32 @@ async def import_certificate(request: web.Request) -> web.Response:
 async def disable_key(request: web.Request) -> web.Response:
     key = await services(request).keys.disable(request.match_info["id"], client(request).name)
     return json_response(public_view(key))
+
+
+@routes.post("/v1/keys/{id}/destroy")
+@roles("key_officer")
+async def destroy_key(request: web.Request) -> web.Response:
+    """File the request to destroy a disabled key; it happens once a second officer approves."""
+    approval = await services(request).approvals.request(
+        client(request), Action.DESTROY_KEY, {"key_id": request.match_info["id"]})
+    return approvals.created(approval, status=202)
+
+
+@routes.get("/v1/keys/{id}/usage")
+@roles("key_officer", "auditor")
+async def key_usage(request: web.Request) -> web.Response:
+    """Signatures made so far against the key's usage limit (both null without a limit)."""
+    svc = services(request)
+    key = await svc.keys.get(request.match_info["id"])
+    return json_response({"usage_limit": key.get("usage_limit"),
+                          "usage_count": await svc.keys.usage(key)})
+
+
+@routes.post("/v1/seals/{id}/rotate-key")
+@roles("key_officer")
+async def rotate_seal_key(request: web.Request) -> web.Response:
+    """Move a seal to another key with a valid certificate; the next signature uses it."""
+    body = await json_object(request)
+    seal = await services(request).seals.rotate_key(request.match_info["id"], body.get("key_id"),
+                                                    client(request).name)
+    return json_response(seal_registry.public_view(seal, utcnow()))

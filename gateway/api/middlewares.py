@@ -1,4 +1,8 @@
-"""Middlewares, outermost first: request id, metrics, problem+json, authentication."""
+"""Middlewares, outermost first: request id, metrics, problem+json, authentication.
+
+The per-client rate limit (limits.py) and Idempotency-Key replay (idempotency.py) follow
+authentication in ``ALL``, because both are keyed by the authenticated client.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,25 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.api import problems
-from gateway.api.context import CLIENT, REQUEST_ID, ROLES_ATTR, Handler, services
-from gateway.errors import Forbidden, SealGateError, Unauthorized
+from gateway.api.context import (
+    CLIENT,
+    OPEN_WHEN_ATTR,
+    REQUEST_ID,
+    ROLES_ATTR,
+    SETTINGS,
+    Handler,
+    services,
+)
+from gateway.api.idempotency import idempotency_middleware
+from gateway.api.limits import rate_limit_middleware
+from gateway.errors import (
+    Forbidden,
+    SealGateError,
+    StorageUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
+from gateway.storage import BackendUnavailable
 
 log = logging.getLogger("gateway.api")
 
@@ -65,6 +86,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             log.warning("request %s failed: %s (%s)", rid, exc.type_slug,
                         type(exc.__cause__).__name__ if exc.__cause__ else "-")
         return problems.from_error(exc, rid)
+    except BackendUnavailable as exc:
+        # The one place a storage outage becomes an answer: every handler and service below
+        # lets BackendUnavailable rise, and the client gets a 503 it can retry, not a 500.
+        metrics.STORAGE_UNAVAILABLE.inc()
+        log.warning("request %s: storage unavailable: %s", rid, exc)
+        return problems.from_error(
+            StorageUnavailable("the storage backend cannot be reached; retry shortly"), rid)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -78,7 +106,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place roles are checked: the route's handler carries its allowed roles."""
     allowed = getattr(request.match_info.handler, ROLES_ATTR, None)
-    if allowed is None or allowed == ():
+    open_when = getattr(request.match_info.handler, OPEN_WHEN_ATTR, None)
+    if allowed is None or allowed == () or (open_when and open_when(request.app[SETTINGS])):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -87,16 +116,39 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise Unauthorized("send 'Authorization: Bearer <token>'")
     found = await services(request).clients.authenticate(token.strip())
     if found is None:
-        metrics.AUTH_FAILURES.labels("invalid").inc()
-        await services(request).audit.append(
-            "anonymous", "auth.failed", request.path,
-            {"remote": request.remote or "", "reason": "unknown or revoked token"},
-        )
-        raise Unauthorized("the token is unknown or revoked")
+        raise await _failed_authentication(request)
     if not found.has_role(*allowed):
         raise Forbidden(f"role '{found.role}' may not do this; needs one of: {', '.join(allowed)}")
     request[CLIENT] = found
     return await handler(request)
+
+
+async def _failed_authentication(request: web.Request) -> SealGateError:
+    """Audit a refused token (never the token itself), within a limit per remote address.
+
+    Each failure takes one token from the address's bucket in storage, shared by every
+    worker; an empty bucket turns the answer into 429 and stops auditing each attempt, so a
+    flood of bad tokens can neither fill the audit log nor burn storage writes. Only failures
+    count: a valid token still works from a limited address, because tokens have 256 bits
+    (nothing to guess) and a client behind the same NAT address must not be locked out.
+    """
+    svc = services(request)
+    limits = request.app[SETTINGS].auth
+    remote = request.remote or "unknown"
+    wait = await svc.storage.take_token(
+        f"auth-failures/{remote}", rate=limits.failures_per_minute / 60,
+        burst=limits.failure_burst, now=time.time())
+    if wait > 0:
+        metrics.AUTH_FAILURES.labels("rate_limited").inc()
+        # One event per limited stretch, so the audit shows the flood without holding it.
+        if await svc.storage.put_expiring(f"auth-limited/{remote}", {}, wait):
+            await svc.audit.append("anonymous", "auth.rate_limited", request.path,
+                                   {"remote": remote})
+        return TooManyRequests("too many failed authentications from this address", wait)
+    metrics.AUTH_FAILURES.labels("invalid").inc()
+    await svc.audit.append("anonymous", "auth.failed", request.path,
+                           {"remote": remote, "reason": "unknown or revoked token"})
+    return Unauthorized("the token is unknown or revoked")
 
 
 def _route_template(request: web.Request) -> str:
@@ -104,4 +156,5 @@ def _route_template(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-ALL = [request_id_middleware, metrics_middleware, problem_middleware, auth_middleware]
+ALL = [request_id_middleware, metrics_middleware, problem_middleware, auth_middleware,
+       rate_limit_middleware, idempotency_middleware]

@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.api.bodies import json_response, read_limited
 from gateway.api.context import SETTINGS, client, roles, services
 from gateway.errors import NotFound, ValidationFailed
-from gateway.signing import Placement, PdfSealOptions, check_pdf_header
+from gateway.signing import PdfSealOptions, Placement, check_pdf_header
 
 routes = web.RouteTableDef()
 

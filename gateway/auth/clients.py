@@ -53,7 +53,7 @@ class ApiClient:
     status: str
     created_at: str
     # seal id -> the only formats this client may sign with it; seals not listed: any format.
-    formats: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    formats: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     @property
     def is_admin(self) -> bool:

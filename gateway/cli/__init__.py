@@ -17,13 +17,13 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int] | int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gateway.cli import admin, audit, filings, setup, sign
+    from gateway.cli import admin, approvals, audit, filings, setup, sign
     from gateway.plugins import plugin_manager
 
     parser = argparse.ArgumentParser(prog="sealgate", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="a settings file read after config/sealgate.toml")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (setup, admin, filings, sign, audit):
+    for module in (setup, admin, filings, sign, audit, approvals):
         module.register(sub)
     plugin_manager().hook.sealgate_register_commands(subparsers=sub)
     return parser

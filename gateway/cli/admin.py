@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.approvals import add_identity, file_request
 from gateway.cli.common import OPERATOR, opened, print_json
 from gateway.cli.filings import register_seal_commands
 
@@ -19,6 +20,10 @@ def register(sub: Any) -> None:
     create.add_argument("name")
     create.add_argument("--role", required=True)
     create.add_argument("--seal", action="append", default=[], help="grant a seal (repeatable)")
+    create.add_argument("--token-file", type=Path,
+                        help="a key officer's token: grants and privileged roles need dual "
+                             "control, so the client is then filed as an approval request")
+    create.add_argument("--as", dest="as_name", metavar="CLIENT_NAME")
     create.set_defaults(handler=clients_create)
     clients.add_parser("list").set_defaults(handler=clients_list)
     for action, help_text in (("revoke", "revoke a client's token"),
@@ -26,17 +31,29 @@ def register(sub: Any) -> None:
         p = clients.add_parser(action, help=help_text)
         p.add_argument("client", help="client id or name")
         p.set_defaults(handler=clients_change, change=action)
-    for action in ("grant", "ungrant"):
-        p = clients.add_parser(action, help=f"{action} a seal for a client")
-        p.add_argument("client")
-        p.add_argument("seal")
-        p.set_defaults(handler=clients_grant, change=action)
+    grant = clients.add_parser("grant", help="request a seal grant (dual control)")
+    grant.add_argument("client")
+    grant.add_argument("seal")
+    grant.add_argument("--format", action="append", default=[], dest="formats",
+                       help="only this signing format (repeatable; default: all)")
+    add_identity(grant)
+    grant.set_defaults(handler=clients_grant)
+    ungrant = clients.add_parser("ungrant", help="take a seal grant away")
+    ungrant.add_argument("client")
+    ungrant.add_argument("seal")
+    ungrant.set_defaults(handler=clients_ungrant)
+    set_role = clients.add_parser("set-role", help="request a role change (dual control)")
+    set_role.add_argument("client")
+    set_role.add_argument("role")
+    add_identity(set_role)
+    set_role.set_defaults(handler=clients_set_role)
 
     keys = sub.add_parser("keys", help="keys in the HSM").add_subparsers(dest="action",
                                                                         required=True)
     create = keys.add_parser("create", help="generate a key pair inside the HSM")
     create.add_argument("label")
     create.add_argument("--algorithm", default="rsa-2048")
+    create.add_argument("--usage-limit", type=int, help="signatures the key may ever make")
     create.set_defaults(handler=keys_create)
     keys.add_parser("list").set_defaults(handler=keys_list)
     csr = keys.add_parser("csr", help="print a CSR signed inside the HSM")
@@ -52,9 +69,17 @@ def register(sub: Any) -> None:
     disable = keys.add_parser("disable")
     disable.add_argument("key_id")
     disable.set_defaults(handler=keys_disable)
+    destroy = keys.add_parser("destroy", help="request destroying a disabled key (dual control)")
+    destroy.add_argument("key_id")
+    add_identity(destroy)
+    destroy.set_defaults(handler=keys_destroy)
 
     seals = sub.add_parser("seals", help="seals").add_subparsers(dest="action", required=True)
     seals.add_parser("list").set_defaults(handler=seals_list)
+    rotate = seals.add_parser("rotate-key", help="move a seal to another key; the old one is kept")
+    rotate.add_argument("seal_id")
+    rotate.add_argument("key_id")
+    rotate.set_defaults(handler=seals_rotate_key)
     render = seals.add_parser("render-image", help="draw a standard round seal image (PNG)")
     render.add_argument("--organization", required=True)
     render.add_argument("--type", default="01", help="seal type code 01..05 or 99")
@@ -66,11 +91,24 @@ def register(sub: Any) -> None:
 
 
 async def clients_create(args: argparse.Namespace) -> int:
+    from gateway.auth.clients import KEY_OFFICER
+    from gateway.custody import needs_dual_control
+    from gateway.errors import DualControlRefused
+
     async with opened(args) as services:
-        client, token = await services.clients.create(args.name, args.role, args.seal)
-        await services.audit.append(OPERATOR.name, "client.created", f"client/{client.id}",
-                                    {"name": client.name, "role": client.role,
-                                     "seals": list(client.seals)})
+        # Until two key officers exist nobody could approve anything, so the operator on
+        # this machine makes the first two directly.
+        bootstrap = (args.role == KEY_OFFICER and not args.seal
+                     and await services.clients.count_active(KEY_OFFICER) < 2)
+        if needs_dual_control(args.role, args.seal) and not bootstrap:
+            if args.token_file is None:
+                raise DualControlRefused(
+                    "a client with seal grants or a privileged role needs a second key "
+                    "officer's approval: pass --token-file with your key officer token")
+            return await file_request(services, args, "create_client",
+                                      {"name": args.name, "role": args.role, "seals": args.seal})
+        client, token = await services.clients.create(args.name, args.role, args.seal,
+                                                      OPERATOR.name)
     print_json(client.public())
     print(f"token (shown once, store it now): {token}", file=sys.stderr)
     return 0
@@ -86,27 +124,31 @@ async def clients_change(args: argparse.Namespace) -> int:
     async with opened(args) as services:
         client = await services.clients.resolve(args.client)
         if args.change == "revoke":
-            print_json((await services.clients.revoke(client.id)).public())
+            print_json((await services.clients.revoke(client.id, OPERATOR.name)).public())
         else:
-            token = await services.clients.rotate(client.id)
+            token = await services.clients.rotate(client.id, OPERATOR.name)
             print(f"new token (shown once): {token}", file=sys.stderr)
-        await services.audit.append(OPERATOR.name, f"client.{args.change}d",
-                                    f"client/{client.id}", {})
     return 0
 
 
 async def clients_grant(args: argparse.Namespace) -> int:
     async with opened(args) as services:
+        return await file_request(services, args, "grant_seal", {
+            "client_id": args.client, "seal_id": args.seal, "formats": args.formats})
+
+
+async def clients_ungrant(args: argparse.Namespace) -> int:
+    async with opened(args) as services:
         client = await services.clients.resolve(args.client)
-        await services.seals.record(args.seal)
-        if args.change == "grant":
-            client = await services.clients.grant(client.id, args.seal)
-        else:
-            client = await services.clients.revoke_grant(client.id, args.seal)
-        await services.audit.append(OPERATOR.name, f"client.{args.change}", f"client/{client.id}",
-                                    {"seal_id": args.seal})
+        client = await services.clients.revoke_grant(client.id, args.seal, OPERATOR.name)
         print_json(client.public())
     return 0
+
+
+async def clients_set_role(args: argparse.Namespace) -> int:
+    async with opened(args) as services:
+        return await file_request(services, args, "set_role",
+                                  {"client_id": args.client, "role": args.role})
 
 
 async def keys_create(args: argparse.Namespace) -> int:
@@ -114,7 +156,7 @@ async def keys_create(args: argparse.Namespace) -> int:
 
     async with opened(args) as services:
         print_json(public_view(await services.keys.create(args.label, args.algorithm,
-                                                          OPERATOR.name)))
+                                                          OPERATOR.name, args.usage_limit)))
     return 0
 
 
@@ -149,6 +191,20 @@ async def keys_disable(args: argparse.Namespace) -> int:
 
     async with opened(args) as services:
         print_json(public_view(await services.keys.disable(args.key_id, OPERATOR.name)))
+    return 0
+
+
+async def keys_destroy(args: argparse.Namespace) -> int:
+    async with opened(args) as services:
+        return await file_request(services, args, "destroy_key", {"key_id": args.key_id})
+
+
+async def seals_rotate_key(args: argparse.Namespace) -> int:
+    from gateway.seals.registry import public_view
+
+    async with opened(args) as services:
+        seal = await services.seals.rotate_key(args.seal_id, args.key_id, OPERATOR.name)
+        print_json(public_view(seal, dt.datetime.now(dt.UTC)))
     return 0
 
 

@@ -47,17 +47,20 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 async def init_command(args: argparse.Namespace) -> int:
-    from gateway.pki.devca import DevCA
+    from gateway.pki.devca import DevCA, crl_url
     from gateway.services import audit_key_file
 
     settings = settings_from(args)
     var = Path(settings.var_dir)
     var.mkdir(parents=True, exist_ok=True)
-    ca = DevCA.open_or_create(Path(settings.pki.dev_ca_dir))
+    ca = DevCA.open_or_create(Path(settings.pki.dev_ca_dir),
+                              crl_url=crl_url(settings.pki.public_base_url))
     async with opened(args) as services:
         await services.hsm.ensure_wrapping_key()
         platform = await services.keys.ensure_platform_key(ca)
         print(f"platform receipt key: {platform['id']} ({platform['algorithm']})")
+        tsa = await services.keys.ensure_tsa_key(ca)
+        print(f"time-stamping key: {tsa['id']} ({tsa['algorithm']})")
         audit_key = await services.keys.ensure_audit_key()
         key_file = audit_key_file(settings)
         if not key_file.exists():

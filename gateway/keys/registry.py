@@ -22,15 +22,17 @@ from gateway.errors import Conflict, NotFound, SealMaySignNot, ValidationFailed
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.certs import chain_to_pem, check_signing_leaf, parse_pem_chain, summarize
 from gateway.pki.csr import build_csr
-from gateway.pki.devca import PLATFORM_PROFILE, DevCA
+from gateway.pki.devca import PLATFORM_PROFILE, TSA_PROFILE, DevCA
 from gateway.storage import EventSealer, Record, Storage, Write
 
 KEY = "key"
 PLATFORM = "platform"
 RECEIPT_SIGNER = "receipt-signer"
 AUDIT_SIGNER = "audit-signer"
+TSA_SIGNER = "tsa-signer"
 PLATFORM_KEY_LABEL = "sealgate-platform-receipts"
 AUDIT_KEY_LABEL = "sealgate-audit-checkpoints"
+TSA_KEY_LABEL = "sealgate-time-stamping"
 KEY_STATUSES = ("enabled", "disabled", "destroyed")
 MAX_USAGE_LIMIT = 10**12
 
@@ -122,8 +124,9 @@ class KeyRegistry:
             raise Conflict("disable the key before destroying it")
         if status != "disabled":
             raise Conflict(f"the key is {status}")
-        if key_id in await self._platform_key_ids():
-            raise Conflict("the platform's own receipt and audit keys are never destroyed")
+        if key_id in await self.platform_key_ids():
+            raise Conflict("the platform's own receipt, audit and time-stamping keys are never "
+                           "destroyed")
         return record
 
     async def destroy(
@@ -171,6 +174,25 @@ class KeyRegistry:
         await self._storage.commit([Write(PLATFORM, RECEIPT_SIGNER, 0, {"key_id": key["id"]})])
         return key
 
+    async def ensure_tsa_key(self, ca: DevCA) -> JSONRecord:
+        """The time-stamp authority's key (``POST /tsa``, B-T and above); created once, certified
+        by ``ca`` for time-stamping only (critical extended key usage, RFC 3161 §2.3)."""
+        link = await self._storage.get(PLATFORM, TSA_SIGNER)
+        if link is not None:
+            return await self.get(str(link.data["key_id"]))
+        key = await self.create(TSA_KEY_LABEL, KeyAlgorithm.EC_P256.value, "system")
+        cert = ca.issue(self.public_key_der(key), "SealGate Time-Stamping Authority",
+                        "SealGate Platform", profile=TSA_PROFILE, days=3 * 365)
+        key = await self.import_certificate(
+            key["id"], chain_to_pem([cert, ca.certificate]).encode(), "system"
+        )
+        await self._storage.commit([Write(PLATFORM, TSA_SIGNER, 0, {"key_id": key["id"]})])
+        return key
+
+    async def tsa_key(self) -> JSONRecord | None:
+        link = await self._storage.get(PLATFORM, TSA_SIGNER)
+        return None if link is None else await self.get(str(link.data["key_id"]))
+
     async def ensure_audit_key(self) -> JSONRecord:
         """The key that signs audit checkpoints; created once."""
         link = await self._storage.get(PLATFORM, AUDIT_SIGNER)
@@ -190,8 +212,10 @@ class KeyRegistry:
             raise NotFound("the platform receipt key is not set up; run `sealgate init`")
         return await self.get(str(link.data["key_id"]))
 
-    async def _platform_key_ids(self) -> set[str]:
-        links = [await self._storage.get(PLATFORM, name) for name in (RECEIPT_SIGNER, AUDIT_SIGNER)]
+    async def platform_key_ids(self) -> set[str]:
+        """Ids of the platform's own keys (receipt signing, audit checkpoints, time-stamping)."""
+        links = [await self._storage.get(PLATFORM, name)
+                 for name in (RECEIPT_SIGNER, AUDIT_SIGNER, TSA_SIGNER)]
         return {str(link.data["key_id"]) for link in links if link is not None}
 
     @staticmethod
@@ -241,7 +265,7 @@ async def reserve_signatures(storage: Storage, key: Mapping[str, Any], count: in
     an upper bound on uses of the key, never a promise of that many signatures.
     """
     limit = key.get("usage_limit")
-    if limit is None:
+    if limit is None or count == 0:
         return
     counter = usage_counter(str(key["id"]))
     if await storage.incr(counter, count) > int(limit):

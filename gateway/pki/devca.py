@@ -1,9 +1,10 @@
-"""A development certificate authority: issues seal, platform and TSA certificates locally.
+"""A development certificate authority: issues seal, platform and TSA certificates, and CRLs.
 
 It exists so that `make run` and the tests have a real trust chain without an outside CA.
 Its own key is a software key in ``var/ca`` (mode 0600): it certifies HSM keys but is not one,
 and a production deployment imports certificates from its real CA instead (``PUT
-/v1/keys/{id}/certificate``).
+/v1/keys/{id}/certificate``). Certificates it issues name the gateway's CRL URL (when it was
+given one), so that validators of long-term signatures can find the revocation status.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.pem"
+CRL_PATH = "/pki/crl/dev-ca.crl"
+CRL_VALIDITY = dt.timedelta(days=1)
+
+
+def crl_url(public_base_url: str) -> str:
+    """Where the gateway serves the dev CA's CRL, as certificates name it."""
+    return public_base_url.rstrip("/") + CRL_PATH
 
 
 @dataclass(frozen=True)
@@ -54,18 +62,34 @@ def _name(common_name: str, organization: str = "", country: str = "CN") -> x509
 class DevCA:
     """Loads or creates the development CA under one directory."""
 
-    def __init__(self, directory: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate):
+    def __init__(
+        self, directory: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate,
+        crl_url: str | None = None,
+    ):
         self.directory = directory
         self._key = key
         self.certificate = cert
+        self.crl_url = crl_url
 
     @classmethod
-    def open_or_create(cls, directory: Path, name: str = "SealGate Development CA") -> DevCA:
+    def open(cls, directory: Path, *, crl_url: str | None = None) -> DevCA | None:
+        """The CA kept in ``directory``, or None when `sealgate init` has not made one there."""
         key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
-        if key_path.exists() and cert_path.exists():
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-            assert isinstance(key, ec.EllipticCurvePrivateKey)
-            return cls(directory, key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+        if not (key_path.exists() and cert_path.exists()):
+            return None
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        return cls(directory, key, cert, crl_url)
+
+    @classmethod
+    def open_or_create(
+        cls, directory: Path, name: str = "SealGate Development CA", *, crl_url: str | None = None
+    ) -> DevCA:
+        existing = cls.open(directory, crl_url=crl_url)
+        if existing is not None:
+            return existing
+        key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
         directory.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP384R1())
         now = dt.datetime.now(dt.UTC)
@@ -97,7 +121,7 @@ class DevCA:
                 serialization.NoEncryption(),
             ))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return cls(directory, key, cert)
+        return cls(directory, key, cert, crl_url)
 
     @property
     def certificate_pem(self) -> bytes:
@@ -143,4 +167,32 @@ class DevCA:
                 x509.ExtendedKeyUsage(list(profile.extended_key_usage)),
                 critical=profile.eku_critical,
             )
+        if self.crl_url:
+            builder = builder.add_extension(
+                x509.CRLDistributionPoints([x509.DistributionPoint(
+                    full_name=[x509.UniformResourceIdentifier(self.crl_url)],
+                    relative_name=None, reasons=None, crl_issuer=None,
+                )]),
+                critical=False,
+            )
         return builder.sign(self._key, hashes.SHA384())
+
+    def crl(self, now: dt.datetime | None = None) -> x509.CertificateRevocationList:
+        """A freshly signed CRL: nothing is revoked yet, valid until ``now + CRL_VALIDITY``.
+
+        Fresh rather than cached, so that revocation data embedded for a long-term signature
+        was issued after that signature's time-stamp, as validators of past signatures expect.
+        """
+        now = now or dt.datetime.now(dt.UTC)
+        return (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.certificate.subject)
+            .last_update(now)
+            .next_update(now + CRL_VALIDITY)
+            # Increasing across processes and restarts without shared state.
+            .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), False
+            )
+            .sign(self._key, hashes.SHA384())
+        )

@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from gateway.audit import AuditLog
 from gateway.auth import ApiClient
 from gateway.clock import isoformat, utcnow
-from gateway.errors import NotFound, ValidationFailed
+from gateway.clock import parse as parse_time
+from gateway.errors import Conflict, NotFound, ValidationFailed
 from gateway.identifiers import validate_uscc
 from gateway.keys.registry import KEY, KeyRegistry
 from gateway.seals.image import SEAL_TYPES, render_round_seal, seal_type_name
@@ -125,6 +126,51 @@ class SealRegistry:
             raise NotFound(f"the key of seal {seal_id} no longer exists")
         may_sign(seal, key.data, now)
         return seal, key.data
+
+    async def rotate_key(self, seal_id: str, key_id: object, actor: str) -> JSONRecord:
+        """Switch the seal to another key whose certificate is valid now, in one write.
+
+        A request that read the seal before the switch finishes with the old key, which stays
+        enabled; every later request signs with the new one, so there is no moment without a
+        usable key. The old key and its certificate go into ``key_history`` for verifiers.
+        """
+        record = await self.record(seal_id)
+        seal = record.data
+        if seal["status"] == "cancelled":
+            raise Conflict("a cancelled seal keeps its last key")
+        new_id = _required_text({"key_id": key_id}, "key_id", 64)
+        if new_id == seal["key_id"]:
+            raise ValidationFailed.one("key_id", "is the seal's current key already")
+        try:
+            key = await self._keys.get(new_id)
+        except NotFound:
+            raise ValidationFailed.one("key_id", "names no key") from None
+        now = utcnow()
+        certificate = key.get("certificate") or {}
+        not_before = parse_time(certificate.get("not_before"))
+        not_after = parse_time(certificate.get("not_after"))
+        if key["status"] != "enabled":
+            raise ValidationFailed.one("key_id", f"the key is {key['status']}")
+        if not_before is None or not_after is None or not not_before <= now < not_after:
+            raise ValidationFailed.one("key_id", "the key has no certificate valid now")
+        # One key per seal (DOMAIN.md §1): a key that signs or signed for another seal, or
+        # for the platform itself, would make signatures of two identities indistinguishable.
+        if new_id in await self._keys.platform_key_ids():
+            raise Conflict("the platform's own keys sign no seal")
+        for other in await self._storage.list(SEAL, limit=1_000_000):
+            history = other.data.get("key_history") or []
+            if new_id in {other.data["key_id"], *(h["key_id"] for h in history)}:
+                raise Conflict(f"the key is or was the key of seal {other.key}")
+        old_key = await self._keys.get(str(seal["key_id"]))
+        retired = {"key_id": old_key["id"],
+                   "certificate_sha256": (old_key.get("certificate") or {}).get("sha256"),
+                   "replaced_at": isoformat(now)}
+        changes = {"key_id": new_id, "key_history": [*(seal.get("key_history") or []), retired]}
+        return await self.update(record, changes, [self._audit.event_sealer(
+            actor, "seal.key_rotated", f"seal/{seal_id}",
+            {"from_key": old_key["id"], "to_key": new_id,
+             "certificate_sha256": certificate.get("sha256")},
+        )])
 
     def status_write(self, record: Record, changes: Mapping[str, Any]) -> Write:
         """A write that applies ``changes`` to a seal, for the caller's own atomic commit."""

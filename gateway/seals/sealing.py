@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,12 +21,19 @@ from gateway import metrics
 from gateway.audit import AuditLog
 from gateway.auth import ApiClient
 from gateway.clock import isoformat, utcnow
-from gateway.errors import NotFound, Overloaded, SealGateError
+from gateway.errors import Forbidden, NotFound, Overloaded, SealGateError, ValidationFailed
 from gateway.hsm import Hsm, KeyAlgorithm
-from gateway.keys.registry import certificate_chain
+from gateway.keys.registry import certificate_chain, reserve_signatures
 from gateway.seals.registry import SealRegistry
 from gateway.settings import Settings
-from gateway.signing import PdfSealer, PdfSealOptions, SealKey
+from gateway.signing import PdfSealer, PdfSealOptions, SealKey, SignatureLevel
+from gateway.signing.cms import CmsSealer, ContentDigest, check_level
+from gateway.signing.digests import (
+    batch_fingerprint,
+    signature_algorithm_oid,
+    signature_scheme,
+)
+from gateway.signing.ltv import LongTermSigning
 from gateway.storage import Storage, Write
 
 SEALING_RECEIPT = "sealing_receipt"
@@ -36,6 +43,16 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class SealingResult:
     output: bytes
+    receipt_id: str
+
+
+@dataclass(frozen=True)
+class DigestSignatures:
+    """Signatures over a batch of digests, in their order, and what a verifier needs."""
+
+    signatures: list[bytes]
+    signature_algorithm: str  # OID
+    certificate_chain: tuple[bytes, ...]  # DER, leaf first
     receipt_id: str
 
 
@@ -51,28 +68,35 @@ class SealContext:
 class SealingService:
     def __init__(
         self, settings: Settings, storage: Storage, hsm: Hsm, seals: SealRegistry,
-        audit: AuditLog,
+        audit: AuditLog, *, long_term: LongTermSigning | None = None,
     ) -> None:
         self._storage = storage
         self._hsm = hsm
         self._seals = seals
         self._audit = audit
-        self._pdf = PdfSealer()
+        self._pdf = PdfSealer(long_term=long_term)
+        self._cms = CmsSealer()
         self._keys: dict[tuple[str, str], SealKey] = {}
         self._images: dict[tuple[str, str], bytes] = {}
         self._slots = asyncio.BoundedSemaphore(settings.server.max_in_flight)
         self._max_in_flight = settings.server.max_in_flight
 
-    async def context(self, client: ApiClient, seal_id: str) -> SealContext:
-        """Grant check, ``may_sign``, and the seal's cached key material."""
+    async def context(
+        self, client: ApiClient, seal_id: str, fmt: str, signatures: int = 1
+    ) -> SealContext:
+        """Grant check (for this format), ``may_sign``, the key's usage budget for
+        ``signatures`` signatures, and the seal's cached key material."""
         seal, key = await self._seals.signing_material(client, seal_id, utcnow())
+        if not client.may_sign_format(seal_id, fmt):
+            raise Forbidden(f"the grant for this seal does not cover {fmt} signatures")
+        await reserve_signatures(self._storage, key, signatures)
         return SealContext(seal, key, self._seal_key(key))
 
     async def seal_pdf(
         self, client: ApiClient, seal_id: str, document: bytes, options: PdfSealOptions
     ) -> SealingResult:
         async def run() -> SealingResult:
-            ctx = await self.context(client, seal_id)
+            ctx = await self.context(client, seal_id, "pdf")
             image = await self._image(ctx.seal) if options.visible else b""
             sealed = await self._pdf.seal(document, ctx.seal_key, image, options)
             receipt_id = await self.record(
@@ -83,6 +107,74 @@ class SealingService:
 
         metrics.DOCUMENT_BYTES.labels("pdf").observe(len(document))
         return await self.measured("pdf", run)
+
+    async def sign_cms(
+        self, client: ApiClient, seal_id: str, content: AsyncIterable[bytes],
+        level: SignatureLevel | str = SignatureLevel.B_B,
+    ) -> SealingResult:
+        """Detached CAdES over content hashed while it streams in; the content is never kept."""
+        parsed = check_level(level)
+        try:
+            # Refuse before reading what may be a large body (no signature reserved yet);
+            # the key also picks the digest algorithm.
+            hash_name = (await self.context(client, seal_id, "cms", 0)).seal_key.hash_name
+        except SealGateError as exc:
+            metrics.SIGNING_ERRORS.labels("cms", exc.type_slug).inc()
+            raise
+        digest = ContentDigest(hash_name)
+        # Hashed on the event loop between reads: a 256 KiB chunk takes about 0.15 ms, less
+        # than a hop to a worker thread, and the content is never held whole.
+        async for chunk in content:
+            digest.update(chunk)
+        if not digest.size:
+            raise ValidationFailed.one("body", "is empty; send the content to sign")
+        metrics.DOCUMENT_BYTES.labels("cms").observe(digest.size)
+
+        async def run() -> SealingResult:
+            # Checked again: the seal may have been suspended while the content arrived.
+            ctx = await self.context(client, seal_id, "cms")
+            key = ctx.seal_key
+            signature = await self._cms.sign(key, digest.digest(key.hash_name), parsed)
+            receipt_id = await self.record(
+                client, ctx, "cms", digest.sha256_hex, hashlib.sha256(signature).hexdigest(),
+                {"level": str(parsed), "content_bytes": digest.size},
+            )
+            return SealingResult(signature, receipt_id)
+
+        return await self.measured("cms", run)
+
+    async def sign_hashes(
+        self, client: ApiClient, seal_id: str, hash_name: str, digests: Sequence[bytes]
+    ) -> DigestSignatures:
+        """Sign a batch of pre-computed digests (``sign/hash``)."""
+
+        async def run() -> DigestSignatures:
+            ctx = await self.context(client, seal_id, "hash", len(digests))
+            return await self.sign_digests(client, ctx, "hash", hash_name, digests)
+
+        return await self.measured("hash", run)
+
+    async def sign_digests(
+        self, client: ApiClient, ctx: SealContext, fmt: str, hash_name: str,
+        digests: Sequence[bytes],
+    ) -> DigestSignatures:
+        """Sign digests in one HSM hop and commit the batch's receipt; run inside measured().
+
+        The receipt's before/after digests are SHA-256 over the length-prefixed digests and
+        signatures; the digests themselves are listed in hex.
+        """
+        key = ctx.seal_key
+        signatures = await self._hsm.sign_digests(
+            key.key_id, key.algorithm, digests, hash_name, signature_scheme(key.algorithm))
+        oid = signature_algorithm_oid(key.algorithm, hash_name)
+        receipt_id = await self.record(
+            client, ctx, fmt, hashlib.sha256(batch_fingerprint(digests)).hexdigest(),
+            hashlib.sha256(batch_fingerprint(signatures)).hexdigest(),
+            {"hash_algorithm": hash_name, "signature_algorithm": oid, "count": len(digests)},
+            [d.hex() for d in digests],
+        )
+        chain = tuple(c.dump() for c in (key.certificate, *key.chain))
+        return DigestSignatures(signatures, oid, chain, receipt_id)
 
     async def measured(self, fmt: str, run: Callable[[], Awaitable[T]]) -> T:
         """Bound the operations in flight, time them, and count outcomes by reason."""

@@ -11,6 +11,10 @@ work:
 3. in a worker thread, the CMS structure is joined from the template and written into the
    placeholder.
 
+Levels above B-B continue from there with :class:`LongTermSigning`: a time-stamp over the
+signature value goes into the CMS before it is written (B-T), then the DSS (B-LT) and a
+document time-stamp (B-LTA) follow as further incremental updates. B-B never touches it.
+
 Everything client-supplied is checked on the way in: a body that is not a PDF is
 :class:`UnsupportedMediaType`, one that cannot be read is :class:`BadDocument`, and foreign
 exceptions never escape this module.
@@ -30,6 +34,7 @@ import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from asn1crypto import cms
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.misc import PdfError
@@ -39,6 +44,7 @@ from pyhanko.sign.general import SigningError
 from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
 
 from gateway.errors import BadDocument, SealGateError, UnsupportedMediaType, ValidationFailed
+from gateway.signing.ltv import LongTermSigning, add_signature_timestamp, token_certificates
 from gateway.signing.pdf_stamp import Placement, Rect, SealImage, SealStampStyle
 from gateway.signing.seal_key import SealKey
 
@@ -67,7 +73,7 @@ class SignatureLevel(enum.StrEnum):
             raise ValidationFailed.one(field, f"must be one of {allowed}") from None
 
 
-SUPPORTED_LEVELS = frozenset({SignatureLevel.B_B})
+SUPPORTED_LEVELS = frozenset(SignatureLevel)
 
 
 @dataclass(frozen=True)
@@ -88,25 +94,34 @@ def check_pdf_header(document: bytes) -> None:
         raise UnsupportedMediaType("the body is not a PDF document (no %PDF- header)")
 
 
-def reserved_size(key: SealKey, level: SignatureLevel) -> int:
+def reserved_size(key: SealKey, level: SignatureLevel, timestamp_size: int = 0) -> int:
     """Placeholder size for the signature: twice the DER bound, as it is written in hex.
 
-    Known from the key alone, so no dry-run signature is built per document (DOMAIN.md §6).
-    Levels with a signature timestamp will add the token's size here.
+    Known from the key alone, so no dry-run signature is built per document (DOMAIN.md §6);
+    levels with a signature time-stamp add ``timestamp_size``, the most its unsigned
+    attribute can add (:meth:`LongTermSigning.signature_timestamp_size`).
     """
     assert level in SUPPORTED_LEVELS
-    return 2 * key.cms.max_size
+    assert (level is SignatureLevel.B_B) == (timestamp_size == 0)
+    return 2 * (key.cms.max_size + timestamp_size)
 
 
 class PdfSealer:
     """Seals PDFs with any seal; caches each seal picture's encoded form.
 
     ``executor`` runs the PDF and CMS work (the loop's default executor when ``None``); it
-    must not be the HSM's thread.
+    must not be the HSM's thread. ``long_term`` is where levels above B-B get their
+    time-stamps and CRLs; without it only B-B is offered.
     """
 
-    def __init__(self, executor: Executor | None = None, image_cache_size: int = 128) -> None:
+    def __init__(
+        self,
+        executor: Executor | None = None,
+        image_cache_size: int = 128,
+        long_term: LongTermSigning | None = None,
+    ) -> None:
         self._executor = executor
+        self._long_term = long_term
         # Keyed by the PNG bytes themselves: equal pictures share one entry, whatever seal
         # they belong to, and a changed picture can never hit a stale one.
         self._seal_image = functools.lru_cache(maxsize=image_cache_size)(SealImage.from_png)
@@ -125,19 +140,53 @@ class PdfSealer:
         """Return ``document`` with one more signature, appended as an incremental update."""
         options = options or PdfSealOptions()
         level = SignatureLevel.parse(options.level)
-        if level not in SUPPORTED_LEVELS:
-            raise ValidationFailed.one("level", f"{level} is not supported yet; use B-B")
+        long_term = None if level is SignatureLevel.B_B else self._long_term
+        if level is not SignatureLevel.B_B and long_term is None:
+            raise ValidationFailed.one(
+                "level", f"{level} needs a time-stamp authority and none is set up; use B-B"
+            )
         if options.visible:
             if image_png is None:
                 raise ValidationFailed.one("visible", "a visible seal needs the seal's image")
             options.placement.check_numbers()
         check_pdf_header(document)
         loop = asyncio.get_running_loop()
+        if long_term is None:
+            prepared = await loop.run_in_executor(
+                self._executor, self._prepare, document, key, image_png, options, level, 0
+            )
+            signature = await key.sign_digest(prepared.digest_to_sign)
+            return await loop.run_in_executor(self._executor, prepared.finish, key, signature)
+        return await self._seal_long_term(document, key, image_png, options, level, long_term)
+
+    async def _seal_long_term(
+        self,
+        document: bytes,
+        key: SealKey,
+        image_png: bytes | None,
+        options: PdfSealOptions,
+        level: SignatureLevel,
+        long_term: LongTermSigning,
+    ) -> bytes:
+        loop = asyncio.get_running_loop()
+        timestamp_size = await long_term.signature_timestamp_size(key.hash_name)
         prepared = await loop.run_in_executor(
-            self._executor, self._prepare, document, key, image_png, options, level
+            self._executor, self._prepare, document, key, image_png, options, level,
+            timestamp_size,
         )
         signature = await key.sign_digest(prepared.digest_to_sign)
-        return await loop.run_in_executor(self._executor, prepared.finish, key, signature)
+        token = await long_term.signature_timestamp(signature, key.hash_name)
+        sealed = await loop.run_in_executor(
+            self._executor, prepared.finish, key, signature, token
+        )
+        if level is SignatureLevel.B_T:
+            return sealed
+        sealed = await long_term.add_validation_data(
+            sealed, [(key.certificate, *key.chain), token_certificates(token)], self._executor
+        )
+        if level is SignatureLevel.B_LT:
+            return sealed
+        return await long_term.add_document_timestamp(sealed, key.hash_name, self._executor)
 
     # -- in a worker thread --------------------------------------------------------------------
 
@@ -148,6 +197,7 @@ class PdfSealer:
         image_png: bytes | None,
         options: PdfSealOptions,
         level: SignatureLevel,
+        timestamp_size: int,
     ) -> _PreparedSeal:
         image = self._seal_image(image_png) if options.visible and image_png else None
         writer = _open(document)
@@ -178,7 +228,8 @@ class PdfSealer:
             )
             session = pdf_signer.init_signing_session(writer)
             tbs = session.prepare_tbs_document(
-                validation_info=None, bytes_reserved=reserved_size(key, level)
+                validation_info=None,
+                bytes_reserved=reserved_size(key, level, timestamp_size),
             )
             output = io.BytesIO()
             byte_range, _ = tbs.digest_tbs_document(output=output)
@@ -204,8 +255,12 @@ class _PreparedSeal:
     signed_attributes: bytes
     digest_to_sign: bytes
 
-    def finish(self, key: SealKey, signature: bytes) -> bytes:
+    def finish(
+        self, key: SealKey, signature: bytes, timestamp: cms.ContentInfo | None = None
+    ) -> bytes:
         signed_data = key.cms.signed_data(self.signed_attributes, signature)
+        if timestamp is not None:
+            signed_data = add_signature_timestamp(signed_data, timestamp)
         self.byte_range.fill_with_cms(self.output, signed_data)
         return self.output.getvalue()
 

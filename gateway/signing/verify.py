@@ -1,4 +1,11 @@
-"""Checking PDF signatures with pyHanko's validator: intact, trusted, level, later changes."""
+"""Checking PDF signatures with pyHanko's validator: intact, trusted, level, later changes.
+
+Every embedded signature is reported, document time-stamps included. The PAdES level is
+what the signature proves, not what it carries: B-T needs a signature time-stamp that
+validates, B-LT validation data in the DSS with which the signature and its time-stamp
+validate (at the time-stamp's time, revocation data required, nothing fetched), and B-LTA a
+valid document time-stamp in a later revision on top of that.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,25 @@ from dataclasses import dataclass, field
 from asn1crypto import pem as asn1_pem
 from asn1crypto import x509 as asn1_x509
 from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.sign.validation import validate_pdf_signature
+from pyhanko.sign.diff_analysis import ModificationLevel
+from pyhanko.sign.validation import (
+    DocumentSecurityStore,
+    validate_pdf_signature,
+    validate_pdf_timestamp,
+)
+from pyhanko.sign.validation.errors import ValidationInfoReadingError
 from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
-from pyhanko.sign.validation.status import PdfSignatureStatus
+from pyhanko.sign.validation.status import (
+    DocumentTimestampStatus,
+    PdfSignatureStatus,
+    SignatureCoverageLevel,
+)
 from pyhanko_certvalidator import ValidationContext
 
 from gateway.errors import BadDocument
+
+SIGNATURE = "signature"
+DOCUMENT_TIMESTAMP = "document_timestamp"
 
 
 @dataclass(frozen=True)
@@ -27,9 +47,16 @@ class SignatureReport:
     covers_whole_document: bool
     signer_certificate_pem: bytes
     problems: list[str] = field(default_factory=list)
+    kind: str = SIGNATURE
+    # intact, trusted, and no change after signing that its document permissions forbid
+    valid: bool = False
 
 
-def pades_level(signature: EmbeddedPdfSignature, status: PdfSignatureStatus) -> str | None:
+def pades_level(
+    signature: EmbeddedPdfSignature,
+    status: PdfSignatureStatus,
+    roots: Sequence[asn1_x509.Certificate],
+) -> str | None:
     """The PAdES baseline level (ETSI EN 319 142-1 §6) a validated signature reaches."""
     attributes = {attr["type"].native for attr in signature.signer_info["signed_attrs"]}
     if (
@@ -39,12 +66,60 @@ def pades_level(signature: EmbeddedPdfSignature, status: PdfSignatureStatus) -> 
         or "/M" not in signature.sig_object
     ):
         return None
-    if status.timestamp_validity is None:
+    timestamp = status.timestamp_validity
+    if timestamp is None or not (timestamp.intact and timestamp.valid and timestamp.trusted):
         return "B-B"
-    if "/DSS" not in signature.reader.root:
+    if not _validates_from_dss(signature, roots, timestamp.timestamp):
         return "B-T"
-    later = signature.reader.embedded_signatures[signature.signed_revision + 1 :]
-    return "B-LTA" if any(s.sig_object_type == "/DocTimeStamp" for s in later) else "B-LT"
+    return "B-LTA" if _archive_timestamps(signature, roots) else "B-LT"
+
+
+def _validates_from_dss(
+    signature: EmbeddedPdfSignature, roots: Sequence[asn1_x509.Certificate], at: object
+) -> bool:
+    """Whether the DSS alone lets the signature and its time-stamp validate with revocation
+    checks required: what B-LT promises a validator years from now."""
+    try:
+        dss = DocumentSecurityStore.read_dss(signature.reader)
+    except ValidationInfoReadingError:
+        return False
+    context = dss.as_validation_context(
+        {
+            "trust_roots": list(roots),
+            "allow_fetching": False,
+            "revocation_mode": "require",
+            # Validated as of the time-stamp; the CRLs were issued after it, on purpose.
+            "moment": at,
+            "retroactive_revinfo": True,
+        }
+    )
+    try:
+        status = validate_pdf_signature(signature, context)
+    except Exception:  # an unusable DSS is a lower level, not a failure of the check
+        return False
+    timestamp = status.timestamp_validity
+    return bool(status.trusted and timestamp is not None and timestamp.trusted)
+
+
+def _archive_timestamps(
+    signature: EmbeddedPdfSignature, roots: Sequence[asn1_x509.Certificate]
+) -> bool:
+    """Whether a valid document time-stamp was added in a later revision."""
+    context = ValidationContext(trust_roots=list(roots), allow_fetching=False)
+    return any(
+        later.sig_object_type == "/DocTimeStamp"
+        and later.signed_revision > signature.signed_revision
+        and _timestamp_holds(later, context)
+        for later in signature.reader.embedded_signatures
+    )
+
+
+def _timestamp_holds(timestamp: EmbeddedPdfSignature, context: ValidationContext) -> bool:
+    try:
+        status = validate_pdf_timestamp(timestamp, context)
+    except Exception:  # a broken time-stamp proves nothing
+        return False
+    return bool(status.intact and status.valid and status.trusted)
 
 
 def trust_roots(pem_bundles: Sequence[bytes]) -> list[asn1_x509.Certificate]:
@@ -67,40 +142,69 @@ def validate_pdf_signatures(
         signatures = list(reader.embedded_signatures)
     except Exception as exc:  # pyHanko raises many types for damaged files
         raise BadDocument("the PDF cannot be read") from exc
-    context = ValidationContext(trust_roots=trust_roots(roots_pem), allow_fetching=False)
-    return [_report(sig, context) for sig in signatures]
+    roots = trust_roots(roots_pem)
+    context = ValidationContext(trust_roots=roots, allow_fetching=False)
+    return [_report(sig, context, roots) for sig in signatures]
 
 
-def _report(signature: EmbeddedPdfSignature, context: ValidationContext) -> SignatureReport:
-    cert = signature.signer_cert
-    problems: list[str] = []
+def _report(
+    signature: EmbeddedPdfSignature,
+    context: ValidationContext,
+    roots: Sequence[asn1_x509.Certificate],
+) -> SignatureReport:
+    kind = DOCUMENT_TIMESTAMP if signature.sig_object_type == "/DocTimeStamp" else SIGNATURE
     try:
-        status = validate_pdf_signature(signature, context)
+        cert = signature.signer_cert
+        status: PdfSignatureStatus | DocumentTimestampStatus
+        if kind == DOCUMENT_TIMESTAMP:
+            status = validate_pdf_timestamp(signature, context)
+        else:
+            status = validate_pdf_signature(signature, context)
     except Exception as exc:  # a malformed signature is a finding, not a server error
         return SignatureReport(
-            signer=cert.subject.human_friendly if cert else "unknown", signed_at=None,
-            intact=False, trusted=False, level=None, covers_whole_document=False,
-            signer_certificate_pem=_pem(cert), problems=[f"cannot validate: {type(exc).__name__}"],
+            signer=_subject(signature), signed_at=None, intact=False, trusted=False,
+            level=None, covers_whole_document=False, signer_certificate_pem=b"",
+            problems=[f"cannot validate: {type(exc).__name__}"], kind=kind,
         )
-    if not status.intact:
+    problems: list[str] = []
+    if not (status.intact and status.valid):
         problems.append("the signed bytes were changed after signing")
     if not status.trusted:
         problems.append("the signer's certificate does not chain to a trusted root")
-    coverage = status.coverage.name if status.coverage else "UNKNOWN"
-    whole = coverage == "ENTIRE_FILE"
-    if not whole:
-        modification = status.modification_level.name if status.modification_level else "?"
-        problems.append(f"the document changed after this signature ({modification})")
-    signed_at = status.signer_reported_dt
+    whole = status.coverage == SignatureCoverageLevel.ENTIRE_FILE
+    changes = status.modification_level
+    # Validation data and time-stamps added later (B-LT, B-LTA) are not changes to the content.
+    if not whole and changes != ModificationLevel.LTA_UPDATES:
+        problems.append(
+            f"the document changed after this signature ({changes.name if changes else '?'})"
+        )
+    if isinstance(status, PdfSignatureStatus):
+        level = pades_level(signature, status, roots)
+        timestamp = status.timestamp_validity
+        trusted_time = timestamp.timestamp if timestamp is not None and timestamp.valid else None
+        signed_at = trusted_time or status.signer_reported_dt
+        valid = status.bottom_line
+    else:
+        level, signed_at = None, status.timestamp
+        # docmdp_ok is None when nothing followed the time-stamp: nothing to object to.
+        valid = bool(status.intact and status.valid and status.trusted
+                     and status.docmdp_ok is not False)
     return SignatureReport(
         signer=cert.subject.human_friendly, signed_at=signed_at.isoformat() if signed_at else None,
         intact=bool(status.intact and status.valid), trusted=bool(status.trusted),
-        level=pades_level(signature, status), covers_whole_document=whole,
-        signer_certificate_pem=_pem(cert), problems=problems,
+        level=level, covers_whole_document=whole, signer_certificate_pem=certificate_pem(cert),
+        problems=problems, kind=kind, valid=bool(valid),
     )
 
 
-def _pem(cert: asn1_x509.Certificate | None) -> bytes:
+def _subject(signature: EmbeddedPdfSignature) -> str:
+    try:
+        return str(signature.signer_cert.subject.human_friendly)
+    except Exception:  # no or no readable signer certificate
+        return "unknown"
+
+
+def certificate_pem(cert: asn1_x509.Certificate | None) -> bytes:
     if cert is None:
         return b""
     armored: bytes = asn1_pem.armor("CERTIFICATE", cert.dump())

@@ -47,6 +47,7 @@ class World:
         try:
             services = app[SERVICES]
             await services.keys.ensure_platform_key(ca)
+            await services.keys.ensure_tsa_key(ca)
             yield cls(client, services, ca)
         finally:
             await client.close()

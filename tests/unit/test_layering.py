@@ -29,6 +29,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "gateway.keys": ("gateway.seals", "gateway.filing", "gateway.api", "aiohttp"),
     "gateway.seals": ("gateway.filing", "gateway.api", "aiohttp"),
     "gateway.filing": ("gateway.api", "aiohttp"),
+    "gateway.csc": ("gateway.filing", "gateway.api", "aiohttp"),
     "gateway.storage": ("gateway.",),
     "gateway.settings": ("gateway.hsm", "gateway.signing", "gateway.api", "gateway.storage"),
     "gateway.errors": ("gateway.",),

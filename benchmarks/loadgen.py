@@ -1,0 +1,263 @@
+"""The load generator: a separate process that drives one scenario over keep-alive HTTP.
+
+Run as ``python -m benchmarks.loadgen`` with a JSON :class:`Spec` on stdin; it prints one
+JSON result on stdout. Two modes:
+
+- closed loop: ``concurrency`` clients, each sending its next request when the last one is
+  answered (throughput at that concurrency);
+- open loop: requests sent on a fixed schedule at ``rate`` per second whatever the answers
+  do, latency counted from the scheduled moment so that a stalled server cannot hide its
+  queueing (no coordinated omission); at most ``max_outstanding`` in flight, the rest counted
+  as dropped.
+
+Every run is bounded twice, by ``max_requests`` and by ``duration`` seconds (plus a per-request
+timeout), and only ever talks to the loopback address it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import resource
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_READ_CHUNK = 1 << 20
+
+
+@dataclass
+class Spec:
+    url: str
+    headers: dict[str, str]
+    bodies: list[str]  # files, sent in turn
+    concurrency: int = 1
+    max_requests: int = 1000
+    duration: float = 5.0
+    warmup_seconds: float = 1.0
+    rate: float | None = None  # open loop when set
+    max_outstanding: int = 256
+    stream_body: bool = False  # send the file as it is read (large documents)
+    request_timeout: float = 60.0
+    samples_dir: str | None = None
+    sample_every: int = 200  # keep the first good answer, then every n-th
+    max_samples: int = 3
+    expect_prefix: str = ""  # hex; a good answer starts with these bytes
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    first_problem: str = ""
+    bytes_in: int = 0
+    attempted: int = 0
+    ok: int = 0
+    dropped: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def problem(self, kind: str, detail: str) -> None:
+        self.failures[kind] += 1
+        if not self.first_problem:
+            self.first_problem = detail[:500]
+
+
+class Driver:
+    def __init__(self, spec: Spec, session: aiohttp.ClientSession) -> None:
+        self.spec = spec
+        self.session = session
+        self.payloads = [] if spec.stream_body else [Path(p).read_bytes() for p in spec.bodies]
+        self.prefix = bytes.fromhex(spec.expect_prefix)
+        self.sent = 0
+
+    async def one(self, tally: Tally | None, started: float | None = None) -> None:
+        """Send the next request; record it in ``tally`` (None: warm-up, not counted)."""
+        index = self.sent % len(self.spec.bodies)
+        self.sent += 1
+        if tally is not None:
+            tally.attempted += 1
+        begin = time.perf_counter() if started is None else started
+        try:
+            if self.spec.stream_body:
+                with Path(self.spec.bodies[index]).open("rb") as fh:
+                    status, length, good, sample = await self._exchange(fh, index, tally)
+            else:
+                status, length, good, sample = await self._exchange(
+                    self.payloads[index], index, tally)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if tally is not None:
+                tally.problem(type(exc).__name__, f"{type(exc).__name__}: {exc}")
+            return
+        elapsed = time.perf_counter() - begin
+        if tally is None:
+            return
+        tally.statuses[status] += 1
+        tally.bytes_in += length
+        if good:
+            tally.ok += 1
+            tally.latencies.append(elapsed)
+            if sample:
+                tally.samples.append(sample)
+
+    async def _exchange(
+        self, body: Any, index: int, tally: Tally | None
+    ) -> tuple[int, int, bool, dict[str, Any] | None]:
+        keep = (
+            tally is not None and self.spec.samples_dir is not None
+            and len(tally.samples) < self.spec.max_samples
+            and tally.ok % self.spec.sample_every == 0
+        )
+        async with self.session.post(self.spec.url, data=body, headers=self.spec.headers) as resp:
+            status = resp.status
+            digest = hashlib.sha256()
+            head = b""
+            length = 0
+            out = None
+            if keep and status == 200:
+                assert self.spec.samples_dir is not None
+                path = Path(self.spec.samples_dir) / f"sample-{index}-{self.sent}.bin"
+                out = path.open("wb")
+            try:
+                async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+                    if len(head) < 64:
+                        head += chunk[: 64 - len(head)]
+                    length += len(chunk)
+                    if out is not None:
+                        out.write(chunk)
+                        digest.update(chunk)
+            finally:
+                if out is not None:
+                    out.close()
+        good = status == 200 and head.startswith(self.prefix)
+        if status != 200 and tally is not None:
+            tally.problem(f"http-{status}", f"HTTP {status}: {head!r}")
+        elif status == 200 and not good and tally is not None:
+            tally.problem("unexpected-body", f"answer starts with {head[:16]!r}")
+        sample = None
+        if out is not None and good:
+            sample = {"path": out.name, "body_index": index, "bytes": length,
+                      "sha256": digest.hexdigest(), "headers": dict(resp.headers)}
+        return status, length, good, sample
+
+
+async def warm_up(driver: Driver, spec: Spec) -> None:
+    """Uncounted requests first: connections opened, the server's per-seal caches filled."""
+    warm_until = time.perf_counter() + spec.warmup_seconds
+    budget = spec.max_requests
+
+    async def warm() -> None:
+        nonlocal budget
+        while budget > 0 and time.perf_counter() < warm_until:
+            budget -= 1
+            await driver.one(None)
+
+    await asyncio.gather(*(warm() for _ in range(spec.concurrency)))
+
+
+async def closed_loop(driver: Driver, spec: Spec) -> tuple[Tally, float]:
+    await warm_up(driver, spec)
+    tally = Tally()
+    begin = time.perf_counter()
+    deadline = begin + spec.duration
+    budget = spec.max_requests
+
+    async def client() -> None:
+        nonlocal budget
+        while budget > 0 and time.perf_counter() < deadline:
+            budget -= 1
+            await driver.one(tally)
+
+    await asyncio.gather(*(client() for _ in range(spec.concurrency)))
+    return tally, time.perf_counter() - begin
+
+
+async def open_loop(driver: Driver, spec: Spec) -> tuple[Tally, float]:
+    assert spec.rate is not None and spec.rate > 0
+    await warm_up(driver, spec)
+    tally = Tally()
+    interval = 1.0 / spec.rate
+    total = min(spec.max_requests, int(spec.duration * spec.rate))
+    pending: set[asyncio.Task[None]] = set()
+    begin = time.perf_counter()
+    for n in range(total):
+        due = begin + n * interval
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(pending) >= spec.max_outstanding:
+            tally.dropped += 1
+            continue
+        task = asyncio.create_task(driver.one(tally, started=due))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(pending, timeout=spec.request_timeout)
+    return tally, time.perf_counter() - begin
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile, in the unit of ``values``."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+async def run(spec: Spec) -> dict[str, Any]:
+    host = urlsplit(spec.url).hostname or ""
+    if host not in LOOPBACK:
+        raise SystemExit(f"the load generator only talks to loopback, not {host}")
+    connections = spec.max_outstanding if spec.rate else spec.concurrency
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=spec.request_timeout)
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        driver = Driver(spec, session)
+        tally, elapsed = await (open_loop if spec.rate else closed_loop)(driver, spec)
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    ms = [v * 1000 for v in tally.latencies]
+    return {
+        "mode": "open" if spec.rate else "closed",
+        "concurrency": spec.concurrency,
+        "rate": spec.rate,
+        "requests": tally.attempted,
+        "ok": tally.ok,
+        "dropped": tally.dropped,
+        "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
+        "failures": dict(tally.failures),
+        "first_problem": tally.first_problem,
+        "elapsed_seconds": round(elapsed, 4),
+        "throughput_per_second": round(tally.ok / elapsed, 2) if elapsed > 0 else 0.0,
+        "latency_ms": {
+            "p50": _round(percentile(ms, 50)), "p90": _round(percentile(ms, 90)),
+            "p99": _round(percentile(ms, 99)), "max": _round(max(ms) if ms else None),
+            "mean": _round(sum(ms) / len(ms) if ms else None),
+        },
+        "bytes_in": tally.bytes_in,
+        "client_cpu_seconds": round(cpu, 3),
+        "samples": tally.samples,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def main() -> None:
+    spec = Spec(**json.loads(sys.stdin.read()))
+    print(json.dumps(asyncio.run(run(spec))))
+
+
+if __name__ == "__main__":
+    main()

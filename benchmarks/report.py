@@ -1,0 +1,108 @@
+"""What a benchmark run records besides its figures: machine, versions, ratios against targets.
+
+The targets are those of the fast-path issue; each ratio says what it divides by what, so the
+JSON file can be read without this code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks.environment import PROJECT_ROOT, load_average
+
+
+@dataclass(frozen=True)
+class Ratio:
+    name: str
+    numerator: str
+    denominator: str
+    value: float | None
+    target: str  # e.g. ">= 0.85"; "" when the ratio is informational
+    met: bool | None
+    note: str = ""
+
+
+def ratio(
+    name: str, numerator: tuple[str, float | None], denominator: tuple[str, float | None],
+    target: str = "", note: str = "",
+) -> Ratio:
+    top, bottom = numerator[1], denominator[1]
+    value = round(top / bottom, 3) if top is not None and bottom else None
+    met = None
+    if target and value is not None:
+        op, bound = target.split()
+        met = {">=": value >= float(bound), "<=": value <= float(bound),
+               "<": value < float(bound)}[op]
+    if value is None and not note:
+        note = "not measured in this run"
+    return Ratio(name, numerator[0], denominator[0], value, target, met, note)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "load_average_at_start": load_average(),
+    }
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("pyHanko", "python-pkcs11", "aiohttp", "cryptography", "asn1crypto"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "absent"
+    found["softhsm"] = _tool_version(["softhsm2-util", "--version"])
+    found["pdfsig"] = _tool_version(["pdfsig", "-v"]).removeprefix("pdfsig version ")
+    found["sealgate_commit"] = _tool_version(["git", "-C", str(PROJECT_ROOT), "rev-parse",
+                                              "--short", "HEAD"])
+    dirty = _tool_version(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain",
+                           "--untracked-files=no"])
+    found["sealgate_worktree"] = "modified" if dirty else "clean"
+    return found
+
+
+def _tool_version(command: list[str]) -> str:
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "absent"
+    text = (run.stdout or run.stderr).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def write(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results["ratios"] = [asdict(r) if isinstance(r, Ratio) else r for r in results["ratios"]]
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
+
+def table(ratios: list[Ratio]) -> str:
+    """The ratios as a text table: value, target, verdict."""
+    rows = [("ratio", "value", "target", "verdict")]
+    for r in ratios:
+        value = "-" if r.value is None else f"{r.value:.3g}"
+        verdict = {True: "met", False: "MISSED", None: "-" if r.target else "info"}[r.met]
+        if r.value is None:
+            verdict = "skipped"
+        rows.append((r.name, value, r.target or "", verdict))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"  {r.name}: {r.note}" for r in ratios if r.note]
+    return "\n".join(lines + (["", "notes:", *notes] if notes else []))

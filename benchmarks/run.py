@@ -1,0 +1,410 @@
+"""`make bench`: one run of every measurement, results in benchmarks/results/<name>.json.
+
+In order: the benchmark's own var dir (``var/bench/``) is prepared; raw PKCS#11 signing and
+pyHanko's default sealing are measured in-process with as many processes as the gateway has
+workers; the gateway is started with those workers and each scenario is driven by the load
+generator (a separate process) at fixed concurrency levels, then at half of the 1-page peak
+in an open loop, then with one 100 MB document; the gateway is stopped and the raw ceiling is
+measured once more, so that a change of machine load during the run shows. Sampled answers
+are verified by outside verifiers (``benchmarks.checks``) before any figure is trusted.
+
+    .venv/bin/python -m benchmarks.run [--quick] [--workers N] [--name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import baselines, checks, documents, report
+from benchmarks.environment import (
+    DEFAULT_VAR,
+    PROJECT_ROOT,
+    Gateway,
+    Material,
+    load_average,
+    machine_busy_ticks,
+    prepare,
+)
+from benchmarks.report import Ratio, ratio
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BIG_PDF_BYTES = 100 * 1000 * 1000
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    workers: int
+    levels: tuple[int, ...]
+    level_seconds: float
+    warmup_seconds: float
+    baseline_seconds: float
+    half_peak_seconds: float
+    big_pdf_requests: int
+    max_requests: int = 200_000
+
+    @classmethod
+    def make(cls, quick: bool, workers: int, levels: tuple[int, ...] | None) -> Plan:
+        if quick:
+            return cls(True, workers, levels or (1, 8), 2.0, 0.5, 1.5, 3.0, 1)
+        return cls(False, workers, levels or (1, 8, 32), 6.0, 1.0, 5.0, 10.0, 2)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    seal: str  # "rsa" or "ec"
+    operation: str  # the path after /v1/seals/{id}/
+    content_type: str
+    bodies: list[Path]
+    signatures_per_request: int
+    expect_prefix: bytes
+    verify: Callable[[dict[str, Any]], dict[str, Any]] = field(repr=False)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def scenarios(material: Material, work: Path) -> list[Scenario]:
+    pdfs = documents.small_pdfs(work / "documents")
+    one_hash = documents.hash_bodies(work / "bodies", 1)
+    batch = documents.hash_bodies(work / "bodies", 64)
+    payloads = documents.cms_payloads(work / "bodies")
+    ca = Path(material.ca_pem)
+
+    def pdf(sample: dict[str, Any]) -> dict[str, Any]:
+        path = Path(sample["path"])
+        return {"pdfsig": checks.pdfsig(path), "pyhanko": checks.pyhanko_pdf(path, ca)}
+
+    def hashes(bodies: list[Path], chain: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        def verify(sample: dict[str, Any]) -> dict[str, Any]:
+            request = bodies[sample["body_index"]].read_bytes()
+            return {"signatures": checks.hash_signatures(
+                Path(sample["path"]).read_bytes(), request, chain)}
+        return verify
+
+    def cms(sample: dict[str, Any]) -> dict[str, Any]:
+        payload = payloads[sample["body_index"]].read_bytes()
+        return {"pyhanko": checks.pyhanko_cms(Path(sample["path"]).read_bytes(), payload, ca)}
+
+    return [
+        Scenario("rsa-hash-1", "rsa", "sign/hash", "application/json", one_hash, 1, b"{",
+                 hashes(one_hash, material.rsa.chain_pem)),
+        Scenario("ec-p256-hash-64", "ec", "sign/hash", "application/json", batch, 64, b"{",
+                 hashes(batch, material.ec.chain_pem)),
+        Scenario("rsa-cms", "rsa", "sign/cms", "application/octet-stream", payloads, 1, b"\x30",
+                 cms),
+        Scenario("pdf-1-page", "rsa", "sign/pdf", "application/pdf", [pdfs["pdf-1-page"]], 1,
+                 b"%PDF", pdf),
+        Scenario("pdf-50-pages", "rsa", "sign/pdf", "application/pdf", [pdfs["pdf-50-pages"]], 1,
+                 b"%PDF", pdf),
+    ]
+
+
+def url(gateway: Gateway, material: Material, scenario: Scenario) -> str:
+    seal = material.rsa if scenario.seal == "rsa" else material.ec
+    return f"{gateway.base_url}/v1/seals/{seal.seal_id}/{scenario.operation}"
+
+
+def probe(target: str, token: str, content_type: str, body: bytes) -> tuple[int, str]:
+    """One request before the load: does the endpoint answer, and with what."""
+    request = urllib.request.Request(target, data=body, method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, ""
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()[:300].decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc)
+
+
+def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
+    limit = spec.get("duration", 0) + spec.get("warmup_seconds", 0) + 300
+    run = subprocess.run([sys.executable, "-m", "benchmarks.loadgen"], input=json.dumps(spec),
+                         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=limit,
+                         check=False)
+    if run.returncode != 0:
+        raise RuntimeError(f"the load generator failed: {run.stderr[-800:]}")
+    result: dict[str, Any] = json.loads(run.stdout)
+    return result
+
+
+def drive(gateway: Gateway, spec: dict[str, Any]) -> dict[str, Any]:
+    """One load generator run with the gateway's CPU, peak RSS and the machine's load around it."""
+    gateway.reset_peaks()
+    before = gateway.samples()
+    busy_before, total_before = machine_busy_ticks()
+    result = loadgen(spec)
+    busy_after, total_after = machine_busy_ticks()
+    after = gateway.samples()
+    cores = os.cpu_count() or 1
+    elapsed_cpu = (total_after - total_before) / cores
+    result["server"] = {
+        "workers": len(after),
+        "cpu_seconds": round(sum(after[p].cpu_seconds - before[p].cpu_seconds
+                                 for p in after if p in before), 3),
+        "peak_rss_bytes_per_worker": [after[p].peak_rss_bytes for p in sorted(after)],
+        "rss_bytes_before_per_worker": [before[p].rss_bytes for p in sorted(before)],
+    }
+    result["machine"] = {
+        "busy_fraction": round((busy_after - busy_before) / max(total_after - total_before, 1), 3),
+        "cores_busy": round((busy_after - busy_before) / max(elapsed_cpu, 1), 2),
+        "load_average": load_average(),
+    }
+    for sample in result.get("samples", []):
+        sample.pop("headers", None)
+    return result
+
+
+def run_scenario(
+    plan: Plan, gateway: Gateway, material: Material, scenario: Scenario, work: Path
+) -> dict[str, Any]:
+    target = url(gateway, material, scenario)
+    status, detail = probe(target, material.token, scenario.content_type,
+                           scenario.bodies[0].read_bytes())
+    if status != 200:
+        why = ("the endpoint is not there in this checkout (404)" if status == 404
+               else f"the probe request got HTTP {status}")
+        log(f"{scenario.name}: skipped, {why}")
+        return {"status": "skipped", "note": f"{why}: {detail}".strip()}
+    samples_dir = work / "samples" / scenario.name
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    levels = []
+    for concurrency in plan.levels:
+        result = drive(gateway, {
+            "url": target, "bodies": [str(p) for p in scenario.bodies],
+            "headers": {"Authorization": f"Bearer {material.token}",
+                        "Content-Type": scenario.content_type},
+            "concurrency": concurrency, "duration": plan.level_seconds,
+            "warmup_seconds": plan.warmup_seconds, "max_requests": plan.max_requests,
+            "samples_dir": str(samples_dir), "max_samples": 2,
+            "expect_prefix": scenario.expect_prefix.hex(),
+        })
+        result["signatures_per_second"] = round(
+            result["throughput_per_second"] * scenario.signatures_per_request, 2)
+        levels.append(result)
+        log(f"{scenario.name} c={concurrency}: {result['throughput_per_second']}/s "
+            f"p50 {result['latency_ms']['p50']} ms p99 {result['latency_ms']['p99']} ms "
+            f"errors {result['failures'] or '-'}")
+    samples = [s for level in levels for s in level["samples"]][:3]
+    verified = [{"sample": Path(s["path"]).name, **scenario.verify(s)} for s in samples]
+    all_ok = bool(verified) and all(v["ok"] for check in verified
+                                    for v in check.values() if isinstance(v, dict))
+    best = max(levels, key=lambda level: level["throughput_per_second"])
+    return {
+        "status": "measured" if all_ok else "wrong-answers",
+        "signatures_per_request": scenario.signatures_per_request,
+        "peak_per_second": best["throughput_per_second"],
+        "peak_signatures_per_second": best["signatures_per_second"],
+        "peak_at_concurrency": best["concurrency"],
+        "levels": levels,
+        "verification": verified,
+    }
+
+
+def half_peak(
+    plan: Plan, gateway: Gateway, material: Material, scenario: Scenario, peak: float
+) -> dict[str, Any]:
+    """An open loop at half the measured peak: how p99 compares with p50 below saturation."""
+    rate = round(peak / 2, 2)
+    result = drive(gateway, {
+        "url": url(gateway, material, scenario), "bodies": [str(p) for p in scenario.bodies],
+        "headers": {"Authorization": f"Bearer {material.token}",
+                    "Content-Type": scenario.content_type},
+        "rate": rate, "duration": plan.half_peak_seconds, "warmup_seconds": plan.warmup_seconds,
+        "concurrency": 4, "max_outstanding": 128, "max_requests": plan.max_requests,
+        "expect_prefix": scenario.expect_prefix.hex(),
+    })
+    latency = result["latency_ms"]
+    log(f"{scenario.name} open loop at {rate}/s: p50 {latency['p50']} ms p99 {latency['p99']} ms")
+    return {"scenario": scenario.name, "peak_per_second": peak, **result}
+
+
+def big_document(plan: Plan, gateway: Gateway, material: Material, work: Path) -> dict[str, Any]:
+    """One 100 MB PDF at a time: peak RSS of the worker that sealed it against the file size."""
+    path = documents.large_pdf(work / "documents" / "pdf-100mb.pdf", BIG_PDF_BYTES)
+    size = path.stat().st_size
+    samples_dir = work / "samples" / "pdf-100mb"
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    target = f"{gateway.base_url}/v1/seals/{material.rsa.seal_id}/sign/pdf"
+    result = drive(gateway, {
+        "url": target, "bodies": [str(path)], "stream_body": True,
+        "headers": {"Authorization": f"Bearer {material.token}",
+                    "Content-Type": "application/pdf"},
+        "concurrency": 1, "duration": 600.0, "warmup_seconds": 0.0,
+        "max_requests": plan.big_pdf_requests, "request_timeout": 300.0,
+        "samples_dir": str(samples_dir), "max_samples": 1, "sample_every": 1,
+        "expect_prefix": b"%PDF".hex(),
+    })
+    peak = max(result["server"]["peak_rss_bytes_per_worker"], default=0)
+    verified = [checks.pdfsig(Path(s["path"])) for s in result["samples"]]
+    for sample in result["samples"]:
+        Path(sample["path"]).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    log(f"100 MB PDF: {result['ok']}/{result['requests']} sealed, "
+        f"{result['latency_ms']['p50']} ms, worker peak RSS {peak / 1e6:.0f} MB")
+    return {
+        "file_bytes": size,
+        "peak_rss_bytes": peak,
+        "peak_rss_over_file_size": round(peak / size, 3),
+        "sealed": result["ok"],
+        "pdfsig": verified,
+        "run": result,
+    }
+
+
+def baseline_pass(plan: Plan, material: Material) -> dict[str, Any]:
+    spec = baselines.LoopSpec(plan.workers, plan.baseline_seconds, 10_000_000)
+    found = {}
+    for algorithm in ("rsa-2048", "ec-p256"):
+        found[algorithm] = baselines.raw_pkcs11(material, algorithm, spec)
+        log(f"raw PKCS#11 {algorithm}: {found[algorithm]['per_second']}/s "
+            f"with {plan.workers} process(es)")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (under 2 min)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="gateway workers and baseline processes (default: cores)")
+    parser.add_argument("--levels", type=lambda s: tuple(int(v) for v in s.split(",")),
+                        help="concurrency levels, e.g. 1,8,32")
+    parser.add_argument("--name", help="results file name (default: date and time)")
+    parser.add_argument("--var", type=Path, default=DEFAULT_VAR, help="the benchmark's var dir")
+    args = parser.parse_args(argv)
+    plan = Plan.make(args.quick, args.workers, args.levels)
+    started = datetime.now(UTC)
+    name = args.name or started.strftime("%Y%m%d-%H%M%S") + ("-quick" if plan.quick else "")
+    results: dict[str, Any] = {
+        "name": name, "started_at": started.isoformat(timespec="seconds"),
+        "plan": {k: v for k, v in plan.__dict__.items()},
+        "machine": report.machine(), "versions": report.versions(),
+    }
+    log(f"preparing {args.var} (token, demo seal, EC P-256 seal)")
+    material = prepare(args.var, plan.workers)
+    work = args.var / "work"
+    results["material"] = material.to_json()
+
+    ceiling_before = baseline_pass(plan, material)
+    pdfs = documents.small_pdfs(work / "documents")
+    alternative = {}
+    for doc in ("pdf-1-page", "pdf-50-pages"):
+        seconds = plan.baseline_seconds * (2 if doc == "pdf-1-page" else 1)
+        alternative[doc] = baselines.pyhanko_defaults(
+            material, pdfs[doc], baselines.LoopSpec(plan.workers, seconds, 1_000_000),
+            sample=work / f"pyhanko-{doc}.pdf")
+        alternative[doc]["pdfsig"] = checks.pdfsig(work / f"pyhanko-{doc}.pdf")
+        log(f"pyHanko defaults {doc}: {alternative[doc]['per_second']}/s")
+
+    gateway = Gateway(material, plan.workers)
+    log(f"starting the gateway with {plan.workers} worker(s) on {gateway.base_url}")
+    gateway.start()
+    measured: dict[str, Any] = {}
+    half: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
+    try:
+        results["gateway_rss_bytes_idle"] = [s.rss_bytes for s in gateway.samples().values()]
+        every = scenarios(material, work)
+        for scenario in every:
+            measured[scenario.name] = run_scenario(plan, gateway, material, scenario, work)
+        for scenario in every:
+            found = measured[scenario.name]
+            if scenario.name in ("pdf-1-page", "rsa-hash-1") and found["status"] == "measured":
+                half[scenario.name] = half_peak(plan, gateway, material, scenario,
+                                                found["peak_per_second"])
+        memory = big_document(plan, gateway, material, work)
+    finally:
+        gateway.stop()
+    ceiling_after = baseline_pass(plan, material)
+
+    ceiling = {a: max(ceiling_before[a]["per_second"], ceiling_after[a]["per_second"])
+               for a in ceiling_before}
+    results.update({
+        "ceiling_raw_pkcs11": {"before": ceiling_before, "after": ceiling_after,
+                               "used_per_second": ceiling},
+        "alternative_pyhanko_defaults": alternative,
+        "gateway": measured,
+        "half_peak": half,
+        "memory_100mb": memory,
+    })
+    results["machine"]["load_average_at_end"] = load_average()
+    ratios = compute_ratios(results)
+    results["ratios"] = ratios
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    out = RESULTS / f"{name}.json"
+    report.write(results, out)
+    print(report.table(ratios))
+    print(f"\nload average at start {results['machine']['load_average_at_start']}, "
+          f"at end {results['machine']['load_average_at_end']}; results in "
+          f"{out.relative_to(PROJECT_ROOT)}")
+    wrong = [n for n, s in measured.items() if s.get("status") == "wrong-answers"]
+    if wrong or any(not c.get("ok") for c in memory.get("pdfsig", [])):
+        print(f"WRONG ANSWERS in: {', '.join(wrong) or 'pdf-100mb'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def compute_ratios(results: dict[str, Any]) -> list[Ratio]:
+    gw = results["gateway"]
+    ceiling = results["ceiling_raw_pkcs11"]["used_per_second"]
+    alt = results["alternative_pyhanko_defaults"]
+
+    def peak(name: str) -> float | None:
+        scenario = gw.get(name, {})
+        value = scenario.get("peak_signatures_per_second")
+        return value if scenario.get("status") == "measured" else None
+
+    def note(name: str) -> str:
+        scenario = gw.get(name, {})
+        return str(scenario.get("note", "")) if scenario.get("status") == "skipped" else ""
+
+    rsa = ("raw PKCS#11 RSA-2048 signatures/s", ceiling["rsa-2048"])
+    ec = ("raw PKCS#11 EC P-256 signatures/s", ceiling["ec-p256"])
+    found = [
+        ratio("rsa-hash-1 / raw RSA", ("gateway sign/hash RSA-2048 signatures/s",
+                                        peak("rsa-hash-1")), rsa, ">= 0.85",
+              note("rsa-hash-1")),
+        ratio("ec-hash-64 / raw EC", ("gateway sign/hash EC P-256 batch-64 signatures/s",
+                                       peak("ec-p256-hash-64")), ec, ">= 0.80",
+              note("ec-p256-hash-64")),
+        ratio("pdf-1-page / pyHanko", ("gateway sign/pdf 1-page documents/s",
+                                        peak("pdf-1-page")),
+              ("pyHanko defaults 1-page documents/s", alt["pdf-1-page"]["per_second"]),
+              ">= 3", note("pdf-1-page")),
+        ratio("pdf-50-pages / pyHanko", ("gateway sign/pdf 50-page documents/s",
+                                          peak("pdf-50-pages")),
+              ("pyHanko defaults 50-page documents/s", alt["pdf-50-pages"]["per_second"]),
+              note=note("pdf-50-pages")),
+        ratio("pdf-1-page / raw RSA", ("gateway sign/pdf 1-page documents/s",
+                                        peak("pdf-1-page")), rsa, note=note("pdf-1-page")),
+        ratio("rsa-cms / raw RSA", ("gateway sign/cms RSA-2048 signatures/s", peak("rsa-cms")),
+              rsa, note=note("rsa-cms")),
+    ]
+    for name, run in results["half_peak"].items():
+        found.append(ratio(f"{name} p99/p50 at half peak",
+                           ("p99 ms", run["latency_ms"]["p99"]),
+                           ("p50 ms", run["latency_ms"]["p50"]), "<= 3"))
+    memory = results["memory_100mb"]
+    found.append(ratio("100 MB PDF peak RSS / size",
+                       ("worker peak RSS bytes", memory.get("peak_rss_bytes")),
+                       ("file bytes", memory.get("file_bytes")), "< 3"))
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""CSC API v1 endpoints under ``/csc/v1/``, and the error bodies CSC clients expect.
+
+Errors on ``/csc/`` paths leave as CSC API v1.0.4.0 §10 says: ``{"error", "error_description"}``
+with 400 for anything wrong in the request, 401 (``invalid_token``) for a missing, unknown or
+revoked bearer token, 403 (``access_denied``) for a token whose role may not sign, 429/503
+(``temporarily_unavailable``, with Retry-After), 500 (``server_error``), and 501 for a method
+the service does not implement (no route under ``/csc/``). pyHanko's client
+only looks at the status (it raises for any non-2xx), so the bodies are for people and other
+clients.
+
+The translation is a middleware that rewrites the problem documents of ``/csc/`` answers: the
+problem middleware stays the one place where exceptions become answers (with its logging and
+metrics), authentication stays the one place that checks tokens and roles, and both work for
+CSC unchanged. :func:`with_csc_errors` places it between the metrics and problem middlewares.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api import middlewares
+from gateway.api.bodies import json_object, json_response
+from gateway.api.context import Handler, client, roles, services
+from gateway.api.problems import PROBLEM_CONTENT_TYPE
+from gateway.api.signing import RECEIPT_HEADER
+
+routes = web.RouteTableDef()
+
+PREFIX = "/csc/"
+_CSC_SLUG = "csc-"
+_KEPT_HEADERS = ("Retry-After", "Allow")
+
+
+@routes.post("/csc/v1/info")
+@roles()
+async def csc_info(request: web.Request) -> web.Response:
+    """CSC: the service, its specification version and the methods it implements."""
+    return json_response(services(request).csc.info())
+
+
+@routes.post("/csc/v1/credentials/list")
+@roles("signer")
+async def csc_credentials_list(request: web.Request) -> web.Response:
+    """CSC: the credentials (seals granted for CSC signing) of the token's client."""
+    body = await _body(request)
+    return json_response(await services(request).csc.list_credentials(client(request), body))
+
+
+@routes.post("/csc/v1/credentials/info")
+@roles("signer")
+async def csc_credentials_info(request: web.Request) -> web.Response:
+    """CSC: a credential's key algorithms, certificates, SCAL and batch size."""
+    body = await _body(request)
+    return json_response(await services(request).csc.credential_info(client(request), body))
+
+
+@routes.post("/csc/v1/credentials/authorize")
+@roles("signer")
+async def csc_credentials_authorize(request: web.Request) -> web.Response:
+    """CSC: signature activation data (SAD) bound to the credential and the given hashes."""
+    body = await _body(request)
+    return json_response(await services(request).csc.authorize(client(request), body))
+
+
+@routes.post("/csc/v1/signatures/signHash")
+@roles("signer")
+async def csc_signatures_sign_hash(request: web.Request) -> web.Response:
+    """CSC: sign the hashes a SAD authorizes; the sealing receipt is in Sealgate-Receipt."""
+    body = await _body(request)
+    answer, receipt_id = await services(request).csc.sign_hash(client(request), body)
+    response = json_response(answer)
+    response.headers[RECEIPT_HEADER] = receipt_id
+    return response
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The JSON object of the request; an empty body is an empty object (``info`` allows it)."""
+    if not request.body_exists:
+        return {}
+    return await json_object(request)
+
+
+def csc_error(status: int, slug: str) -> tuple[int, str]:
+    """The CSC status and error code for a problem's status and type slug."""
+    if slug.startswith(_CSC_SLUG):
+        return 400, slug[len(_CSC_SLUG):].replace("-", "_")
+    if status == 401:
+        return 401, "invalid_token"
+    if status == 403:
+        return 403, "access_denied"
+    if status in (429, 503):
+        return status, "temporarily_unavailable"
+    if status == 404:
+        # Handlers here never answer 404 (an unknown credential is a 400), so this is a
+        # path without a route: a method the service does not implement (§10.1).
+        return 501, "invalid_request"
+    if status >= 500:
+        return 500, "server_error"
+    # §10.1: unsupported, invalid or missing parameters are all 400.
+    return 400, "invalid_request"
+
+
+@web.middleware
+async def csc_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Re-express the problem+json answers of ``/csc/`` paths as CSC error objects."""
+    response = await handler(request)
+    if (
+        not request.path.startswith(PREFIX)
+        or not isinstance(response, web.Response)
+        or response.content_type != PROBLEM_CONTENT_TYPE
+        or response.text is None
+    ):
+        return response
+    problem = json.loads(response.text)
+    status, error = csc_error(response.status, str(problem.get("type", "")).rsplit("/", 1)[-1])
+    answer = json_response({"error": error, "error_description": problem.get("detail", "")},
+                           status=status)
+    for name in _KEPT_HEADERS:
+        if name in response.headers:
+            answer.headers[name] = response.headers[name]
+    if status == 401:
+        # RFC 6750 §3: a bearer-token challenge accompanies every 401.
+        answer.headers["WWW-Authenticate"] = f'Bearer error="{error}"'
+    return answer
+
+
+def with_csc_errors(stack: Sequence[Any]) -> list[Any]:
+    """``stack`` with the CSC error middleware just outside the problem middleware, so that
+    the metrics middleware (outside it) counts the status the client really gets."""
+    at = list(stack).index(middlewares.problem_middleware)
+    return [*stack[:at], csc_error_middleware, *stack[at:]]

@@ -1,0 +1,62 @@
+"""POST /v1/verify: what a signed PDF, or a CMS signature with its content, proves; for anyone."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api.bodies import json_response, media_type, read_limited
+from gateway.api.context import roles, services
+from gateway.errors import UnsupportedMediaType, ValidationFailed
+from gateway.signing import check_pdf_header
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/verify")
+@roles()
+async def verify(request: web.Request) -> web.Response:
+    """Every signature of a signed PDF (``application/pdf``), or of ``{"cms", "content"}``
+    (base64, JSON): intact, trusted against the configured roots, level, and which seal."""
+    kind = media_type(request)
+    body = await read_limited(request)
+    verifier = services(request).verifier
+    if kind == "application/pdf":
+        check_pdf_header(body)
+        return json_response(await verifier.verify_pdf(body))
+    if kind in ("application/json", ""):
+        signature, content = _cms_request(body)
+        return json_response(await verifier.verify_cms(signature, content))
+    raise UnsupportedMediaType(
+        f"send application/pdf or application/json, not {request.content_type}"
+    )
+
+
+def _cms_request(body: bytes) -> tuple[bytes, bytes | None]:
+    try:
+        value: Any = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValidationFailed.one("body", "is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ValidationFailed.one("body", "must be a JSON object with cms and content")
+    signature = _base64(value, "cms")
+    content = None if value.get("content") is None else _base64(value, "content")
+    if signature is None:
+        raise ValidationFailed.one("cms", "is required: the DER CMS signature, base64")
+    return signature, content
+
+
+def _base64(value: dict[str, Any], name: str) -> bytes | None:
+    raw = value.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise ValidationFailed.one(name, "must be a base64 string")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed.one(name, "is not valid base64") from None

@@ -1,0 +1,83 @@
+"""What signatures prove, for anyone who asks (``POST /v1/verify``): PDFs and CMS with content.
+
+The checks themselves are :mod:`gateway.signing.verify` (PDF) and
+:mod:`gateway.signing.cms_verify` (CMS), run in a worker thread; this service adds which seal
+made each signature, by the SHA-256 of the signer's certificate: the key whose certificate it
+is, and the seal that holds that key now or held it before a rotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from gateway.keys.registry import KEY
+from gateway.seals.registry import SEAL
+from gateway.signing.cms_verify import verify_cms
+from gateway.signing.verify import SignatureReport, trust_roots, validate_pdf_signatures
+from gateway.storage import Storage
+
+# Every key and seal of one organisation fits in one listing many times over.
+_LISTING_LIMIT = 1_000_000
+
+
+class SignatureVerifier:
+    """Verifies signed PDFs and CMS signatures against the configured trust roots."""
+
+    def __init__(self, storage: Storage, roots_pem: Sequence[bytes]) -> None:
+        self._storage = storage
+        self._roots_pem = list(roots_pem)
+        self._roots = trust_roots(self._roots_pem)
+
+    async def verify_pdf(self, document: bytes) -> dict[str, Any]:
+        reports = await asyncio.to_thread(validate_pdf_signatures, document, self._roots_pem)
+        return await self._answer(reports)
+
+    async def verify_cms(self, signature: bytes, content: bytes | None) -> dict[str, Any]:
+        reports = await asyncio.to_thread(verify_cms, signature, content, self._roots)
+        return await self._answer(reports)
+
+    async def _answer(self, reports: Sequence[SignatureReport]) -> dict[str, Any]:
+        seals = await self._seals_by_certificate() if reports else {}
+        signatures = []
+        for report in reports:
+            entry: dict[str, Any] = {
+                "signer": report.signer, "signed_at": report.signed_at,
+                "intact": report.intact, "trusted": report.trusted, "level": report.level,
+                "kind": report.kind, "problems": report.problems,
+            }
+            seal_id = seals.get(_sha256(report.signer_certificate_pem))
+            if seal_id is not None:
+                entry["seal_id"] = seal_id
+            signatures.append(entry)
+        return {"valid": bool(reports) and all(r.valid for r in reports),
+                "signatures": signatures}
+
+    async def _seals_by_certificate(self) -> dict[str, str]:
+        """Certificate SHA-256 (hex) → id of the seal whose key it certifies (or certified)."""
+        key_certificates = {
+            record.key: (record.data.get("certificate") or {}).get("sha256")
+            for record in await self._storage.list(KEY, limit=_LISTING_LIMIT)
+        }
+        found: dict[str, str] = {}
+        for record in await self._storage.list(SEAL, limit=_LISTING_LIMIT):
+            seal = record.data
+            for retired in seal.get("key_history") or []:
+                for fingerprint in (retired.get("certificate_sha256"),
+                                    key_certificates.get(str(retired.get("key_id")))):
+                    if fingerprint:
+                        found[fingerprint] = record.key
+            current = key_certificates.get(str(seal.get("key_id")))
+            if current:
+                found[current] = record.key
+        return found
+
+
+def _sha256(pem: bytes) -> str:
+    if not pem:
+        return ""
+    return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()

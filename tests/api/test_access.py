@@ -1,0 +1,202 @@
+"""Access control over HTTP: roles as API.md gives them, signers confined to their grants,
+token rotation and revocation seen at once by every instance, failed logins limited."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+from typing import Any
+
+import pytest
+
+from gateway.auth import ROLES
+from gateway.hsm import Hsm, KeyAlgorithm
+from gateway.pki.devca import DevCA
+from gateway.settings import Settings
+from tests.api.conftest import World
+from tests.api.test_openapi import API_MD
+from tests.api.test_sign_pdf import assert_problem, sign_path
+from tests.pdf_samples import one_page_pdf
+
+PDF = {"Content-Type": "application/pdf"}
+_ROW = re.compile(r"^\|([^|]*)\|([^|]*)\|")
+_OPERATION = re.compile(r"`(GET|POST|PUT|DELETE) (/v1/[^`\s?]*)[^`]*`")
+_ROLE = re.compile(r"\b(" + "|".join(ROLES) + r")\b")
+# Operations this issue added beyond API.md's tables, with their roles.
+EXTRA_OPERATIONS = {
+    ("POST", "/v1/keys/{id}/destroy"): {"key_officer"},
+    ("GET", "/v1/keys/{id}/usage"): {"key_officer", "auditor"},
+    ("POST", "/v1/seals/{id}/rotate-key"): {"key_officer"},
+    ("POST", "/v1/approvals"): {"key_officer"},
+    ("GET", "/v1/approvals"): {"key_officer", "auditor"},
+    ("GET", "/v1/approvals/{id}"): {"key_officer", "auditor"},
+    ("POST", "/v1/approvals/{id}/approve"): {"key_officer"},
+    ("POST", "/v1/approvals/{id}/reject"): {"key_officer"},
+}
+
+
+def contract_roles(text: str) -> dict[tuple[str, str], set[str]]:
+    """Each role-restricted ``/v1`` operation of API.md's tables and the roles it names."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for line in text.splitlines():
+        row = _ROW.match(line)
+        if row is None:
+            continue
+        roles = set(_ROLE.findall(row.group(2)))
+        for method, path in _OPERATION.findall(row.group(1)):
+            if roles:
+                found[(method, path)] = roles
+    return found
+
+
+def concrete(path: str) -> str:
+    return (path.replace("{id}", str(uuid.uuid4())).replace("{number}", "R-0")
+            .replace("{kind}", "business_license"))
+
+
+def test_contract_roles_parser_reads_a_row() -> None:
+    """The parser reads methods, paths and role words from one table row."""
+    row = "| `GET /v1/seals`, `GET /v1/seals/{id}` | filer, signer (own grants), auditor | x |"
+    assert contract_roles(row) == {("GET", "/v1/seals"): {"filer", "signer", "auditor"},
+                                   ("GET", "/v1/seals/{id}"): {"filer", "signer", "auditor"}}
+
+
+@pytest.mark.skipif(not API_MD.exists(), reason="the shared contract API.md is not present")
+async def test_every_role_gets_exactly_the_operations_api_md_gives_it(world: World) -> None:
+    """Each role is refused for its role (403 forbidden) exactly where API.md does not name
+    it; admin never is (dual control still refuses it, with its own problem type)."""
+    operations = {**contract_roles(API_MD.read_text()), **EXTRA_OPERATIONS}
+    served = {(r.method, r.resource.canonical) for r in world.http.app.router.routes()
+              if r.resource is not None}
+    headers = {role: (await world.client(role))[1] for role in ROLES}
+    mismatches = []
+    for (method, path), allowed in sorted(operations.items()):
+        assert (method, path) in served, f"{method} {path} is not served"
+        for role in ROLES:
+            response = await world.http.request(method, concrete(path), json={},
+                                                headers=headers[role])
+            refused = response.status == 403 and (await response.json())["type"].endswith(
+                "/forbidden")
+            if refused != (role not in allowed and role != "admin") or response.status == 401:
+                mismatches.append(f"{method} {path} as {role}: {response.status}")
+    assert mismatches == []
+
+
+async def test_signer_is_confined_to_its_grants_everywhere(world: World) -> None:
+    """A seal outside a signer's grants is 404 like a missing one in list, get, image, sign and
+    sealing receipts; the granted seal works in all of them."""
+    granted = await world.active_seal(KeyAlgorithm.EC_P256)
+    hidden = await world.active_seal(KeyAlgorithm.EC_P256)
+    _, mine = await world.client("signer", [granted["id"]])
+    _, theirs = await world.client("signer", [hidden["id"]])
+    missing = str(uuid.uuid4())
+
+    listed = await (await world.http.get("/v1/seals", headers=mine)).json()
+    assert [s["id"] for s in listed["seals"]] == [granted["id"]]
+    their_signature = await world.http.post(sign_path(hidden["id"]), data=one_page_pdf(),
+                                            headers={**theirs, **PDF})
+    their_receipt = their_signature.headers["Sealgate-Receipt"]
+
+    for seal_id in (hidden["id"], missing):
+        for response in (
+            await world.http.get(f"/v1/seals/{seal_id}", headers=mine),
+            await world.http.get(f"/v1/seals/{seal_id}/image", headers=mine),
+            await world.http.post(sign_path(seal_id), data=one_page_pdf(),
+                                  headers={**mine, **PDF}),
+        ):
+            body = await assert_problem(response, 404, "not-found")
+            assert body["detail"] == f"no seal with id {seal_id}"
+    receipt = await world.http.get(f"/v1/sealing-receipts/{their_receipt}", headers=mine)
+    await assert_problem(receipt, 404, "not-found")
+
+    for path in (f"/v1/seals/{granted['id']}", f"/v1/seals/{granted['id']}/image"):
+        assert (await world.http.get(path, headers=mine)).status == 200
+    signed = await world.http.post(sign_path(granted["id"]), data=one_page_pdf(),
+                                   headers={**mine, **PDF})
+    assert signed.status == 200
+    own = await world.http.get(f"/v1/sealing-receipts/{signed.headers['Sealgate-Receipt']}",
+                               headers=mine)
+    assert own.status == 200
+
+
+async def test_grant_narrowed_to_a_format_refuses_other_formats(world: World) -> None:
+    """A grant for CMS only lets the client see the seal but not seal PDFs with it."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    client, headers = await world.client("signer")
+    await world.services.clients.grant(client.id, seal["id"], "test", formats=["cms"])
+    assert (await world.http.get(f"/v1/seals/{seal['id']}", headers=headers)).status == 200
+    response = await world.http.post(sign_path(seal["id"]), data=one_page_pdf(),
+                                     headers={**headers, **PDF})
+    body = await assert_problem(response, 403, "forbidden")
+    assert "pdf" in body["detail"]
+    await world.services.clients.grant(client.id, seal["id"], "test")
+    again = await world.http.post(sign_path(seal["id"]), data=one_page_pdf(),
+                                  headers={**headers, **PDF})
+    assert again.status == 200
+
+
+async def test_rotation_and_revocation_apply_to_the_next_request_in_every_instance(
+    signer_world: tuple[World, dict[str, Any], dict[str, str]],
+    settings: Settings, hsm: Hsm, dev_ca: DevCA,
+) -> None:
+    """Two instances on one SQLite file: a rotated token and a revoked client are refused by
+    both on their very next request, and the new token works on both."""
+    world, seal, _ = signer_world
+    client, old = await world.client("signer", [seal["id"]])
+    async with World.running(settings, hsm, dev_ca) as other:
+        for instance in (world, other):
+            assert (await instance.http.get(f"/v1/seals/{seal['id']}", headers=old)).status == 200
+        token = await other.services.clients.rotate(client.id, "test")
+        new = {"Authorization": f"Bearer {token}"}
+        for instance in (world, other):
+            refused = await instance.http.get(f"/v1/seals/{seal['id']}", headers=old)
+            await assert_problem(refused, 401, "unauthorized")
+            assert (await instance.http.get(f"/v1/seals/{seal['id']}", headers=new)).status == 200
+        await world.services.clients.revoke(client.id, "test")
+        for instance in (other, world):
+            refused = await instance.http.get(f"/v1/seals/{seal['id']}", headers=new)
+            await assert_problem(refused, 401, "unauthorized")
+    actions = [e["action"] for e in await world.services.storage.events()]
+    assert {"client.rotated", "client.revoked"} <= set(actions)
+
+
+async def test_failed_authentication_is_limited_per_address_and_audited(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA
+) -> None:
+    """Bad tokens beyond the burst get 429 with Retry-After and one audit event for the
+    stretch; each earlier failure is audited without the token; good tokens still work."""
+    strict = settings.replace(auth=dataclasses.replace(settings.auth, failure_burst=3,
+                                                       failures_per_minute=1.0))
+    async with World.running(strict, hsm, dev_ca) as world:
+        _, auditor = await world.client("auditor")
+        bad = [f"sg_wrong-{n}-{uuid.uuid4().hex}" for n in range(6)]
+        statuses = []
+        for token in bad:
+            response = await world.http.get("/v1/keys",
+                                            headers={"Authorization": f"Bearer {token}"})
+            statuses.append(response.status)
+            if response.status == 429:
+                body = await assert_problem(response, 429, "rate-limited")
+                assert int(response.headers["Retry-After"]) >= 1
+                assert "address" in body["detail"]
+        assert statuses == [401, 401, 401, 429, 429, 429]
+        assert (await world.http.get("/v1/keys", headers=auditor)).status == 200
+
+        events = await world.services.storage.events()
+        failed = [e for e in events if e["action"] == "auth.failed"]
+        limited = [e for e in events if e["action"] == "auth.rate_limited"]
+        assert len(failed) == 3
+        assert len(limited) == 1
+        assert failed[0]["details"] == {"remote": "127.0.0.1",
+                                        "reason": "unknown or revoked token"}
+        exported = repr(events)
+        assert not [t for t in bad if t in exported or t[3:] in exported]
+
+
+async def test_missing_token_is_401_without_an_audit_event(world: World) -> None:
+    """A request without Authorization is 401 and writes nothing to the audit log."""
+    before = len(await world.services.storage.events())
+    response = await world.http.get("/v1/keys")
+    await assert_problem(response, 401, "unauthorized")
+    assert len(await world.services.storage.events()) == before

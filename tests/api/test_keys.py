@@ -1,0 +1,295 @@
+"""The key lifecycle over HTTP: generate, CSR, certificate import and its refusals, disable,
+rotation of a seal to a new key, and per-key usage limits shared by gateway instances."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.errors import NotFound
+from gateway.hsm import Hsm, KeyAlgorithm
+from gateway.pki.certs import chain_to_pem
+from gateway.pki.devca import CertificateProfile, DevCA
+from gateway.settings import Settings
+from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
+from tests.api.test_sign_pdf import assert_problem, sign_path
+from tests.pdf_samples import one_page_pdf
+
+PDF = {"Content-Type": "application/pdf"}
+PEM = {"Content-Type": "application/x-pem-file"}
+ENCIPHERMENT_ONLY = CertificateProfile("encipherment", {"key_encipherment": True})
+
+
+async def officer(world: World) -> dict[str, str]:
+    return (await world.client("key_officer"))[1]
+
+
+async def create_key(world: World, headers: dict[str, str], **body: Any) -> dict[str, Any]:
+    response = await world.http.post("/v1/keys", json={"label": "合同专用章密钥",
+                                                        "algorithm": "ec-p256", **body},
+                                      headers=headers)
+    assert response.status == 201, await response.text()
+    created: dict[str, Any] = await response.json()
+    return created
+
+
+def certificate_for(world: World, key: dict[str, Any], **issue: Any) -> bytes:
+    public_der = world.services.keys.public_key_der(key)
+    cert = world.ca.issue(public_der, "测试合同专用章", ORGANIZATION["name"], **issue)
+    return chain_to_pem([cert, world.ca.certificate]).encode()
+
+
+async def sealing_key(world: World, receipt_id: str) -> str:
+    return str((await world.services.sealing.sealing_receipt(receipt_id))["key_id"])
+
+
+@pytest.mark.parametrize("algorithm", list(KeyAlgorithm))
+async def test_keys_are_generated_in_the_hsm_sensitive_and_never_extractable(
+    world: World, hsm: Hsm, algorithm: KeyAlgorithm
+) -> None:
+    """POST /v1/keys makes a key pair on the token whose private half can never leave it."""
+    headers = await officer(world)
+    key = await create_key(world, headers, algorithm=algorithm.value)
+    assert key["status"] == "enabled"
+    assert key["algorithm"] == algorithm.value
+    assert set(key) >= {"id", "label", "algorithm", "public_key_pem", "status", "created_at"}
+    public = serialization.load_pem_public_key(key["public_key_pem"].encode())
+    size = algorithm.rsa_bits if algorithm.is_rsa else {"ec-p256": 256, "ec-p384": 384}[algorithm]
+    assert public.key_size == size  # type: ignore[union-attr]
+    attributes = await hsm.key_attributes(uuid.UUID(key["id"]).bytes)
+    assert attributes == {"sensitive": True, "extractable": False, "always_sensitive": True,
+                          "never_extractable": True, "private": True}
+    fetched = await world.http.get(f"/v1/keys/{key['id']}", headers=headers)
+    assert (await fetched.json())["public_key_pem"] == key["public_key_pem"]
+
+
+async def test_csr_carries_the_subject_and_is_signed_by_the_hsm_key(world: World) -> None:
+    """The CSR names the subject given and verifies under the key's own public key."""
+    headers = await officer(world)
+    key = await create_key(world, headers, algorithm="rsa-2048")
+    response = await world.http.post(f"/v1/keys/{key['id']}/csr", headers=headers, json={
+        "subject": {"common_name": "示例科技有限公司合同专用章", "organization": "示例科技有限公司",
+                    "country": "CN"}})
+    assert response.status == 200, await response.text()
+    assert response.content_type == "application/pkcs10"
+    csr = x509.load_pem_x509_csr(await response.read())
+    assert csr.is_signature_valid
+    assert csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == \
+        "示例科技有限公司合同专用章"
+    assert csr.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode() == key["public_key_pem"]
+
+
+async def test_csr_without_common_name_is_422(world: World) -> None:
+    """A subject without common_name is refused naming subject.common_name."""
+    headers = await officer(world)
+    key = await create_key(world, headers)
+    response = await world.http.post(f"/v1/keys/{key['id']}/csr", headers=headers,
+                                     json={"subject": {"organization": "x"}})
+    body = await assert_problem(response, 422, "validation-failed")
+    assert body["errors"][0]["field"] == "subject.common_name"
+
+
+async def test_valid_certificate_chain_is_imported(world: World) -> None:
+    """A leaf for this key, valid now and for signing, is attached with its summary."""
+    headers = await officer(world)
+    key = await create_key(world, headers)
+    response = await world.http.put(f"/v1/keys/{key['id']}/certificate",
+                                    data=certificate_for(world, key), headers={**headers, **PEM})
+    assert response.status == 200, await response.text()
+    certificate = (await response.json())["certificate"]
+    assert set(certificate) == {"serial", "subject", "issuer", "sha256", "not_before",
+                                "not_after"}
+    events = await world.services.storage.events()
+    assert events[-1]["action"] == "key.certificate_imported"
+    assert events[-1]["details"]["sha256"] == certificate["sha256"]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("make_chain", "rule"),
+    [
+        (lambda world, key, other: certificate_for(world, other),
+         "the leaf certificate's public key is not this key's public key"),
+        (lambda world, key, other: certificate_for(
+            world, key, not_before=_now() - dt.timedelta(days=10), days=1),
+         "the leaf certificate has expired"),
+        (lambda world, key, other: certificate_for(
+            world, key, not_before=_now() + dt.timedelta(days=1)),
+         "the leaf certificate is not valid yet"),
+        (lambda world, key, other: certificate_for(world, key, profile=ENCIPHERMENT_ONLY),
+         "the leaf certificate allows neither digitalSignature nor nonRepudiation"),
+    ],
+    ids=["wrong-key", "expired", "not-yet-valid", "no-signing-usage"],
+)
+async def test_certificate_import_refuses_a_broken_leaf_naming_the_rule(
+    world: World, make_chain: Any, rule: str
+) -> None:
+    """Wrong key, expired, not yet valid, or no signing usage: 422 naming the rule."""
+    headers = await officer(world)
+    key = await create_key(world, headers)
+    other = await create_key(world, headers)
+    response = await world.http.put(f"/v1/keys/{key['id']}/certificate",
+                                    data=make_chain(world, key, other),
+                                    headers={**headers, **PEM})
+    body = await assert_problem(response, 422, "validation-failed")
+    assert body["errors"] == [{"field": "certificate", "message": rule}]
+    stored = await world.services.keys.get(key["id"])
+    assert stored["certificate"] is None
+
+
+async def test_disabled_key_signs_nothing(world: World) -> None:
+    """After POST /v1/keys/{id}/disable the seal's signing is refused with seal-key-disabled."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    _, signer = await world.client("signer", [seal["id"]])
+    headers = await officer(world)
+    disabled = await world.http.post(f"/v1/keys/{seal['key_id']}/disable", headers=headers)
+    assert (await disabled.json())["status"] == "disabled"
+    response = await world.http.post(sign_path(seal["id"]), data=one_page_pdf(),
+                                     headers={**signer, **PDF})
+    await assert_problem(response, 409, "seal-key-disabled")
+    again = await world.http.post(f"/v1/keys/{seal['key_id']}/disable", headers=headers)
+    await assert_problem(again, 409, "conflict")
+
+
+async def test_auditor_reads_keys_but_changes_none(world: World) -> None:
+    """Auditors may list keys; creating one is 403."""
+    _, auditor = await world.client("auditor")
+    assert (await world.http.get("/v1/keys", headers=auditor)).status == 200
+    response = await world.http.post("/v1/keys", json={"label": "x", "algorithm": "ec-p256"},
+                                     headers=auditor)
+    await assert_problem(response, 403, "forbidden")
+
+
+async def test_rotation_moves_signing_to_the_new_key_without_a_gap(world: World) -> None:
+    """Signing goes on while the seal is rotated; afterwards every signature uses the new key,
+    and the old key stays, enabled and named in the seal's key_history."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    old_key = seal["key_id"]
+    new_key = (await world.key(KeyAlgorithm.EC_P256))["id"]
+    _, signer = await world.client("signer", [seal["id"]])
+    headers = await officer(world)
+
+    async def sign() -> Any:
+        return await world.http.post(sign_path(seal["id"]) + "?visible=false",
+                                     data=one_page_pdf(), headers={**signer, **PDF})
+
+    async def rotate() -> Any:
+        return await world.http.post(f"/v1/seals/{seal['id']}/rotate-key",
+                                     json={"key_id": new_key}, headers=headers)
+
+    *during, rotated = await asyncio.gather(*(sign() for _ in range(6)), rotate())
+    assert rotated.status == 200, await rotated.text()
+    assert [r.status for r in during] == [200] * 6
+    used = {await sealing_key(world, r.headers["Sealgate-Receipt"]) for r in during}
+    assert used <= {old_key, new_key}
+
+    body = await rotated.json()
+    assert body["key_id"] == new_key
+    assert [h["key_id"] for h in body["key_history"]] == [old_key]
+    after = await sign()
+    assert await sealing_key(world, after.headers["Sealgate-Receipt"]) == new_key
+    assert (await world.services.keys.get(old_key))["status"] == "enabled"
+    event = [e for e in await world.services.storage.events() if
+             e["action"] == "seal.key_rotated"][-1]
+    assert event["details"]["from_key"] == old_key
+    assert event["details"]["to_key"] == new_key
+
+
+async def test_rotation_refuses_keys_that_cannot_sign_for_the_seal(world: World) -> None:
+    """No certificate, disabled, the same key, or another seal's key: each refused by name."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    other_seal = await world.draft_seal(KeyAlgorithm.EC_P256)
+    headers = await officer(world)
+    bare = await world.services.keys.create("bare", "ec-p256", "test")
+    disabled = await world.key(KeyAlgorithm.EC_P256)
+    await world.services.keys.disable(disabled["id"], "test")
+    path = f"/v1/seals/{seal['id']}/rotate-key"
+    for key_id, message in (
+        (bare["id"], "the key has no certificate valid now"),
+        (disabled["id"], "the key is disabled"),
+        (seal["key_id"], "is the seal's current key already"),
+        (str(uuid.uuid4()), "names no key"),
+    ):
+        response = await world.http.post(path, json={"key_id": key_id}, headers=headers)
+        body = await assert_problem(response, 422, "validation-failed")
+        assert body["errors"] == [{"field": "key_id", "message": message}]
+    taken = await world.http.post(path, json={"key_id": other_seal["key_id"]}, headers=headers)
+    body = await assert_problem(taken, 409, "conflict")
+    assert other_seal["id"] in body["detail"]
+    _, signer = await world.client("signer", [seal["id"]])
+    forbidden = await world.http.post(path, json={"key_id": bare["id"]}, headers=signer)
+    await assert_problem(forbidden, 403, "forbidden")
+
+
+async def test_usage_limit_is_validated(world: World) -> None:
+    """usage_limit must be a whole number above zero."""
+    headers = await officer(world)
+    for bad in (0, -1, "3", True, 1.5):
+        response = await world.http.post(
+            "/v1/keys", json={"label": "x", "algorithm": "ec-p256", "usage_limit": bad},
+            headers=headers)
+        body = await assert_problem(response, 422, "validation-failed")
+        assert body["errors"][0]["field"] == "usage_limit"
+
+
+async def limited_seal(world: World, limit: int) -> dict[str, Any]:
+    """An active seal whose key may make ``limit`` signatures."""
+    key = await world.services.keys.create("limited", "ec-p256", "test", usage_limit=limit)
+    await world.services.keys.import_certificate(key["id"], certificate_for(world, key), "test")
+    seal = await world.services.seals.create(
+        {"name": "合同专用章", "type": "04", "organization": ORGANIZATION, "key_id": key["id"]},
+        "test")
+    await world.services.filings.file_and_approve_locally(
+        seal["id"], APPLICANT, LEGAL_REPRESENTATIVE, "test")
+    return (await world.services.seals.record(seal["id"])).data
+
+
+async def test_usage_limit_holds_across_two_gateway_instances(
+    world: World, settings: Settings, hsm: Hsm, dev_ca: DevCA
+) -> None:
+    """Two instances on one database sign at most usage_limit times together, even at once."""
+    seal = await limited_seal(world, 3)
+    _, signer = await world.client("signer", [seal["id"]])
+    async with World.running(settings, hsm, dev_ca) as second:
+        requests = [instance.http.post(sign_path(seal["id"]) + "?visible=false",
+                                       data=one_page_pdf(), headers={**signer, **PDF})
+                    for instance in (world, second) * 3]
+        responses = await asyncio.gather(*requests)
+        statuses = sorted(r.status for r in responses)
+        assert statuses == [200, 200, 200, 409, 409, 409]
+        for response in responses:
+            if response.status == 409:
+                await assert_problem(response, 409, "seal-key-usage-exhausted")
+        usage = await second.http.get(f"/v1/keys/{seal['key_id']}/usage",
+                                      headers=await officer(second))
+        assert await usage.json() == {"usage_limit": 3, "usage_count": 3}
+
+
+async def test_usage_endpoint_is_null_without_a_limit(world: World) -> None:
+    """A key without a usage limit reports neither limit nor count."""
+    headers = await officer(world)
+    key = await create_key(world, headers)
+    usage = await world.http.get(f"/v1/keys/{key['id']}/usage", headers=headers)
+    assert await usage.json() == {"usage_limit": None, "usage_count": None}
+
+
+async def test_unknown_key_is_404(world: World, hsm: Hsm) -> None:
+    """Reading, disabling or certifying a key that does not exist is 404."""
+    headers = await officer(world)
+    missing = str(uuid.uuid4())
+    for response in (await world.http.get(f"/v1/keys/{missing}", headers=headers),
+                     await world.http.post(f"/v1/keys/{missing}/disable", headers=headers)):
+        await assert_problem(response, 404, "not-found")
+    with pytest.raises(NotFound):
+        await hsm.key_attributes(uuid.UUID(missing).bytes)

@@ -1,0 +1,261 @@
+"""Real gateways for interop tests: a deployment in a temp directory, `sealgate` run against
+it, and `sealgate serve` processes started, inspected, killed and stopped.
+
+    deployment = Deployment.create(tmp_path)                 # token, settings, init --demo
+    deployment.sealgate("audit", "verify")                   # any CLI command
+    with deployment.serve(workers=2) as gateway:             # master + 2 workers, free port
+        gateway.url("/readyz"); gateway.worker_pids()
+        worker_samples(gateway.metrics_dir, "sealgate_signatures_total")
+
+Everything runs as separate processes, as an operator would run it; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from tests.redis_server import free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SEALGATE = Path(sys.executable).with_name("sealgate")
+_TOKEN = re.compile(r"\bsg_[A-Za-z0-9_-]+")
+_DB_FILE = re.compile(r"^[a-z_]+_(\d+)\.db$")
+
+
+@dataclass
+class Deployment:
+    """A SoftHSM token, a settings file and a var directory, set up by `sealgate init --demo`."""
+
+    directory: Path
+    config: Path
+    env: dict[str, str]
+    seal_id: str = ""
+    token: str = ""
+
+    @classmethod
+    def create(cls, directory: Path, *, redis_url: str = "", redis_prefix: str = "sealgate:",
+               settings: str = "") -> Deployment:
+        """Make the token with softhsm/init-token.sh and the demo seal with `sealgate init`.
+
+        ``redis_url`` selects the Redis backend; ``settings`` is extra TOML appended as is.
+        """
+        token_dir = directory / "softhsm"
+        subprocess.run([str(PROJECT_ROOT / "softhsm" / "init-token.sh"), str(token_dir),
+                        "sealgate"], check=True)
+        var = directory / "var"
+        backend = "redis" if redis_url else "sqlite"
+        config = directory / "sealgate.toml"
+        config.write_text(f"""\
+var_dir = "{var}"
+
+[hsm]
+pin = {{ file = "{token_dir / 'user-pin'}" }}
+softhsm_conf = "{token_dir / 'softhsm2.conf'}"
+
+[storage]
+backend = "{backend}"
+sqlite_path = "{var / 'sealgate.db'}"
+redis_url = "{redis_url or 'redis://127.0.0.1:6379/0'}"
+redis_prefix = "{redis_prefix}"
+
+[pki]
+trust_roots = ["{var / 'ca' / 'ca.pem'}"]
+dev_ca_dir = "{var / 'ca'}"
+
+[metrics]
+multiprocess_dir = "{var / 'metrics'}"
+refresh_seconds = 1.0
+
+[filing]
+poll_interval_seconds = 60.0
+{settings}
+""")
+        # Only this deployment's settings: nothing from the environment of the test run.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SEALGATE_", "PROMETHEUS_MULTIPROC"))}
+        env.update(SEALGATE_CONFIG=str(config), SOFTHSM2_CONF=str(token_dir / "softhsm2.conf"))
+        deployment = cls(directory, config, env)
+        deployment.sealgate("init", "--demo")
+        demo = json.loads((var / "demo.json").read_text())
+        deployment.seal_id = str(demo["seal_id"])
+        deployment.token = (var / "demo-token").read_text().strip()
+        return deployment
+
+    @property
+    def var(self) -> Path:
+        return self.directory / "var"
+
+    def sealgate(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run one `sealgate` command against this deployment."""
+        done = subprocess.run([str(SEALGATE), *args], env=self.env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"sealgate {' '.join(args)} failed ({done.returncode}):\n"
+                                 f"{done.stdout}\n{done.stderr}")
+        return done
+
+    def create_client(self, name: str, role: str, *seals: str) -> str:
+        """A new API client made with the CLI; returns its token."""
+        grants = [arg for seal in seals for arg in ("--seal", seal)]
+        done = self.sealgate("clients", "create", name, "--role", role, *grants)
+        found = _TOKEN.search(done.stderr)
+        assert found, done.stderr
+        return found.group(0)
+
+    def audit_events(self) -> list[dict[str, object]]:
+        """Every audit event, read by `sealgate audit export`."""
+        done = self.sealgate("audit", "export")
+        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+    def serve(self, workers: int = 1, name: str = "gateway") -> GatewayProcess:
+        """A `sealgate serve` on a free port, with its own metrics directory and log."""
+        return GatewayProcess(self, workers, self.directory / f"{name}-metrics",
+                              self.directory / f"{name}.log")
+
+
+@dataclass
+class GatewayProcess:
+    """`sealgate serve --workers N` in its own process group; a context manager."""
+
+    deployment: Deployment
+    workers: int
+    metrics_dir: Path
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the master and wait until every worker is up and /readyz answers 200."""
+        env = {**self.deployment.env,
+               "SEALGATE_METRICS__MULTIPROCESS_DIR": str(self.metrics_dir)}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(SEALGATE), "serve", "--workers", str(self.workers), "--port",
+                 str(self.port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not (len(self.worker_pids()) == self.workers and self.ready()):
+            if self.process.poll() is not None:
+                raise AssertionError(f"sealgate serve exited:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"sealgate serve did not get ready:\n{self.log()}")
+            time.sleep(0.1)
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url("/readyz"), timeout=5) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def worker_pids(self) -> set[int]:
+        """Pids of the master's live children, read from /proc."""
+        if self.process is None:
+            return set()
+        return child_pids(self.process.pid)
+
+    def wait_for_workers(self, gone: frozenset[int] = frozenset(),
+                         timeout: float = 30.0) -> set[int]:
+        """Wait until all workers run again and none of the ``gone`` pids is among them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.worker_pids()
+            if len(pids) == self.workers and not pids & gone:
+                return pids
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers not replaced in time: {pids}\n{self.log()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to the master (it stops its workers); SIGKILL to the group if it hangs."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def __enter__(self) -> GatewayProcess:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def child_pids(parent: int) -> set[int]:
+    """Pids of the live (not zombie) children of ``parent``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name in parentheses may hold spaces; the fields after it do not.
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == parent and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def worker_samples(metrics_dir: Path, sample: str, labels: dict[str, str] | None = None,
+                   ) -> dict[int, float]:
+    """The value of one sample in each worker's own metric files (pid -> value)."""
+    files: dict[int, list[Path]] = defaultdict(list)
+    for path in metrics_dir.glob("*.db"):
+        match = _DB_FILE.match(path.name)
+        if match:
+            files[int(match.group(1))].append(path)
+    values: dict[int, float] = {}
+    for pid, paths in files.items():
+        with tempfile.TemporaryDirectory() as one_worker:
+            for path in paths:
+                shutil.copy(path, one_worker)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=one_worker)  # type: ignore[no-untyped-call]
+            values[pid] = sum(
+                s.value for metric in registry.collect() for s in metric.samples
+                if s.name == sample and all(s.labels.get(k) == v
+                                            for k, v in (labels or {}).items())
+            )
+    return values
+
+
+def sample_value(exposition: str, sample: str) -> float:
+    """The value of one line of a Prometheus text exposition (0 when absent)."""
+    for line in exposition.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

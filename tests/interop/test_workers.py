@@ -1,0 +1,165 @@
+"""`sealgate serve --workers 2` for real: metrics summed over workers, a SIGKILLed worker
+replaced mid-request with no lost, broken or doubled work, the audit chain intact."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.gateway_process import Deployment, GatewayProcess, sample_value, worker_samples
+from tests.pdf_samples import one_page_pdf
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+DOCUMENT = one_page_pdf()
+SIGNATURES = 'sealgate_signatures_total{format="pdf"}'
+# Short claims, so that a retry after the killed worker's claim expires within the test.
+SETTINGS = """
+[idempotency]
+lock_seconds = 3.0
+wait_seconds = 2.0
+"""
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    return Deployment.create(tmp_path_factory.mktemp("workers"), settings=SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def gateway(deployment: Deployment) -> Iterator[GatewayProcess]:
+    with deployment.serve(workers=2) as running:
+        yield running
+
+
+async def sign(http: aiohttp.ClientSession, gateway: GatewayProcess, deployment: Deployment,
+               key: str | None = None) -> tuple[int, bytes, str]:
+    headers = {"Authorization": f"Bearer {deployment.token}", "Content-Type": "application/pdf"}
+    if key:
+        headers["Idempotency-Key"] = key
+    async with http.post(gateway.url(f"/v1/seals/{deployment.seal_id}/sign/pdf"),
+                         data=DOCUMENT, headers=headers) as response:
+        return response.status, await response.read(), response.headers.get("Sealgate-Receipt", "")
+
+
+async def sign_until_done(http: aiohttp.ClientSession, gateway: GatewayProcess,
+                          deployment: Deployment, key: str) -> tuple[bytes, str]:
+    """What a careful client does: retry with the same key until it gets its document."""
+    for _ in range(30):
+        try:
+            status, body, receipt = await sign(http, gateway, deployment, key)
+        except aiohttp.ClientError:
+            status = 0  # the connection died with the worker
+        if status == 200:
+            return body, receipt
+        assert status in (0, 409, 503), status
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{key} was never signed")
+
+
+async def metrics_text(http: aiohttp.ClientSession, gateway: GatewayProcess) -> str:
+    async with http.get(gateway.url("/metrics")) as response:
+        assert response.status == 200
+        return await response.text()
+
+
+async def test_metrics_add_up_the_work_of_both_workers(
+    gateway: GatewayProcess, deployment: Deployment
+) -> None:
+    """Concurrent sealings land on both workers, and /metrics reports their sum."""
+    # A new connection per request: the kernel spreads connections, not requests.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        before = sample_value(await metrics_text(http, gateway), SIGNATURES)
+        sent = 0
+        per_worker: dict[int, float] = {}
+        for _ in range(4):  # rounds until both workers have sealed something
+            answers = await asyncio.gather(*(sign(http, gateway, deployment) for _ in range(8)))
+            assert [status for status, _, _ in answers] == [200] * 8
+            sent += 8
+            per_worker = worker_samples(gateway.metrics_dir, "sealgate_signatures_total")
+            if len([pid for pid, count in per_worker.items() if count > 0]) == 2:
+                break
+        assert set(per_worker) >= gateway.worker_pids()
+        assert len([count for count in per_worker.values() if count > 0]) == 2, per_worker
+        text = await metrics_text(http, gateway)
+    assert sample_value(text, SIGNATURES) == before + sent
+    assert sum(per_worker.values()) == before + sent
+    assert sample_value(text, "sealgate_hsm_up") == 1
+    assert sample_value(text, "sealgate_storage_up") == 1
+
+
+async def find_busy_worker(gateway: GatewayProcess) -> int:
+    """A worker with a signing operation in flight right now."""
+    for _ in range(1000):
+        busy = [pid for pid, value in
+                worker_samples(gateway.metrics_dir, "sealgate_signing_in_flight").items()
+                if value > 0 and pid in gateway.worker_pids()]
+        if busy:
+            return busy[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError("no worker was ever seen signing")
+
+
+async def test_a_worker_killed_mid_request_is_replaced_and_nothing_is_half_done(
+    gateway: GatewayProcess, deployment: Deployment
+) -> None:
+    """SIGKILL during a sealing: a new worker replaces it, every client gets its document by
+    retrying with its key, and every audit event has its receipt in an intact chain."""
+    first_seq = len(deployment.audit_events())
+    workers = gateway.worker_pids()
+    async with aiohttp.ClientSession() as http:
+        requests = [asyncio.create_task(sign_until_done(http, gateway, deployment, f"doc-{i}"))
+                    for i in range(12)]
+        victim = await find_busy_worker(gateway)
+        os.kill(victim, signal.SIGKILL)
+        answers = await asyncio.gather(*requests)
+        replaced = gateway.wait_for_workers(gone=frozenset({victim}))
+        assert replaced != workers
+        assert "was killed by SIGKILL" in gateway.log()
+        status, _, after_kill = await sign(http, gateway, deployment)
+        assert status == 200
+        text = await metrics_text(http, gateway)
+        # The dead worker's in-flight count left with it.
+        assert sample_value(text, "sealgate_signing_in_flight") == 0
+
+        events = deployment.audit_events()
+        assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+        signed = [e for e in events[first_seq:] if e["action"] == "seal.signed"]
+        for event in signed:
+            receipt_id = event["details"]["sealing_receipt"]  # type: ignore[index]
+            async with http.get(gateway.url(f"/v1/sealing-receipts/{receipt_id}"),
+                                headers={"Authorization": f"Bearer {deployment.token}"}) as got:
+                assert got.status == 200, await got.text()
+                assert (await got.json())["audit_seq"] == event["seq"]
+    returned = {receipt for _, receipt in answers}
+    assert len(returned) == 12
+    returned.add(after_kill)
+    recorded = {e["details"]["sealing_receipt"] for e in signed}  # type: ignore[index]
+    assert returned <= recorded
+    # At most one sealing committed without its answer reaching anyone: the killed worker's,
+    # if the kill fell between its commit and storing the answer (idempotency.py's limit).
+    assert len(recorded - returned) <= 1
+    verified = deployment.sealgate("audit", "verify")
+    assert json.loads(verified.stdout)["intact"] is True
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+async def test_promtool_accepts_the_aggregated_exposition(
+    gateway: GatewayProcess, deployment: Deployment, tmp_path: Path
+) -> None:
+    """The multiprocess /metrics output passes `promtool check metrics`."""
+    async with aiohttp.ClientSession() as http:
+        await sign(http, gateway, deployment)
+        text = await metrics_text(http, gateway)
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
