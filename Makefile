@@ -8,7 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 VAR := var
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := python3-venv softhsm2 opensc poppler-utils redis-server openssl fonts-wqy-microhei zbar-tools curl
+# prometheus is here for its promtool (no Debian package ships promtool alone), which the
+# tests run on config/prometheus/alerts.yml and on the /metrics output.
+APT_PACKAGES := python3-venv softhsm2 opensc poppler-utils redis-server openssl fonts-wqy-microhei zbar-tools curl prometheus
 export SOFTHSM2_CONF := $(CURDIR)/$(VAR)/softhsm/softhsm2.conf
 
 .PHONY: run test lint bench setup system venv token demo clean help

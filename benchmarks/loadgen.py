@@ -88,7 +88,9 @@ class Driver:
         begin = time.perf_counter() if started is None else started
         try:
             if self.spec.stream_body:
-                with Path(self.spec.bodies[index]).open("rb") as fh:
+                fh = await asyncio.get_running_loop().run_in_executor(
+                    None, Path(self.spec.bodies[index]).open, "rb")
+                with fh:
                     status, length, good, sample = await self._exchange(fh, index, tally)
             else:
                 status, length, good, sample = await self._exchange(

@@ -121,10 +121,11 @@ def url(gateway: Gateway, material: Material, scenario: Scenario) -> str:
 
 def probe(target: str, token: str, content_type: str, body: bytes) -> tuple[int, str]:
     """One request before the load: does the endpoint answer, and with what."""
-    request = urllib.request.Request(target, data=body, method="POST", headers={
+    # S310: ``target`` is the gateway's loopback http URL, built by this module.
+    request = urllib.request.Request(target, data=body, method="POST", headers={  # noqa: S310
         "Authorization": f"Bearer {token}", "Content-Type": content_type})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
             return response.status, ""
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()[:300].decode("utf-8", "replace")

@@ -1,7 +1,8 @@
 """The embedded storage backend: one SQLite file in WAL mode, shared safely by worker processes.
 
 Each backend instance owns one connection and one thread, because a sqlite3 connection must not
-be used from several threads; every call hops to that thread and back. Writers serialise on
+be used from several threads; every write and every larger read hops to that thread and back.
+Writers serialise on
 SQLite's write lock (``BEGIN IMMEDIATE``), which is what makes an audit append fork-free across
 processes: the head of the chain is read and extended while the lock is held. A writer that
 cannot get the lock within ``timeout_seconds`` (``busy_timeout``) gets BackendUnavailable.
@@ -13,6 +14,12 @@ stale write fails only its own commit. Every caller still returns only once its 
 durable; under load the ``fsync`` is simply shared. Token-bucket updates commit without an
 ``fsync`` (``synchronous = NORMAL``): losing the last few of them in a power cut only returns
 a few tokens to a bucket, and the next durable commit makes them durable too (WAL order).
+
+Single-record reads (:meth:`get`, :meth:`get_expiring`), several per signing request, do not
+hop to that thread: they run on the caller's thread on a read-only connection of their own.
+A WAL reader never waits for a writer and sees every transaction committed before it began,
+so such a read takes a few microseconds where the hop alone costs tens. Should that
+connection ever be busy (WAL recovery after a crash), the read falls back to the thread.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import asyncio
 import builtins
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +105,8 @@ class SqliteStorage:
         self._db: sqlite3.Connection | None = None
         self._queued: list[_QueuedCommit] = []
         self._writer: asyncio.Task[None] | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_thread = 0
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -104,10 +114,20 @@ class SqliteStorage:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         await self._run(self._connect)
+        if self._reader is None:
+            # After _connect: the schema exists. Owned by the thread that opens the backend.
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            reader.execute("PRAGMA query_only = 1")
+            # Never wait on the caller's thread (an event loop): a busy read goes to the thread.
+            reader.execute("PRAGMA busy_timeout = 0")
+            self._reader, self._reader_thread = reader, threading.get_ident()
 
     async def close(self) -> None:
         if self._executor is None:
             return
+        reader, self._reader = self._reader, None
+        if reader is not None and threading.get_ident() == self._reader_thread:
+            reader.close()  # from another thread sqlite3 refuses; the collector closes it
         try:
             await self._run(self._disconnect)
         finally:
@@ -120,13 +140,10 @@ class SqliteStorage:
     # -- records and events ------------------------------------------------------------------
 
     async def get(self, kind: str, key: str) -> Record | None:
-        def read() -> Record | None:
-            row = self._conn().execute(
-                "SELECT version, data FROM records WHERE kind = ? AND key = ?", (kind, key)
-            ).fetchone()
-            return Record(kind, key, row[0], json.loads(row[1])) if row else None
-
-        return await self._run(read)
+        row = await self._read_one(
+            "SELECT version, data FROM records WHERE kind = ? AND key = ?", (kind, key)
+        )
+        return Record(kind, key, row[0], json.loads(row[1])) if row else None
 
     async def list(
         self, kind: str, *, where: Mapping[str, Any] | None = None, limit: int = 1000
@@ -240,10 +257,10 @@ class SqliteStorage:
         return await self._run(put)
 
     async def get_expiring(self, key: str) -> JSON | None:
-        rows = await self._execute(
+        row = await self._read_one(
             "SELECT value FROM expiring WHERE key = ? AND expires_at > ?", (key, time.time())
         )
-        return json.loads(rows[0][0]) if rows else None
+        return json.loads(row[0]) if row else None
 
     async def set_expiring(self, key: str, value: JSON, ttl_seconds: float) -> None:
         now = time.time()
@@ -426,6 +443,17 @@ class SqliteStorage:
         return CommitResult(tuple(records), tuple(appended))
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    async def _read_one(self, sql: str, args: Sequence[Any]) -> Any:
+        """The first row of a point query, read on this thread when the reader can serve."""
+        reader = self._reader
+        if reader is not None and threading.get_ident() == self._reader_thread:
+            try:
+                return reader.execute(sql, args).fetchone()
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _OUTAGE_CODES:
+                    raise
+        return await self._run(lambda: self._conn().execute(sql, args).fetchone())
 
     async def _execute(self, sql: str, args: Sequence[Any]) -> builtins.list[Any]:
         """One statement in autocommit mode; all rows are fetched so the statement ends."""

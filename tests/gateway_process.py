@@ -12,6 +12,8 @@ Everything runs as separate processes, as an operator would run it; nothing is m
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import re
@@ -21,8 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +155,7 @@ class GatewayProcess:
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        while not (len(self.worker_pids()) == self.workers and self.ready()):
+        while not (len(self.listening_workers()) == self.workers and self.ready()):
             if self.process.poll() is not None:
                 raise AssertionError(f"sealgate serve exited:\n{self.log()}")
             if time.monotonic() > deadline:
@@ -164,11 +164,18 @@ class GatewayProcess:
             time.sleep(0.1)
 
     def ready(self) -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
-            with urllib.request.urlopen(self.url("/readyz"), timeout=5) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
+            connection.request("GET", "/readyz")
+            return connection.getresponse().status == 200
+        except OSError:
             return False
+        finally:
+            connection.close()
+
+    def listening_workers(self) -> set[int]:
+        """Workers that listen on the port already: only they get connections."""
+        return {pid for pid in self.worker_pids() if listens(pid, self.port)}
 
     def worker_pids(self) -> set[int]:
         """Pids of the master's live children, read from /proc."""
@@ -181,7 +188,7 @@ class GatewayProcess:
         """Wait until all workers run again and none of the ``gone`` pids is among them."""
         deadline = time.monotonic() + timeout
         while True:
-            pids = self.worker_pids()
+            pids = self.listening_workers()
             if len(pids) == self.workers and not pids & gone:
                 return pids
             if time.monotonic() > deadline:
@@ -228,6 +235,22 @@ def child_pids(parent: int) -> set[int]:
         if int(ppid) == parent and state != "Z":
             found.add(int(entry.name))
     return found
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on TCP ``port`` (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; field 9 the inode.
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    try:
+        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
 
 
 def worker_samples(metrics_dir: Path, sample: str, labels: dict[str, str] | None = None,

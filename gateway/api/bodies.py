@@ -1,9 +1,19 @@
-"""Reading request bodies within the configured size limit, and JSON bodies with clear errors."""
+"""Reading request bodies within the configured size limit, and JSON bodies with clear errors.
+
+Documents above ``SPOOL_BYTES`` are not held in memory: :func:`read_or_spool` writes them to
+an unnamed temporary file under ``<var_dir>/spool`` as they arrive, hashing them on the way
+(in a worker thread), so that a 100 MB PDF costs the worker about its own small buffers.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
-from typing import Any
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
@@ -11,6 +21,8 @@ from gateway.api.context import SETTINGS
 from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 CHUNK = 256 * 1024
+SPOOL_BYTES = 8 * 1024 * 1024
+_HEAD_BYTES = 1024  # where format checks look (a PDF header may sit anywhere in the first KiB)
 
 
 def body_limit(request: web.Request) -> int:
@@ -38,6 +50,81 @@ async def read_limited(request: web.Request, limit: int | None = None) -> bytes:
             raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+@dataclass
+class SpooledBody:
+    """A request body in an unnamed temporary file (gone from the disk once closed)."""
+
+    file: BinaryIO
+    size: int
+    sha256: hashlib._Hash  # of the whole body
+    head: bytes  # its first bytes, for format checks
+
+    def add(self, chunk: bytes) -> None:
+        """On a worker thread: hash and write one chunk."""
+        self.sha256.update(chunk)
+        self.file.write(chunk)
+        self.size += len(chunk)
+        if len(self.head) < _HEAD_BYTES:
+            self.head += chunk[: _HEAD_BYTES - len(self.head)]
+
+    def close(self) -> None:
+        self.file.close()
+
+
+async def read_or_spool(
+    request: web.Request, limit: int | None = None, spool_above: int | None = None
+) -> bytes | SpooledBody:
+    """The body in memory, or spooled to disk once it is (or is declared) over ``spool_above``
+    (default ``SPOOL_BYTES``).
+
+    Same limit and 413 as :func:`read_limited`; the caller closes a returned spool.
+    """
+    limit = check_declared_size(request, limit)
+    spool_above = SPOOL_BYTES if spool_above is None else spool_above
+    declared = request.content_length
+    if declared is None or declared <= spool_above:
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+            parts.append(chunk)
+            if size > spool_above:
+                break
+        else:
+            return b"".join(parts)
+    else:
+        parts = []
+    loop = asyncio.get_running_loop()
+    spool = await loop.run_in_executor(None, _new_spool, _spool_directory(request))
+    try:
+        for part in parts:
+            await loop.run_in_executor(None, spool.add, part)
+        del parts
+        while chunk := await request.content.read(CHUNK):
+            if spool.size + len(chunk) > limit:
+                raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+            await loop.run_in_executor(None, spool.add, chunk)
+        await loop.run_in_executor(None, spool.file.flush)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def _spool_directory(request: web.Request) -> Path:
+    return Path(request.app[SETTINGS].var_dir) / "spool"
+
+
+def _new_spool(directory: Path) -> SpooledBody:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Unnamed (O_TMPFILE where the file system allows): nothing is left behind by a crash.
+    # The spool outlives this function: SpooledBody.close (or the response) closes it.
+    file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
+    return SpooledBody(file, 0, hashlib.sha256(), b"")
 
 
 def media_type(request: web.Request) -> str:

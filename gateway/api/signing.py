@@ -6,8 +6,9 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from aiohttp import web
+from aiohttp.payload import BufferedReaderPayload
 
-from gateway.api.bodies import json_response, read_limited
+from gateway.api.bodies import json_response, read_or_spool
 from gateway.api.context import SETTINGS, client, roles, services
 from gateway.errors import NotFound, ValidationFailed
 from gateway.signing import PdfSealOptions, Placement, check_pdf_header
@@ -24,12 +25,26 @@ N = TypeVar("N", int, float)
 @roles("signer")
 async def sign_pdf(request: web.Request) -> web.Response:
     options = pdf_options(request)
-    document = await read_limited(request)
-    check_pdf_header(document)
-    result = await services(request).sealing.seal_pdf(
-        client(request), request.match_info["id"], document, options)
-    return web.Response(body=result.output, content_type="application/pdf",
-                        headers={RECEIPT_HEADER: result.receipt_id})
+    document = await read_or_spool(request)
+    if isinstance(document, bytes):
+        check_pdf_header(document)
+        result = await services(request).sealing.seal_pdf(
+            client(request), request.match_info["id"], document, options)
+        return web.Response(body=result.output, content_type="application/pdf",
+                            headers={RECEIPT_HEADER: result.receipt_id})
+    try:
+        check_pdf_header(document.head)
+        receipt_id = await services(request).sealing.seal_pdf_file(
+            client(request), request.match_info["id"], document.file, document.size,
+            document.sha256, options)
+        document.file.seek(0)
+    except BaseException:
+        document.close()
+        raise
+    # A large document is sealed in its spool file and streamed from there; aiohttp closes
+    # the file once it is sent, and the unnamed file is then gone.
+    return web.Response(body=BufferedReaderPayload(document.file, filename=None),
+                        content_type="application/pdf", headers={RECEIPT_HEADER: receipt_id})
 
 
 @routes.get("/v1/sealing-receipts/{id}")
@@ -38,7 +53,9 @@ async def sealing_receipt(request: web.Request) -> web.Response:
     svc = services(request)
     receipt = await svc.sealing.sealing_receipt(request.match_info["id"])
     caller = client(request)
-    if caller.role == "signer" and receipt["client"] != caller.name:
+    if caller.role == "signer" and (
+        receipt["client"] != caller.name or not caller.may_use_seal(receipt["seal_id"])
+    ):
         # A signer sees its own receipts only; others' do not exist for it.
         raise NotFound(f"no sealing receipt with id {request.match_info['id']}")
     return json_response({**receipt, "signature": await svc.platform.sign(receipt)})

@@ -262,13 +262,20 @@ class ClientRegistry:
         )
         return token
 
-    async def revoke(self, client_id: str, actor: str = "system") -> ApiClient:
+    async def revoke(
+        self,
+        client_id: str,
+        actor: str = "system",
+        *,
+        also_writes: Sequence[Write] = (),
+        also_events: Sequence[EventSealer] = (),
+    ) -> ApiClient:
         record = await self._current(client_id)
         if record.data["status"] == "revoked":
             raise Conflict("the client is revoked already")
         return await self._change(
             client_id, lambda data: {**data, "status": "revoked"}, actor, "client.revoked",
-            {"name": record.data["name"]}, record=record,
+            {"name": record.data["name"]}, also_writes, also_events, record=record,
         )
 
     async def _change(

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.approvals import add_identity, file_request
+from gateway.cli.approvals import add_identity, file_request, officer
 from gateway.cli.common import OPERATOR, opened, print_json
 from gateway.cli.filings import register_seal_commands
 
@@ -30,6 +30,10 @@ def register(sub: Any) -> None:
                               ("rotate", "issue a new token; the old one stops working")):
         p = clients.add_parser(action, help=help_text)
         p.add_argument("client", help="client id or name")
+        p.add_argument("--token-file", type=Path,
+                       help="for a key officer: to revoke, any officer's token (filed for "
+                            "approval); to rotate, that officer's own current token")
+        p.add_argument("--as", dest="as_name", metavar="CLIENT_NAME")
         p.set_defaults(handler=clients_change, change=action)
     grant = clients.add_parser("grant", help="request a seal grant (dual control)")
     grant.add_argument("client")
@@ -121,8 +125,24 @@ async def clients_list(args: argparse.Namespace) -> int:
 
 
 async def clients_change(args: argparse.Namespace) -> int:
+    from gateway.auth.clients import KEY_OFFICER
+    from gateway.errors import DualControlRefused
+
     async with opened(args) as services:
         client = await services.clients.resolve(args.client)
+        if client.role == KEY_OFFICER and client.status == "active":
+            # Dual control rests on officers' identities: the operator alone may neither
+            # revoke one (that would reopen the bootstrap of the first two) nor take one
+            # over by rotating its token.
+            if args.token_file is None:
+                raise DualControlRefused(
+                    f"{client.name} is a key officer: pass --token-file (see --help)")
+            if args.change == "revoke":
+                return await file_request(services, args, "revoke_client",
+                                          {"client_id": client.id})
+            if (await officer(services, args)).id != client.id:
+                raise DualControlRefused(
+                    "a key officer's token is rotated only with that officer's current token")
         if args.change == "revoke":
             print_json((await services.clients.revoke(client.id, OPERATOR.name)).public())
         else:

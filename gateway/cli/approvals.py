@@ -49,7 +49,11 @@ def register(sub: Any) -> None:
     create.add_argument("--seal", action="append", default=[], dest="seals")
     create.set_defaults(handler=request_command, build=lambda a: (
         "create_client", {"name": a.name, "role": a.role, "seals": a.seals}))
-    for parser in (destroy, grant, role, create):
+    revoke = request.add_parser("revoke-client", help="revoke a key officer's client")
+    revoke.add_argument("client", help="client id or name")
+    revoke.set_defaults(handler=request_command, build=lambda a: (
+        "revoke_client", {"client_id": a.client}))
+    for parser in (destroy, grant, role, create, revoke):
         add_identity(parser)
 
     listing = approvals.add_parser("list", help="requests, oldest first")

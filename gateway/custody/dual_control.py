@@ -16,7 +16,12 @@ repeat). ``expired`` is derived from the clock and never written.
 
 Only active clients whose role is exactly ``key_officer`` take part: an ``admin`` passes
 every role check of the HTTP routes, so letting it stand in here would let one holder of an
-admin token and one key officer, or two admin tokens, replace the second officer.
+admin token and one key officer, or two admin tokens, replace the second officer. For the
+same reason the officers themselves are guarded: creating one, changing a role to or from a
+privileged one, and revoking a client (the CLI asks for it when the client is a key officer)
+are actions here, and a request whose requester is no longer an active key officer is not
+approved. The only exception is the start: while fewer than two active key officers exist,
+nobody could approve anything, so `sealgate clients create` makes the first two directly.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class Action(enum.StrEnum):
     GRANT_SEAL = "grant_seal"
     SET_ROLE = "set_role"
     CREATE_CLIENT = "create_client"
+    REVOKE_CLIENT = "revoke_client"
 
     @classmethod
     def parse(cls, value: object) -> Action:
@@ -78,6 +84,7 @@ PARAMETERS: dict[Action, dict[str, bool]] = {
     Action.GRANT_SEAL: {"client_id": True, "seal_id": True, "formats": False},
     Action.SET_ROLE: {"client_id": True, "role": True},
     Action.CREATE_CLIENT: {"name": True, "role": True, "seals": False},
+    Action.REVOKE_CLIENT: {"client_id": True},
 }
 
 Executor = Callable[[Sequence[Write], Sequence[EventSealer]], Awaitable[JSONRecord]]
@@ -224,6 +231,9 @@ class DualControl:
             formats = check_formats(_list(params, "formats"), "params.formats")
             return {"client_id": client.id, "client_name": client.name, "seal_id": seal_id,
                     "formats": list(formats)}
+        if action is Action.REVOKE_CLIENT:
+            client = await self._active_client(_text(params, "client_id"))
+            return {"client_id": client.id, "client_name": client.name, "role": client.role}
         if action is Action.SET_ROLE:
             client = await self._active_client(_text(params, "client_id"))
             role = _text(params, "role")
@@ -257,6 +267,10 @@ class DualControl:
             client = await self._clients.grant(
                 params["client_id"], params["seal_id"], actor, formats=params["formats"],
                 also_writes=writes, also_events=events)
+            return {"client": client.public()}
+        if action is Action.REVOKE_CLIENT:
+            client = await self._clients.revoke(params["client_id"], actor, also_writes=writes,
+                                                also_events=events)
             return {"client": client.public()}
         if action is Action.SET_ROLE:
             client = await self._clients.set_role(params["client_id"], params["role"], actor,

@@ -117,7 +117,14 @@ class Hsm:
         return await self.token.run("attributes", read)
 
     async def destroy_key(self, key_id: bytes) -> None:
+        """Delete the key pair; a key that is gone already is no error, a token that is gone is.
+
+        Without the probe, a vanished token would look like a key with nothing left to delete,
+        and the caller would record as destroyed a key that comes back with the token.
+        """
+
         def destroy(session: Any) -> None:
+            _probe_token(session)
             for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
                 for obj in session.get_objects({Attribute.CLASS: cls, Attribute.ID: key_id}):
                     obj.destroy()

@@ -11,7 +11,6 @@ process and gateway instance sharing the backend; the token is signed in the HSM
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import urllib.error
 import urllib.request
@@ -105,10 +104,6 @@ class TimestampService:
         if self.outside is not None:
             return await self.outside.max_token_size(hash_name)
         return (await self.authority()).max_token_size(hash_name)
-
-    async def timestamp_token(self, signature: bytes, hash_name: str) -> cms.ContentInfo:
-        """A signature time-stamp (CAdES/PAdES B-T): a token over ``signature``'s digest."""
-        return await self.timestamp(hashlib.new(hash_name, signature).digest(), hash_name)
 
 
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from gateway import metrics
 from gateway.audit import AuditLog
@@ -106,6 +106,26 @@ class SealingService:
             return SealingResult(sealed, receipt_id)
 
         metrics.DOCUMENT_BYTES.labels("pdf").observe(len(document))
+        return await self.measured("pdf", run)
+
+    async def seal_pdf_file(
+        self, client: ApiClient, seal_id: str, file: BinaryIO, size: int,
+        sha256: hashlib._Hash, options: PdfSealOptions,
+    ) -> str:
+        """Seal a document spooled to ``file`` (``size`` bytes, ``sha256`` of them fed
+        already) in place; return the receipt id. The file then holds the sealed document."""
+
+        async def run() -> str:
+            ctx = await self.context(client, seal_id, "pdf")
+            image = await self._image(ctx.seal) if options.visible else b""
+            await self._pdf.seal_file(file, ctx.seal_key, image, options)
+            # The seal only appends, so the digest after continues the one before.
+            after = await asyncio.get_running_loop().run_in_executor(
+                None, _digest_from, sha256.copy(), file, size)
+            return await self.record(
+                client, ctx, "pdf", sha256.hexdigest(), after, {"level": str(options.level)})
+
+        metrics.DOCUMENT_BYTES.labels("pdf").observe(size)
         return await self.measured("pdf", run)
 
     async def sign_cms(
@@ -257,3 +277,11 @@ class SealingService:
             found = await self._seals.image(str(seal["id"]))
             self._images[cache_key] = found
         return found
+
+
+def _digest_from(digest: hashlib._Hash, file: BinaryIO, offset: int) -> str:
+    """``digest`` continued with the bytes of ``file`` from ``offset`` on, in hex."""
+    file.seek(offset)
+    while chunk := file.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()

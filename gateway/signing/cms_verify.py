@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
-from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError
+from pyhanko_certvalidator.errors import PathError, ValidationError
 
 from gateway.errors import ValidationFailed
 from gateway.signing.verify import SIGNATURE, SignatureReport, certificate_pem
@@ -81,7 +81,7 @@ def verify_cms(
         timestamp_time, stamped = _signature_timestamp(signer_info, roots, problems)
         attributes = _attributes(signer_info, "signed_attrs")
         signing_time = attributes.get("signing_time")
-        signed_at = timestamp_time or (signing_time.native if signing_time else None)
+        signed_at = timestamp_time or (signing_time["values"][0].native if signing_time else None)
         level = _cades_level(attributes, stamped)
         reports.append(SignatureReport(
             signer=check.certificate.subject.human_friendly if check.certificate else "unknown",
@@ -220,7 +220,7 @@ def _trusted(
             set(), extended_key_usage or None
         )
         asyncio.run(usage)
-    except (PathBuildingError, PathValidationError):
+    except (PathError, ValidationError):  # no path to a root, or an invalid one
         return False
     return True
 

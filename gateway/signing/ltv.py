@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import io
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,10 +58,16 @@ class RevocationSource(Protocol):
         ...
 
 
+def signature_timestamp_attribute(token: cms.ContentInfo | bytes) -> bytes:
+    """The DER ``Attribute`` id-aa-signatureTimeStampToken holding ``token``, for a signer
+    info's unsigned attributes (CAdES/PAdES B-T)."""
+    data = token if isinstance(token, bytes) else token.dump()
+    return der(0x30, _SIGNATURE_TIMESTAMP_OID + der(0x31, data))
+
+
 def unsigned_timestamp_size(token_size: int) -> int:
     """Bytes a signature time-stamp of ``token_size`` adds to a CMS signed-data at most."""
-    attribute = der(0x30, _SIGNATURE_TIMESTAMP_OID + der(0x31, bytes(token_size)))
-    return len(der(0xA1, attribute)) + _ENCLOSING_GROWTH
+    return len(der(0xA1, signature_timestamp_attribute(bytes(token_size)))) + _ENCLOSING_GROWTH
 
 
 def add_signature_timestamp(signed_data: bytes, token: cms.ContentInfo) -> bytes:
@@ -186,7 +192,7 @@ class LongTermSigning:
         return await loop.run_in_executor(executor, prepared.finish, token)
 
 
-def _unique(certificates: Any) -> list[x509.Certificate]:
+def _unique(certificates: Iterable[x509.Certificate]) -> list[x509.Certificate]:
     seen: dict[bytes, x509.Certificate] = {}
     for certificate in certificates:
         seen.setdefault(certificate.sha256, certificate)

@@ -11,6 +11,9 @@ work:
 3. in a worker thread, the CMS structure is joined from the template and written into the
    placeholder.
 
+A document too large to hold in memory arrives as a file and is sealed where it lies
+(:meth:`PdfSealer.seal_file`): the same steps, with the update appended to that file.
+
 Levels above B-B continue from there with :class:`LongTermSigning`: a time-stamp over the
 signature value goes into the CMS before it is written (B-T), then the DSS (B-LT) and a
 document time-stamp (B-LTA) follow as further incremental updates. B-B never touches it.
@@ -33,6 +36,7 @@ import logging
 import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import IO, BinaryIO
 
 from asn1crypto import cms
 from pyhanko.pdf_utils import generic
@@ -52,6 +56,9 @@ log = logging.getLogger(__name__)
 
 # PDF readers look for the header within the first 1024 bytes (ISO 32000-2 §7.5.2 note).
 _HEADER_WINDOW = 1024
+# Digest reads of a document sealed in place (pyHanko's default of 4 KiB means 25,000 reads
+# for a 100 MB file).
+_FILE_CHUNK = 1024 * 1024
 _LEADING_BYTES = b"\xef\xbb\xbf \t\r\n\f\x00"
 _INVISIBLE = SealStampStyle()
 
@@ -139,6 +146,56 @@ class PdfSealer:
     ) -> bytes:
         """Return ``document`` with one more signature, appended as an incremental update."""
         options = options or PdfSealOptions()
+        level, long_term = self._checked(options, image_png)
+        check_pdf_header(document)
+        loop = asyncio.get_running_loop()
+        if long_term is None:
+            prepared = await loop.run_in_executor(
+                self._executor, self._prepare, document, key, image_png, options, level, 0
+            )
+            signature = await key.sign_digest(prepared.digest_to_sign)
+            return await loop.run_in_executor(self._executor, prepared.finish, key, signature)
+        return await self._seal_long_term(document, key, image_png, options, level, long_term)
+
+    async def seal_file(
+        self,
+        file: BinaryIO,
+        key: SealKey,
+        image_png: bytes | None,
+        options: PdfSealOptions | None = None,
+    ) -> None:
+        """Seal the document in a seekable read-write ``file`` where it lies.
+
+        For documents too large to hold in memory: pyHanko reads the file, the incremental
+        update is appended to it and the signature written into its placeholder, so the
+        document is never copied. B-LT and B-LTA add their validation data to a document in
+        memory, so those levels read the file whole.
+        """
+        options = options or PdfSealOptions()
+        level, long_term = self._checked(options, image_png)
+        loop = asyncio.get_running_loop()
+        if level in (SignatureLevel.B_LT, SignatureLevel.B_LTA):
+            document = await loop.run_in_executor(self._executor, _read_all, file)
+            sealed = await self.seal(document, key, image_png, options)
+            await loop.run_in_executor(self._executor, _append, file, sealed[len(document):])
+            return
+        timestamp_size = (
+            0 if long_term is None else await long_term.signature_timestamp_size(key.hash_name)
+        )
+        prepared = await loop.run_in_executor(
+            self._executor, self._prepare, file, key, image_png, options, level, timestamp_size
+        )
+        signature = await key.sign_digest(prepared.digest_to_sign)
+        token = (
+            None if long_term is None
+            else await long_term.signature_timestamp(signature, key.hash_name)
+        )
+        await loop.run_in_executor(self._executor, prepared.fill, key, signature, token)
+
+    def _checked(
+        self, options: PdfSealOptions, image_png: bytes | None
+    ) -> tuple[SignatureLevel, LongTermSigning | None]:
+        """The level and, above B-B, where its time-stamps come from; 422 for bad options."""
         level = SignatureLevel.parse(options.level)
         long_term = None if level is SignatureLevel.B_B else self._long_term
         if level is not SignatureLevel.B_B and long_term is None:
@@ -149,15 +206,7 @@ class PdfSealer:
             if image_png is None:
                 raise ValidationFailed.one("visible", "a visible seal needs the seal's image")
             options.placement.check_numbers()
-        check_pdf_header(document)
-        loop = asyncio.get_running_loop()
-        if long_term is None:
-            prepared = await loop.run_in_executor(
-                self._executor, self._prepare, document, key, image_png, options, level, 0
-            )
-            signature = await key.sign_digest(prepared.digest_to_sign)
-            return await loop.run_in_executor(self._executor, prepared.finish, key, signature)
-        return await self._seal_long_term(document, key, image_png, options, level, long_term)
+        return level, long_term
 
     async def _seal_long_term(
         self,
@@ -192,7 +241,7 @@ class PdfSealer:
 
     def _prepare(
         self,
-        document: bytes,
+        document: bytes | BinaryIO,
         key: SealKey,
         image_png: bytes | None,
         options: PdfSealOptions,
@@ -200,6 +249,9 @@ class PdfSealer:
         timestamp_size: int,
     ) -> _PreparedSeal:
         image = self._seal_image(image_png) if options.visible and image_png else None
+        if not isinstance(document, bytes):
+            document.seek(0)
+            check_pdf_header(document.read(_HEADER_WINDOW))
         writer = _open(document)
         try:
             page_index = _page_index(writer, options.placement.page)
@@ -231,8 +283,14 @@ class PdfSealer:
                 validation_info=None,
                 bytes_reserved=reserved_size(key, level, timestamp_size),
             )
-            output = io.BytesIO()
-            byte_range, _ = tbs.digest_tbs_document(output=output)
+            output: IO[bytes]
+            if isinstance(document, bytes):
+                output = io.BytesIO()
+                byte_range, _ = tbs.digest_tbs_document(output=output)
+            else:
+                byte_range, output = tbs.digest_tbs_document(
+                    in_place=True, chunk_size=_FILE_CHUNK
+                )
         except SealGateError:
             raise
         except SigningError as exc:
@@ -251,17 +309,25 @@ class _PreparedSeal:
     """A document in its final pre-signing state and what the key has to sign for it."""
 
     byte_range: PreparedByteRangeDigest
-    output: io.BytesIO
+    output: IO[bytes]  # a BytesIO, or the file of a document sealed in place
     signed_attributes: bytes
     digest_to_sign: bytes
 
-    def finish(
+    def fill(
         self, key: SealKey, signature: bytes, timestamp: cms.ContentInfo | None = None
-    ) -> bytes:
+    ) -> None:
+        """Write the signature into its placeholder."""
         signed_data = key.cms.signed_data(self.signed_attributes, signature)
         if timestamp is not None:
             signed_data = add_signature_timestamp(signed_data, timestamp)
         self.byte_range.fill_with_cms(self.output, signed_data)
+
+    def finish(
+        self, key: SealKey, signature: bytes, timestamp: cms.ContentInfo | None = None
+    ) -> bytes:
+        """Write the signature and return the sealed document (documents in memory)."""
+        assert isinstance(self.output, io.BytesIO)
+        self.fill(key, signature, timestamp)
         return self.output.getvalue()
 
 
@@ -274,10 +340,22 @@ def _damaged(exc: Exception) -> BadDocument:
     return BadDocument("the PDF is damaged: its object structure cannot be read")
 
 
-def _open(document: bytes) -> IncrementalPdfFileWriter:
+def _read_all(file: BinaryIO) -> bytes:
+    file.seek(0)
+    return file.read()
+
+
+def _append(file: BinaryIO, data: bytes) -> None:
+    file.seek(0, io.SEEK_END)
+    file.write(data)
+    file.flush()
+
+
+def _open(document: bytes | BinaryIO) -> IncrementalPdfFileWriter:
+    stream = io.BytesIO(document) if isinstance(document, bytes) else document
     try:
         # Not strict: hybrid-reference files (common from office suites) must seal too.
-        writer = IncrementalPdfFileWriter(io.BytesIO(document), strict=False)
+        writer = IncrementalPdfFileWriter(stream, strict=False)
         encrypted = writer.prev.encrypted
     except Exception as exc:
         raise _damaged(exc) from exc

@@ -3,14 +3,15 @@
 Bytes in, bytes out. The caller supplies each token's serial number and time (the service
 layer draws serials from storage, so that they grow across every worker process); this module
 reads the query, refuses what it cannot honour with a ``TimeStampResp`` that says why (RFC 3161
-§2.4.2: a refusal is an answer, not a transport error), and builds ``TSTInfo`` and the
-``SignedData`` around it with asn1crypto. The TSA key signs one digest of the signed
-attributes on the HSM thread, like every other gateway key.
+§2.4.2: a refusal is an answer, not a transport error), and joins ``TSTInfo`` and the
+``SignedData`` around it from DER parts that asn1crypto encoded once per TSA key. The TSA key
+signs one digest of the signed attributes on the HSM thread, like every other gateway key.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from asn1crypto import algos, cms, core, tsp, x509
 from pyhanko.sign.general import as_signing_certificate_v2
 
 from gateway.hsm import HASHES, Hsm, KeyAlgorithm, SignatureScheme
+from gateway.signing.cms_template import der
 from gateway.signing.seal_key import (
     AnyCertificate,
     max_signature_size,
@@ -29,6 +31,14 @@ from gateway.signing.seal_key import (
 ACCEPTED_HASHES = tuple(HASHES)  # sha256, sha384, sha512
 TIMESTAMP_QUERY = "application/timestamp-query"
 TIMESTAMP_REPLY = "application/timestamp-reply"
+
+_SEQUENCE = 0x30
+_SET = 0x31
+_OCTET_STRING = 0x04
+_CONTEXT_0 = 0xA0  # [0], constructed
+_GRANTED = tsp.PKIStatusInfo({"status": "granted"}).dump()
+_TST_INFO_TYPE = cms.ContentType("tst_info").dump()
+_SIGNED_DATA_TYPE = cms.ContentType("signed_data").dump()
 
 # The largest serial a token of :meth:`TimeStampAuthority.max_token_size` is sized for; a
 # storage counter that grows by one per token stays far below it.
@@ -77,6 +87,11 @@ class TimeStampQuery:
     def digest(self) -> bytes:
         value: bytes = self.imprint["hashed_message"].native
         return value
+
+
+def _attribute(name: str, value: object) -> bytes:
+    attribute: bytes = cms.CMSAttribute({"type": name, "values": [value]}).dump()
+    return attribute
 
 
 def parse_query(data: bytes, policy: str) -> TimeStampQuery:
@@ -129,6 +144,60 @@ def refusal_response(refusal: TsaRefusal) -> bytes:
 
 
 @dataclass(frozen=True)
+class _TokenTemplate:
+    """The DER of every part of a token that depends only on the TSA, encoded once.
+
+    Building tokens with asn1crypto objects copies and re-encodes the certificates and
+    names for every token (milliseconds each, as for seals: DOMAIN.md §6); joining
+    pre-encoded parts with DER framing costs microseconds.
+    """
+
+    tst_info_head: bytes  # version, policy
+    accuracy: bytes
+    tsa_name: bytes  # [0] EXPLICIT GeneralName: the TSA certificate's subject
+    digest_algorithm: bytes
+    signer_info_head: bytes  # version, sid, digestAlgorithm
+    signature_algorithm: bytes
+    static_attributes: tuple[bytes, ...]  # content-type, signing-certificate-v2
+    message_digest_type: bytes
+    certificates: bytes  # [0] IMPLICIT SET OF Certificate
+
+    @classmethod
+    def for_authority(
+        cls,
+        certificate: x509.Certificate,
+        chain: tuple[x509.Certificate, ...],
+        policy: str,
+        accuracy_seconds: int,
+        hash_name: str,
+        signature_algorithm: algos.SignedDigestAlgorithm,
+    ) -> _TokenTemplate:
+        digest_algorithm = algos.DigestAlgorithm({"algorithm": hash_name}).dump()
+        sid = cms.IssuerAndSerialNumber(
+            {"issuer": certificate.issuer, "serial_number": certificate.serial_number}
+        ).dump()
+        name = x509.GeneralName(name="directory_name", value=certificate.subject).dump()
+        return cls(
+            tst_info_head=core.Integer(1).dump() + core.ObjectIdentifier(policy).dump(),
+            accuracy=(
+                tsp.Accuracy({"seconds": accuracy_seconds}).dump() if accuracy_seconds else b""
+            ),
+            tsa_name=der(_CONTEXT_0, name),
+            digest_algorithm=digest_algorithm,
+            signer_info_head=core.Integer(1).dump() + sid + digest_algorithm,
+            signature_algorithm=signature_algorithm.dump(),
+            static_attributes=(
+                _attribute("content_type", "tst_info"),
+                # RFC 5816: the ESS certificate id ties the token to the TSA certificate.
+                _attribute("signing_certificate_v2", as_signing_certificate_v2(certificate)),
+            ),
+            message_digest_type=cms.CMSAttributeType("message_digest").dump(),
+            # DER orders the members of a SET OF by their encodings.
+            certificates=der(_CONTEXT_0, b"".join(sorted(c.dump() for c in (certificate, *chain)))),
+        )
+
+
+@dataclass(frozen=True)
 class TimeStampAuthority:
     """The TSA's key in the HSM, its certificates and policy; builds and signs tokens."""
 
@@ -141,10 +210,17 @@ class TimeStampAuthority:
     accuracy_seconds: int = 1
     hash_name: str = field(init=False)
     scheme: SignatureScheme = field(init=False)
+    _template: _TokenTemplate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hash_name", self.algorithm.default_hash)
-        object.__setattr__(self, "scheme", SignatureScheme.default_for(self.algorithm))
+        scheme = SignatureScheme.default_for(self.algorithm)
+        hash_name = self.algorithm.default_hash
+        object.__setattr__(self, "hash_name", hash_name)
+        object.__setattr__(self, "scheme", scheme)
+        object.__setattr__(self, "_template", _TokenTemplate.for_authority(
+            self.certificate, self.chain, self.policy, self.accuracy_seconds, hash_name,
+            signature_mechanism(self.algorithm, scheme, hash_name),
+        ))
 
     @classmethod
     def create(
@@ -164,109 +240,95 @@ class TimeStampAuthority:
 
     async def token(self, query: TimeStampQuery, serial: int, at: dt.datetime) -> cms.ContentInfo:
         """The signed ``TimeStampToken`` for ``query``, numbered ``serial``, stamped ``at``."""
-        tst_info = self._tst_info(query, serial, at)
-        signed_attributes = self._signed_attributes(tst_info)
-        digest = hashlib.new(self.hash_name, signed_attributes.dump()).digest()
-        signature = await self.hsm.sign_digest(
-            self.key_id, self.algorithm, digest, self.hash_name, self.scheme
-        )
-        return self._token(tst_info, signed_attributes, signature, query.cert_req)
+        return cms.ContentInfo.load(await self._signed_token(query, serial, at))
 
     async def respond(self, query: TimeStampQuery, serial: int, at: dt.datetime) -> bytes:
         """The DER ``TimeStampResp`` granting ``query``."""
-        token = await self.token(query, serial, at)
-        response = TimeStampResp({"status": {"status": "granted"}, "time_stamp_token": token})
-        data: bytes = response.dump()
-        return data
+        token = await self._signed_token(query, serial, at)
+        return der(_SEQUENCE, _GRANTED + token)
 
     def max_token_size(self, hash_name: str) -> int:
         """Largest DER size of an in-process token (no nonce) over a ``hash_name`` digest.
 
         Signature placeholders in PDFs are sized from it, so no token is fetched to measure.
         """
-        query = TimeStampQuery.for_digest(bytes(HASHES[hash_name].size), hash_name)
+        return self._max_token_sizes[hash_name]
+
+    @functools.cached_property
+    def _max_token_sizes(self) -> dict[str, int]:
         # The longest time DER can write: every fractional digit significant.
         at = dt.datetime(2000, 1, 1, 0, 0, 0, 999000, tzinfo=dt.UTC)
-        tst_info = self._tst_info(query, _MAX_SERIAL, at)
-        token = self._token(
-            tst_info, self._signed_attributes(tst_info), bytes(max_signature_size(self.algorithm)),
-            cert_req=True,
-        )
-        return len(token.dump())
+        signature = bytes(max_signature_size(self.algorithm))
+        sizes = {}
+        for name, algorithm in HASHES.items():
+            query = TimeStampQuery.for_digest(bytes(algorithm.size), name)
+            tst_info = self._tst_info(query, _MAX_SERIAL, at)
+            token = self._token(tst_info, self._signed_attributes(tst_info), signature, True)
+            sizes[name] = len(token)
+        return sizes
 
     # -- building ------------------------------------------------------------------------------
 
-    def _tst_info(self, query: TimeStampQuery, serial: int, at: dt.datetime) -> bytes:
-        values: dict[str, object] = {
-            "version": "v1",
-            "policy": self.policy,
-            "message_imprint": query.imprint,
-            "serial_number": serial,
-            # Milliseconds: finer than the accuracy claimed, and short in DER.
-            "gen_time": at.astimezone(dt.UTC).replace(microsecond=at.microsecond // 1000 * 1000),
-            # Names the signer, so verifiers (openssl ts -verify) can match it to the certificate.
-            "tsa": x509.GeneralName(name="directory_name", value=self.certificate.subject),
-        }
-        if self.accuracy_seconds:
-            values["accuracy"] = {"seconds": self.accuracy_seconds}
-        if query.nonce is not None:
-            values["nonce"] = query.nonce
-        data: bytes = tsp.TSTInfo(values).dump()
-        return data
-
-    def _signed_attributes(self, tst_info: bytes) -> cms.CMSAttributes:
-        return cms.CMSAttributes(
-            [
-                {"type": "content_type", "values": ["tst_info"]},
-                {"type": "message_digest",
-                 "values": [hashlib.new(self.hash_name, tst_info).digest()]},
-                # RFC 5816: the ESS certificate id ties the token to the TSA certificate.
-                {"type": "signing_certificate_v2",
-                 "values": [as_signing_certificate_v2(self.certificate)]},
-            ]
+    async def _signed_token(self, query: TimeStampQuery, serial: int, at: dt.datetime) -> bytes:
+        tst_info = self._tst_info(query, serial, at)
+        signed_attributes = self._signed_attributes(tst_info)
+        digest = hashlib.new(self.hash_name, signed_attributes).digest()
+        signature = await self.hsm.sign_digest(
+            self.key_id, self.algorithm, digest, self.hash_name, self.scheme
         )
+        return self._token(tst_info, signed_attributes, signature, query.cert_req)
+
+    def _tst_info(self, query: TimeStampQuery, serial: int, at: dt.datetime) -> bytes:
+        template = self._template
+        # Milliseconds: finer than the accuracy claimed, and short in DER.
+        at = at.astimezone(dt.UTC).replace(microsecond=at.microsecond // 1000 * 1000)
+        nonce = b"" if query.nonce is None else core.Integer(query.nonce).dump()
+        return der(
+            _SEQUENCE,
+            template.tst_info_head
+            # As the query sent it (RFC 3161 §2.4.2: the same value).
+            + query.imprint.dump()
+            + core.Integer(serial).dump()
+            + core.GeneralizedTime(at).dump()
+            + template.accuracy
+            + nonce
+            # Names the signer, so verifiers (openssl ts -verify) can match its certificate.
+            + template.tsa_name,
+        )
+
+    def _signed_attributes(self, tst_info: bytes) -> bytes:
+        template = self._template
+        message_digest = der(
+            _SEQUENCE,
+            template.message_digest_type
+            + der(_SET, der(_OCTET_STRING, hashlib.new(self.hash_name, tst_info).digest())),
+        )
+        return der(_SET, b"".join(sorted((*template.static_attributes, message_digest))))
 
     def _token(
-        self, tst_info: bytes, signed_attributes: cms.CMSAttributes, signature: bytes,
-        cert_req: bool,
-    ) -> cms.ContentInfo:
-        digest_algorithm = algos.DigestAlgorithm({"algorithm": self.hash_name})
-        signer_info = cms.SignerInfo(
-            {
-                "version": "v1",
-                "sid": cms.SignerIdentifier(
-                    {
-                        "issuer_and_serial_number": cms.IssuerAndSerialNumber(
-                            {
-                                "issuer": self.certificate.issuer,
-                                "serial_number": self.certificate.serial_number,
-                            }
-                        )
-                    }
-                ),
-                "digest_algorithm": digest_algorithm,
-                "signed_attrs": signed_attributes,
-                "signature_algorithm": signature_mechanism(
-                    self.algorithm, self.scheme, self.hash_name
-                ),
-                "signature": signature,
-            }
+        self, tst_info: bytes, signed_attributes: bytes, signature: bytes, cert_req: bool
+    ) -> bytes:
+        template = self._template
+        signer_info = der(
+            _SEQUENCE,
+            template.signer_info_head
+            # In SignerInfo the attributes are [0] IMPLICIT, so only the tag changes.
+            + bytes((_CONTEXT_0,)) + signed_attributes[1:]
+            + template.signature_algorithm
+            + der(_OCTET_STRING, signature),
         )
-        signed_data: dict[str, object] = {
+        signed_data = der(
+            _SEQUENCE,
             # v3: the encapsulated content is not id-data (RFC 5652 §5.1).
-            "version": "v3",
-            "digest_algorithms": [digest_algorithm],
-            "encap_content_info": {
-                "content_type": "tst_info",
-                "content": cms.ParsableOctetString(tst_info),
-            },
-            "signer_infos": [signer_info],
-        }
-        if cert_req:
+            core.Integer(3).dump()
+            + der(_SET, template.digest_algorithm)
+            + der(_SEQUENCE, _TST_INFO_TYPE + der(_CONTEXT_0, der(_OCTET_STRING, tst_info)))
             # RFC 3161 §2.4.1: certReq asks for the TSA's certificate; its issuers come along
             # so that a verifier holding only the root can build the path.
-            signed_data["certificates"] = [self.certificate, *self.chain]
-        return cms.ContentInfo({"content_type": "signed_data", "content": signed_data})
+            + (template.certificates if cert_req else b"")
+            + der(_SET, signer_info),
+        )
+        return der(_SEQUENCE, _SIGNED_DATA_TYPE + der(_CONTEXT_0, signed_data))
 
 
 def token_info(token: cms.ContentInfo) -> tsp.TSTInfo:

@@ -64,8 +64,7 @@ def test_contract_roles_parser_reads_a_row() -> None:
 
 @pytest.mark.skipif(not API_MD.exists(), reason="the shared contract API.md is not present")
 async def test_every_role_gets_exactly_the_operations_api_md_gives_it(world: World) -> None:
-    """Each role is refused for its role (403 forbidden) exactly where API.md does not name
-    it; admin never is (dual control still refuses it, with its own problem type)."""
+    """Each role gets 403 forbidden exactly where API.md does not name it; admin never."""
     operations = {**contract_roles(API_MD.read_text()), **EXTRA_OPERATIONS}
     served = {(r.method, r.resource.canonical) for r in world.http.app.router.routes()
               if r.resource is not None}
@@ -84,8 +83,7 @@ async def test_every_role_gets_exactly_the_operations_api_md_gives_it(world: Wor
 
 
 async def test_signer_is_confined_to_its_grants_everywhere(world: World) -> None:
-    """A seal outside a signer's grants is 404 like a missing one in list, get, image, sign and
-    sealing receipts; the granted seal works in all of them."""
+    """A seal outside a signer's grants is a 404 like a missing seal in every endpoint."""
     granted = await world.active_seal(KeyAlgorithm.EC_P256)
     hidden = await world.active_seal(KeyAlgorithm.EC_P256)
     _, mine = await world.client("signer", [granted["id"]])
@@ -140,8 +138,7 @@ async def test_rotation_and_revocation_apply_to_the_next_request_in_every_instan
     signer_world: tuple[World, dict[str, Any], dict[str, str]],
     settings: Settings, hsm: Hsm, dev_ca: DevCA,
 ) -> None:
-    """Two instances on one SQLite file: a rotated token and a revoked client are refused by
-    both on their very next request, and the new token works on both."""
+    """Rotated and revoked tokens fail on the next request in both instances of one database."""
     world, seal, _ = signer_world
     client, old = await world.client("signer", [seal["id"]])
     async with World.running(settings, hsm, dev_ca) as other:
@@ -164,8 +161,7 @@ async def test_rotation_and_revocation_apply_to_the_next_request_in_every_instan
 async def test_failed_authentication_is_limited_per_address_and_audited(
     settings: Settings, hsm: Hsm, dev_ca: DevCA
 ) -> None:
-    """Bad tokens beyond the burst get 429 with Retry-After and one audit event for the
-    stretch; each earlier failure is audited without the token; good tokens still work."""
+    """Bad tokens beyond the burst get 429 + Retry-After; failures are audited, tokens never."""
     strict = settings.replace(auth=dataclasses.replace(settings.auth, failure_burst=3,
                                                        failures_per_minute=1.0))
     async with World.running(strict, hsm, dev_ca) as world:

@@ -45,8 +45,7 @@ async def disabled_key(world: World) -> dict[str, Any]:
 async def test_destroy_waits_for_a_second_officer_then_removes_the_key(
     world: World, hsm: Hsm
 ) -> None:
-    """POST /v1/keys/{id}/destroy only files a request; the requester cannot approve it; the
-    second officer's approval removes the key from the token and leaves the record."""
+    """Destroying waits for a second officer's approval, then removes the key from the token."""
     first, second = await officers(world)
     key = await disabled_key(world)
     key_id = uuid.UUID(key["id"]).bytes
@@ -104,8 +103,7 @@ async def test_two_officers_approving_at_once_run_the_action_once(world: World) 
 
 
 async def test_seal_grant_needs_approval_and_then_lets_the_client_sign(world: World) -> None:
-    """A signer without a grant gets 404; after a grant is requested and approved it signs.
-    The grant, the approval and their events are one commit."""
+    """A seal grant takes effect only once approved, in one commit with the approval event."""
     first, second = await officers(world)
     seal = await world.active_seal(KeyAlgorithm.EC_P256)
     client, signer = await world.client("signer")
@@ -137,8 +135,7 @@ async def test_seal_grant_needs_approval_and_then_lets_the_client_sign(world: Wo
 async def test_key_officer_role_changes_and_creation_need_a_second_officer(
     world: World,
 ) -> None:
-    """Promoting a client to key officer and creating one both wait for the second officer;
-    the created officer's token is shown once, to the approver, and works."""
+    """Making a key officer, by role change or creation, waits for a second officer."""
     first, second = await officers(world)
     client, headers = await world.client("auditor")
     promote = await file_request(world, first, "set_role", client_id=client.id,
@@ -159,6 +156,19 @@ async def test_key_officer_role_changes_and_creation_need_a_second_officer(
     assert listed.status == 200
     assert token not in repr(await world.services.storage.events())
     assert token not in (await listed.text())
+
+
+async def test_revoking_a_client_through_approval_stops_its_token(world: World) -> None:
+    """A revoke_client request, once approved by another officer, makes the token fail."""
+    first, second, third = await officers(world, 3)
+    target = await world.services.clients.resolve("officer-2")
+    approval = await file_request(world, first, "revoke_client", client_id=target.name)
+    assert (await world.http.get("/v1/approvals", headers=third)).status == 200
+    done = await world.http.post(f"/v1/approvals/{approval['id']}/approve", headers=second)
+    assert (await done.json())["result"]["client"]["status"] == "revoked"
+    refused = await world.http.get("/v1/approvals", headers=third)
+    await assert_problem(refused, 401, "unauthorized")
+    assert target.id == approval["params"]["client_id"]
 
 
 async def test_admins_take_no_part_in_dual_control(world: World) -> None:
@@ -192,8 +202,7 @@ async def test_rejected_request_can_no_longer_be_approved(world: World) -> None:
 async def test_approval_that_fails_midway_leaves_the_request_pending(
     world: World, hsm: Hsm, token_dir: Path
 ) -> None:
-    """With the HSM away, approving a destroy is 503 and the request is pending again; once
-    the token is back, the same approval goes through."""
+    """An approval whose action fails (HSM away) leaves the request pending for a retry."""
     first, second = await officers(world)
     key = await disabled_key(world)
     approval = await file_request(world, first, "destroy_key", key_id=key["id"])

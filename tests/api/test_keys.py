@@ -172,8 +172,7 @@ async def test_auditor_reads_keys_but_changes_none(world: World) -> None:
 
 
 async def test_rotation_moves_signing_to_the_new_key_without_a_gap(world: World) -> None:
-    """Signing goes on while the seal is rotated; afterwards every signature uses the new key,
-    and the old key stays, enabled and named in the seal's key_history."""
+    """Signing never stops during rotation; then the new key signs, the old one is history."""
     seal = await world.active_seal(KeyAlgorithm.EC_P256)
     old_key = seal["key_id"]
     new_key = (await world.key(KeyAlgorithm.EC_P256))["id"]

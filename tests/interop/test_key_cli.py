@@ -75,8 +75,7 @@ def officers(installation: Installation, tmp_path_factory: pytest.TempPathFactor
 def test_key_lifecycle_through_the_cli_and_the_token(
     installation: Installation, officers: list[Path], tmp_path: Path
 ) -> None:
-    """create → pkcs11-tool shows it sensitive and never extractable → CSR → certificate →
-    disable → destroy (two officers) → pkcs11-tool no longer lists it, the record stays."""
+    """The CLI key lifecycle, checked with pkcs11-tool, ends with the key gone from the token."""
     created = json.loads(installation.run("keys", "create", "cli-seal-key",
                                           "--algorithm", "ec-p256").stdout)
     key_id = created["id"]
@@ -149,8 +148,7 @@ def test_key_lifecycle_through_the_cli_and_the_token(
 def test_privileged_clients_and_grants_need_two_officers_on_the_cli(
     installation: Installation, officers: list[Path]
 ) -> None:
-    """Once two key officers exist, a third, or a signer with a seal, is only filed as a
-    request; approved by the other officer, the new client's token is shown to them."""
+    """On the CLI, a third key officer or a granted signer needs a second officer's approval."""
     seal_id = json.loads((installation.var / "demo.json").read_text())["seal_id"]
     direct = installation.run("clients", "create", "officer-c", "--role", "key_officer",
                               check=False)
@@ -170,3 +168,28 @@ def test_privileged_clients_and_grants_need_two_officers_on_the_cli(
     assert json.loads(done.stdout)["result"]["client"]["seals"] == [seal_id]
     assert "token of client app (shown once" in done.stderr
     assert "sg_" not in done.stdout
+
+
+def test_the_operator_cannot_take_over_or_remove_a_key_officer_alone(
+    installation: Installation, officers: list[Path]
+) -> None:
+    """An officer's token is rotated only with that token; revoking an officer is a request."""
+    first, second = officers
+    for extra in ([], ["--token-file", str(first)]):
+        taken = installation.run("clients", "rotate", "officer-b", *extra, check=False)
+        assert taken.returncode == 2
+        assert "sg_" not in taken.stdout + taken.stderr
+    filed = json.loads(installation.run("clients", "revoke", "officer-b", "--token-file",
+                                        str(first)).stdout)
+    assert filed["action"] == "revoke_client"
+    rejected = installation.run("approvals", "reject", filed["id"], "--token-file", str(second),
+                                "--reason", "not leaked after all")
+    assert json.loads(rejected.stdout)["status"] == "rejected"
+
+    rotated = installation.run("clients", "rotate", "officer-b", "--token-file", str(second))
+    new_token = rotated.stderr.rsplit("new token (shown once): ", 1)[1].split()[0]
+    decided = installation.run("approvals", "list", "--status", "rejected")
+    assert filed["id"] in decided.stdout
+    second.write_text(new_token)
+    listed = json.loads(installation.run("clients", "list").stdout)
+    assert [c["status"] for c in listed if c["name"] == "officer-b"] == ["active"]

@@ -17,7 +17,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.sign.validation import DocumentSecurityStore
+from pyhanko.sign.validation import DocumentSecurityStore, async_validate_pdf_signature
 from pyhanko.sign.validation.ades import ades_lta_validation, ades_with_time_validation
 from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
 from pyhanko.sign.validation.policy_decl import (
@@ -27,7 +27,9 @@ from pyhanko.sign.validation.policy_decl import (
     RevocationInfoGatheringSpec,
     SignatureValidationSpec,
 )
+from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.context import CertValidationPolicySpec
+from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpFetcherBackend
 from pyhanko_certvalidator.ltv.types import ValidationTimingInfo
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 from pyhanko_certvalidator.registry import SimpleTrustManager
@@ -133,8 +135,7 @@ async def test_each_level_is_reached_and_pdfsig_finds_the_seal_valid(
 async def test_pyhanko_validates_with_time_only_once_the_dss_has_revocation_data(
     world: World, dev_ca: DevCA, level: str
 ) -> None:
-    """AdES validation with revocation required fails at B-T and passes at B-LT from the DSS,
-    with the signature time-stamp's time as the best signature time."""
+    """AdES validation requiring revocation data fails at B-T, passes at B-LT from the DSS."""
     document = await seal_at(world, level)
     signature = seal_signature(document)
     certificates, crls = dss_knowledge(document)
@@ -233,6 +234,35 @@ def test_certificates_issued_from_now_on_name_the_crl_url(dev_ca: DevCA) -> None
     points = issued.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert [p.full_name[0].value for p in points if p.full_name] == [
         "https://seals.example.org/pki/crl/dev-ca.crl"]
+
+
+async def test_validators_find_the_crl_through_the_certificates_distribution_point(
+    world: World, dev_ca: DevCA
+) -> None:
+    """pyHanko fetches the CRL a new certificate points to and validates with revocation."""
+    ca = DevCA.open(dev_ca.directory, crl_url=str(world.http.make_url(CRL_PATH)))
+    assert ca is not None
+    services = world.services
+    key = await services.keys.create("crl-dp-key", "ec-p256", "test")
+    cert = ca.issue(services.keys.public_key_der(key), "测试合同专用章", ORGANIZATION["name"])
+    await services.keys.import_certificate(
+        key["id"], chain_to_pem([cert, ca.certificate]).encode(), "test")
+    seal = await services.seals.create(
+        {"name": "合同专用章", "type": "04", "organization": ORGANIZATION, "key_id": key["id"]},
+        "test")
+    await services.filings.file_and_approve_locally(
+        seal["id"], APPLICANT, LEGAL_REPRESENTATIVE, "test")
+    document = await seal_at(world, "B-B", seal)
+    fetching = AIOHttpFetcherBackend()
+    try:
+        context = ValidationContext(
+            trust_roots=[to_asn1_certificate(dev_ca.certificate)], allow_fetching=True,
+            revocation_mode="require", fetcher_backend=fetching)
+        status = await async_validate_pdf_signature(seal_signature(document), context)
+    finally:
+        await fetching.close()
+    assert status.trusted and status.bottom_line
+    assert len(context.crls) == 1
 
 
 async def test_long_term_levels_refuse_seals_whose_ca_has_no_revocation_data(

@@ -32,6 +32,7 @@ from gateway.signing import (
     SealKey,
 )
 from gateway.signing.seal_key import max_signature_size, to_asn1_certificate
+from gateway.signing.verify import pades_level
 from tests import pdf_samples
 
 pytestmark = pytest.mark.interop
@@ -96,24 +97,6 @@ async def validate(data: bytes, dev_ca: DevCA) -> Validated:
     return results
 
 
-def pades_level(signature: EmbeddedPdfSignature, status: PdfSignatureStatus) -> str | None:
-    """The PAdES baseline level (ETSI EN 319 142-1 §6) a validated signature reaches."""
-    attributes = {attr["type"].native for attr in signature.signer_info["signed_attrs"]}
-    if (
-        signature.sig_object.get("/SubFilter") != "/ETSI.CAdES.detached"
-        or not {"content_type", "message_digest", "signing_certificate_v2"} <= attributes
-        or "signing_time" in attributes
-        or "/M" not in signature.sig_object
-    ):
-        return None
-    if status.timestamp_validity is None:
-        return "B-B"
-    if "/DSS" not in signature.reader.root:
-        return "B-T"
-    later = signature.reader.embedded_signatures[signature.signed_revision + 1 :]
-    return "B-LTA" if any(s.sig_object_type == "/DocTimeStamp" for s in later) else "B-LT"
-
-
 def widget(data: bytes) -> tuple[generic.DictionaryObject, list[float], int]:
     """The newest signature's widget, its /Rect, and the index of the page that shows it."""
     reader = PdfFileReader(io.BytesIO(data))
@@ -153,7 +136,7 @@ async def test_pyhanko_validates_seal_as_trusted_pades_b_b(
     signature, status = results[-1]
     assert status.intact and status.valid and status.trusted
     assert status.coverage is not None and status.coverage.name == "ENTIRE_FILE"
-    assert pades_level(signature, status) == "B-B"
+    assert pades_level(signature, status, [to_asn1_certificate(dev_ca.certificate)]) == "B-B"
     assert signature.sig_object["/Reason"] == "合同审批通过"
     assert signature.sig_object["/Location"] == "北京"
     for each, _status in results:
@@ -216,7 +199,8 @@ async def test_invisible_seal_is_valid_and_has_no_area(
         "- Signature Validation: Signature is Valid."
     ]
     [(signature, status)] = await validate(sealed, dev_ca)
-    assert status.bottom_line and pades_level(signature, status) == "B-B"
+    assert status.bottom_line
+    assert pades_level(signature, status, [to_asn1_certificate(dev_ca.certificate)]) == "B-B"
     rect = [float(v) for v in signature.sig_field["/Rect"]]
     assert rect[0] == rect[2] and rect[1] == rect[3]
 

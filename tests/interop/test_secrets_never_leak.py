@@ -34,8 +34,7 @@ async def test_no_pin_or_token_leaks_from_a_full_run(
     settings: Settings, hsm: Hsm, dev_ca: DevCA, token_dir: Path,
     caplog: pytest.LogCaptureFixture, tmp_path: Path,
 ) -> None:
-    """Clients made, seals granted and used, bad and revoked tokens, an HSM outage and a
-    wrong PIN: neither PIN nor any token appears in what any of it wrote or answered."""
+    """No PIN or token shows in logs, responses, audit export or CLI output of a full run."""
     caplog.set_level(logging.DEBUG)
     pins = {(token_dir / "user-pin").read_text().strip(),
             (token_dir / "so-pin").read_text().strip()}

@@ -3,18 +3,22 @@ checked by `openssl ts -verify` against the dev CA."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import http.client
 import re
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from asn1crypto import tsp
 
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
 from tests.api.conftest import World
+from tests.gateway_process import Deployment, worker_samples
 
 pytestmark = pytest.mark.interop
 
@@ -65,12 +69,27 @@ def field(text: str, name: str) -> str:
     return found.group(1).strip()
 
 
+async def curl_query(world: World, query: Path, headers: dict[str, str], tmp_path: Path) -> Path:
+    """POST the query with curl, as the README's users do, and keep the reply as a file."""
+    reply = tmp_path / (query.stem + ".tsr")
+    options = [option for name, value in {**headers, **QUERY}.items()
+               for option in ("-H", f"{name}: {value}")]
+    # Not subprocess.run: the test server answers on this very event loop.
+    curl = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--fail", "-X", "POST", *options, "--data-binary", f"@{query}",
+        str(world.http.make_url("/tsa")), "-o", str(reply),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, errors = await curl.communicate()
+    assert curl.returncode == 0, errors.decode()
+    return reply
+
+
 async def test_openssl_verifies_the_token_and_sees_its_nonce_and_policy(
     world: World, signer: dict[str, str], tmp_path: Path, dev_ca: DevCA, settings: Settings
 ) -> None:
-    """openssl ts -verify accepts the reply against the dev CA; nonce and policy are as asked."""
+    """openssl ts -query | curl | openssl ts -verify succeeds; nonce and policy are as asked."""
     data, query = make_query(tmp_path, "a", "-sha256", "-cert")
-    reply = await post_query(world, query, signer, tmp_path)
+    reply = await curl_query(world, query, signer, tmp_path)
     verified = openssl("ts", "-verify", "-data", str(data), "-in", str(reply),
                        "-CAfile", str(dev_ca.directory / "ca.pem"))
     assert "Verification: OK" in verified
@@ -179,3 +198,29 @@ async def test_anonymous_time_stamps_when_settings_allow_them(
     assert "Verification: OK" in openssl(
         "ts", "-verify", "-data", str(data), "-in", str(reply),
         "-CAfile", str(dev_ca.directory / "ca.pem"))
+
+
+@pytest.mark.slow
+def test_serials_keep_increasing_across_worker_processes(tmp_path: Path) -> None:
+    """With two `sealgate serve` workers answering, each token's serial beats the last one."""
+    deployment = Deployment.create(tmp_path / "deployment")
+    _, query = make_query(tmp_path, "workers", "-sha256")
+    serials: list[int] = []
+    with deployment.serve(workers=2) as gateway:
+        for _ in range(60):  # until both workers have answered a few
+            # A new connection each time: the kernel spreads connections over the workers.
+            connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+            try:
+                connection.request("POST", "/tsa", body=query.read_bytes(), headers={
+                    **QUERY, "Authorization": f"Bearer {deployment.token}"})
+                answer = tsp.TimeStampResp.load(connection.getresponse().read())
+            finally:
+                connection.close()
+            info = answer["time_stamp_token"]["content"]["encap_content_info"]["content"].parsed
+            serials.append(info["serial_number"].native)
+            answered = worker_samples(gateway.metrics_dir, "sealgate_http_requests_total",
+                                      {"route": "/tsa"})
+            if len(serials) >= 10 and sum(1 for n in answered.values() if n >= 2) == 2:
+                break
+    assert sum(1 for n in answered.values() if n >= 2) == 2, answered
+    assert serials == sorted(set(serials)), serials

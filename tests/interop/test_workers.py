@@ -95,6 +95,7 @@ async def test_metrics_add_up_the_work_of_both_workers(
     assert sum(per_worker.values()) == before + sent
     assert sample_value(text, "sealgate_hsm_up") == 1
     assert sample_value(text, "sealgate_storage_up") == 1
+    assert f'sealgate_seal_valid_to_timestamp_seconds{{seal_id="{deployment.seal_id}"' in text
 
 
 async def find_busy_worker(gateway: GatewayProcess) -> int:

@@ -30,6 +30,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "gateway.seals": ("gateway.filing", "gateway.api", "aiohttp"),
     "gateway.filing": ("gateway.api", "aiohttp"),
     "gateway.csc": ("gateway.filing", "gateway.api", "aiohttp"),
+    "gateway.custody": ("gateway.filing", "gateway.api", "gateway.csc", "aiohttp"),
     "gateway.storage": ("gateway.",),
     "gateway.settings": ("gateway.hsm", "gateway.signing", "gateway.api", "gateway.storage"),
     "gateway.errors": ("gateway.",),

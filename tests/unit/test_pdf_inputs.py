@@ -112,7 +112,7 @@ async def test_invisible_seal_still_checks_page(sealer: PdfSealer, seal_key: Sea
 async def test_unknown_or_unsupported_level_names_level(
     sealer: PdfSealer, seal_key: SealKey, level: str
 ) -> None:
-    """A level that is not B-B (unknown, or not supported yet) is a validation error on 'level'."""
+    """An unknown level, or one above B-B from a sealer given no TSA, is an error on 'level'."""
     with pytest.raises(ValidationFailed) as caught:
         await sealer.seal(pdf_samples.one_page_pdf(), seal_key, PNG, PdfSealOptions(level=level))
     assert field_names(caught.value) == ["level"]

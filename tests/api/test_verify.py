@@ -1,0 +1,256 @@
+"""POST /v1/verify: signed PDFs and CMS signatures, valid, tampered, untrusted, for anyone."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pyhanko.pdf_utils import generic
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+
+from gateway.pki.certs import chain_to_pem
+from gateway.pki.devca import DevCA
+from gateway.signing.ltv import add_signature_timestamp, signature_value
+from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
+from tests.api.test_sign_pdf import assert_problem
+from tests.pdf_samples import one_page_pdf
+
+PDF = {"Content-Type": "application/pdf"}
+CONTENT = "合同正文：双方同意以下条款。\n".encode() * 50
+SignerWorld = tuple[World, dict[str, Any], dict[str, str]]
+
+
+async def sealed_pdf(world: World, seal: dict[str, Any], headers: dict[str, str],
+                     level: str = "B-B") -> bytes:
+    response = await world.http.post(f"/v1/seals/{seal['id']}/sign/pdf?level={level}",
+                                     data=one_page_pdf(), headers={**headers, **PDF})
+    assert response.status == 200, await response.text()
+    return await response.read()
+
+
+async def verify_pdf(world: World, document: bytes) -> dict[str, Any]:
+    """Verify without any token: anyone may."""
+    response = await world.http.post("/v1/verify", data=document, headers=PDF)
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def verify_cms(world: World, signature: bytes, content: bytes | None) -> dict[str, Any]:
+    payload = {"cms": base64.b64encode(signature).decode()}
+    if content is not None:
+        payload["content"] = base64.b64encode(content).decode()
+    response = await world.http.post("/v1/verify", json=payload)
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+def flipped(document: bytes, marker: bytes, offset: int = 0) -> bytes:
+    """``document`` with one byte changed where ``marker`` last occurs (plus ``offset``)."""
+    at = document.rindex(marker) + offset
+    changed = bytearray(document)
+    changed[at] = changed[at] ^ 0x01
+    return bytes(changed)
+
+
+async def foreign_ca_seal(world: World, tmp_path: Path) -> dict[str, Any]:
+    """An active seal whose certificate comes from a CA the gateway does not trust."""
+    other = DevCA.open_or_create(tmp_path / "untrusted-ca", "Untrusted CA")
+    services = world.services
+    key = await services.keys.create("untrusted-key", "ec-p256", "test")
+    cert = other.issue(services.keys.public_key_der(key), "不受信任的印章", ORGANIZATION["name"])
+    await services.keys.import_certificate(
+        key["id"], chain_to_pem([cert, other.certificate]).encode(), "test")
+    seal = await services.seals.create(
+        {"name": "合同专用章", "type": "04", "organization": ORGANIZATION, "key_id": key["id"]},
+        "test")
+    await services.filings.file_and_approve_locally(
+        seal["id"], APPLICANT, LEGAL_REPRESENTATIVE, "test")
+    return seal
+
+
+def openssl_cms(tmp_path: Path, ca: DevCA | None, content: bytes) -> bytes:
+    """A detached CAdES signature made by `openssl cms -sign -cades` with a software key,
+    certified by ``ca`` (self-signed when None)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    if ca is not None:
+        cert = ca.issue(public, "OpenSSL Signer", "测试有限公司")
+    else:
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Self Signed")])
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(1)
+                .not_valid_before(now - dt.timedelta(hours=1))
+                .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    (tmp_path / "signer.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "signer.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (tmp_path / "content.bin").write_bytes(content)
+    subprocess.run(
+        ["openssl", "cms", "-sign", "-binary", "-cades", "-in", str(tmp_path / "content.bin"),
+         "-signer", str(tmp_path / "signer.pem"), "-inkey", str(tmp_path / "signer.key"),
+         "-outform", "DER", "-out", str(tmp_path / "sig.der")],
+        check=True, capture_output=True)
+    return (tmp_path / "sig.der").read_bytes()
+
+
+async def test_sealed_pdf_is_valid_and_names_its_seal(signer_world: SignerWorld) -> None:
+    """A freshly sealed PDF: valid, intact, trusted, B-B, the seal's id, no problems."""
+    world, seal, headers = signer_world
+    body = await verify_pdf(world, await sealed_pdf(world, seal, headers))
+    assert body["valid"] is True
+    [signature] = body["signatures"]
+    assert signature["seal_id"] == seal["id"]
+    assert (signature["intact"], signature["trusted"], signature["level"]) == (True, True, "B-B")
+    assert "测试合同专用章" in signature["signer"]
+    assert signature["signed_at"] and signature["problems"] == []
+
+
+async def test_b_lta_pdf_reports_the_seal_and_the_document_time_stamp(
+    signer_world: SignerWorld,
+) -> None:
+    """A B-LTA seal is reported at its level, with the document time-stamp as a signature."""
+    world, seal, headers = signer_world
+    body = await verify_pdf(world, await sealed_pdf(world, seal, headers, "B-LTA"))
+    assert body["valid"] is True
+    first, archive = body["signatures"]
+    assert (first["level"], first["seal_id"], first["problems"]) == ("B-LTA", seal["id"], [])
+    assert archive["kind"] == "document_timestamp" and "seal_id" not in archive
+    assert archive["intact"] and archive["trusted"]
+
+
+@pytest.mark.parametrize(
+    ("marker", "offset"),
+    [(b"Test page", 0), (b"%PDF-1.", 11), (b"/M (D", 12), (b"/ID [ <", 9)],
+    ids=["page-content", "header-comment", "signing-time", "trailer-id"],
+)
+async def test_a_changed_byte_in_the_signed_range_is_not_intact(
+    signer_world: SignerWorld, marker: bytes, offset: int
+) -> None:
+    """One flipped byte anywhere the signature covers makes it not intact and not valid."""
+    world, seal, headers = signer_world
+    document = await sealed_pdf(world, seal, headers)
+    body = await verify_pdf(world, flipped(document, marker, offset))
+    assert body["valid"] is False
+    [signature] = body["signatures"]
+    assert signature["intact"] is False
+    assert signature["problems"]
+
+
+async def test_changes_appended_after_signing_are_reported(signer_world: SignerWorld) -> None:
+    """An incremental update after the seal leaves it intact but reports the change."""
+    world, seal, headers = signer_world
+    writer = IncrementalPdfFileWriter(io.BytesIO(await sealed_pdf(world, seal, headers)))
+    writer.root["/Lang"] = generic.TextStringObject("en")
+    writer.update_root()
+    changed = io.BytesIO()
+    writer.write(changed)
+    body = await verify_pdf(world, changed.getvalue())
+    [signature] = body["signatures"]
+    assert signature["intact"] is True
+    assert any("changed after this signature" in p for p in signature["problems"])
+    assert body["valid"] is False
+
+
+async def test_signer_outside_the_trust_roots_is_not_trusted(
+    world: World, tmp_path: Path
+) -> None:
+    """A seal certified by a CA that is not a trust root is intact but not trusted."""
+    seal = await foreign_ca_seal(world, tmp_path)
+    _, headers = await world.client("signer", [seal["id"]])
+    body = await verify_pdf(world, await sealed_pdf(world, seal, headers))
+    [signature] = body["signatures"]
+    assert (signature["intact"], signature["trusted"], body["valid"]) == (True, False, False)
+    assert any("trusted root" in p for p in signature["problems"])
+
+
+async def test_pdf_without_signatures_is_not_valid(world: World) -> None:
+    """A PDF with no signature verifies as not valid, with nothing listed."""
+    assert await verify_pdf(world, one_page_pdf()) == {"valid": False, "signatures": []}
+
+
+async def test_cms_from_openssl_over_its_content_is_valid(
+    world: World, dev_ca: DevCA, tmp_path: Path
+) -> None:
+    """A CAdES signature from openssl by a dev-CA certificate verifies over its content."""
+    body = await verify_cms(world, openssl_cms(tmp_path, dev_ca, CONTENT), CONTENT)
+    assert body["valid"] is True
+    [signature] = body["signatures"]
+    assert (signature["intact"], signature["trusted"], signature["level"]) == (True, True, "B-B")
+    assert "OpenSSL Signer" in signature["signer"] and "seal_id" not in signature
+    assert signature["signed_at"]
+
+
+async def test_cms_over_changed_content_is_not_intact(
+    world: World, dev_ca: DevCA, tmp_path: Path
+) -> None:
+    """One changed byte of the content breaks the message digest."""
+    signature = openssl_cms(tmp_path, dev_ca, CONTENT)
+    body = await verify_cms(world, signature, CONTENT[:-1] + b"?")
+    assert body["valid"] is False
+    assert body["signatures"][0]["intact"] is False
+    assert any("message digest" in p for p in body["signatures"][0]["problems"])
+
+
+async def test_cms_with_a_changed_signature_value_is_not_intact(
+    world: World, dev_ca: DevCA, tmp_path: Path
+) -> None:
+    """A flipped byte in the signature value fails the signature check."""
+    signature = openssl_cms(tmp_path, dev_ca, CONTENT)
+    value = signature_value(signature)
+    tampered = signature.replace(value, value[:-1] + bytes([value[-1] ^ 1]))
+    body = await verify_cms(world, tampered, CONTENT)
+    assert body["signatures"][0]["intact"] is False
+    assert body["valid"] is False
+
+
+async def test_self_signed_cms_is_not_trusted(world: World, tmp_path: Path) -> None:
+    """A signer outside the trust roots is reported intact but not trusted."""
+    body = await verify_cms(world, openssl_cms(tmp_path, None, CONTENT), CONTENT)
+    [signature] = body["signatures"]
+    assert (signature["intact"], signature["trusted"], body["valid"]) == (True, False, False)
+
+
+async def test_cms_from_the_gateway_names_its_seal_and_a_time_stamp_makes_it_b_t(
+    signer_world: SignerWorld,
+) -> None:
+    """sign/cms output verifies and names the seal; with a signature time-stamp it is B-T."""
+    world, seal, headers = signer_world
+    response = await world.http.post(f"/v1/seals/{seal['id']}/sign/cms", data=CONTENT,
+                                     headers={**headers, "Content-Type": "text/plain"})
+    assert response.status == 200, await response.text()
+    signature = await response.read()
+    body = await verify_cms(world, signature, CONTENT)
+    [found] = body["signatures"]
+    assert (body["valid"], found["seal_id"], found["level"]) == (True, seal["id"], "B-B")
+    token = await world.services.timestamps.timestamp(
+        hashlib.sha256(signature_value(signature)).digest(), "sha256")
+    stamped = await verify_cms(world, add_signature_timestamp(signature, token), CONTENT)
+    [found] = stamped["signatures"]
+    assert (stamped["valid"], found["level"], found["problems"]) == (True, "B-T", [])
+
+
+async def test_malformed_verify_requests_are_refused_naming_the_field(world: World) -> None:
+    """Missing or broken cms, a non-base64 content, and other media types are refused."""
+    for payload, field in (({"content": "AA=="}, "cms"), ({"cms": "%%%"}, "cms"),
+                           ({"cms": "MAA=", "content": 5}, "content"),
+                           ({"cms": base64.b64encode(b"junk").decode()}, "cms")):
+        response = await world.http.post("/v1/verify", json=payload)
+        body = await assert_problem(response, 422, "validation-failed")
+        assert body["errors"][0]["field"] == field, body
+    other = await world.http.post("/v1/verify", data=b"x",
+                                  headers={"Content-Type": "text/plain"})
+    await assert_problem(other, 415, "unsupported-media-type")
