@@ -14,6 +14,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
@@ -74,7 +75,11 @@ class SealingService:
         self._hsm = hsm
         self._seals = seals
         self._audit = audit
-        self._pdf = PdfSealer(long_term=long_term)
+        # One thread per process for document CPU work: pyHanko holds the GIL, so more
+        # threads add no parallelism, only contention with the event loop (every syscall it
+        # makes would wait up to a switch interval for the GIL). Processes scale it.
+        self._documents = ThreadPoolExecutor(max_workers=1, thread_name_prefix="documents")
+        self._pdf = PdfSealer(executor=self._documents, long_term=long_term)
         self._cms = CmsSealer()
         self._keys: dict[tuple[str, str], SealKey] = {}
         self._images: dict[tuple[str, str], bytes] = {}
