@@ -80,7 +80,7 @@ class SealingService:
         # makes would wait up to a switch interval for the GIL). Processes scale it.
         self._documents = ThreadPoolExecutor(max_workers=1, thread_name_prefix="documents")
         self._pdf = PdfSealer(executor=self._documents, long_term=long_term)
-        self._cms = CmsSealer()
+        self._cms = CmsSealer(long_term)
         self._keys: dict[tuple[str, str], SealKey] = {}
         self._images: dict[tuple[str, str], bytes] = {}
         self._slots = asyncio.BoundedSemaphore(settings.server.max_in_flight)

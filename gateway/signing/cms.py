@@ -24,6 +24,7 @@ from asn1crypto import cms
 from gateway.clock import utcnow
 from gateway.errors import Conflict, ValidationFailed
 from gateway.signing.cms_template import der
+from gateway.signing.ltv import LongTermSigning, signature_timestamp_attribute
 from gateway.signing.pdf import SignatureLevel
 from gateway.signing.seal_key import SealKey
 
@@ -35,7 +36,9 @@ _CONTEXT_1 = 0xA1  # constructed [1]: unsignedAttrs (IMPLICIT)
 # RFC 5652 §11.3: signing times from 1950 to 2049 are UTCTime, others GeneralizedTime.
 _UTC_TIME_YEARS = range(1950, 2050)
 
-SUPPORTED_CMS_LEVELS = frozenset({SignatureLevel.B_B})
+# B-LT and B-LTA need validation data beside the signature (a PDF's DSS); a detached CMS
+# has nowhere standard to carry them, so it stops at a signature time-stamp.
+SUPPORTED_CMS_LEVELS = frozenset({SignatureLevel.B_B, SignatureLevel.B_T})
 
 
 class ContentDigest:
@@ -138,17 +141,25 @@ class CmsSealer:
 
     The CMS work is a few kilobytes of byte joining per signature (the certificates and
     fixed attributes are pre-encoded; about 50 µs measured here), so it runs on the event
-    loop: a hop to a worker thread would cost more than it saves.
+    loop: a hop to a worker thread would cost more than it saves. ``long_term`` provides
+    the signature time-stamp of level B-T.
     """
+
+    def __init__(self, long_term: LongTermSigning | None = None) -> None:
+        self._long_term = long_term
 
     async def sign(
         self, key: SealKey, content_digest: bytes, level: SignatureLevel | str = SignatureLevel.B_B,
         signing_time: dt.datetime | None = None,
     ) -> bytes:
         """The DER detached signature over content whose ``key.hash_name`` digest is given."""
-        check_level(level)
+        parsed = check_level(level)
         prepared = prepare(key, content_digest, signing_time or utcnow())
         signature = await key.sign_digest(prepared.digest_to_sign)
-        # Levels with a signature time-stamp fetch it here, over ``signature``, and pass the
-        # attribute to finish(); B-B has no unsigned attributes.
-        return prepared.finish(key, signature)
+        if parsed is SignatureLevel.B_B:
+            return prepared.finish(key, signature)
+        if self._long_term is None:
+            raise ValidationFailed.one("level", f"{parsed} needs a time-stamping authority, "
+                                                "and none is configured")
+        token = await self._long_term.signature_timestamp(signature, key.hash_name)
+        return prepared.finish(key, signature, [signature_timestamp_attribute(token)])

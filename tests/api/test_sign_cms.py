@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import os
@@ -63,6 +64,30 @@ async def test_openssl_verifies_signature_and_catches_a_tampered_byte(
     tampered[100] ^= 0x20
     content.write_bytes(bytes(tampered))
     assert openssl_verify(signature, content, dev_ca=world.ca).returncode != 0
+
+
+@pytest.mark.interop
+async def test_level_b_t_adds_a_signature_time_stamp_that_verifies(
+    world: World, tmp_path: Path
+) -> None:
+    """A B-T signature carries the gateway TSA's token; openssl and /v1/verify accept it."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    _, headers = await world.client("signer", [seal["id"]])
+    response = await world.http.post(sign_path(seal["id"]) + "?level=B-T", data=CONTENT,
+                                     headers={**headers, **OCTETS})
+    assert response.status == 200, await response.text()
+    der = await response.read()
+    signature = tmp_path / "sig.der"
+    signature.write_bytes(der)
+    content = tmp_path / "content.bin"
+    content.write_bytes(CONTENT)
+    verified = openssl_verify(signature, content, dev_ca=world.ca)
+    assert verified.returncode == 0, verified.stderr
+    report = await (await world.http.post("/v1/verify", json={
+        "cms": base64.b64encode(der).decode(), "content": base64.b64encode(CONTENT).decode(),
+    })).json()
+    assert report["valid"] is True, report
+    assert report["signatures"][0]["level"] == "B-T"
 
 
 @pytest.mark.interop
