@@ -19,7 +19,7 @@ help:
 	@echo "make run    set everything up and start the gateway on http://127.0.0.1:8080"
 	@echo "make test   set everything up and run the whole test suite (lint included)"
 	@echo "make lint   ruff and mypy on gateway/ and plugins/"
-	@echo "make bench  throughput/latency benchmarks (writes benchmarks/results/)"
+	@echo "make bench  throughput/latency benchmarks (writes benchmarks/results/; BENCH_ARGS=--quick)"
 
 run: setup demo
 	$(BIN)/sealgate serve
@@ -31,19 +31,25 @@ lint: venv
 	$(BIN)/ruff check gateway plugins tests benchmarks
 	$(BIN)/mypy
 
-bench: setup demo
-	$(BIN)/python -m benchmarks.run
+# The benchmark prepares its own token and seals under var/bench/; it needs no demo in var/.
+# `make bench BENCH_ARGS=--quick` is a short smoke run.
+bench: setup
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 setup: system venv token
 
-# Installs only what is missing, so a prepared machine does not need the network.
+# Installs only what is missing, so a prepared machine does not need the network. Only
+# promtool is wanted from the prometheus package: its server is disabled when systemd runs it.
 system:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  case " $$missing " in *" prometheus "*) \
+	    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now prometheus >/dev/null 2>&1 || true; fi;; \
+	  esac; \
 	fi
 
 venv: $(VENV)/.installed

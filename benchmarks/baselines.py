@@ -20,6 +20,7 @@ import asyncio
 import io
 import multiprocessing
 import os
+import queue
 import time
 import uuid
 from dataclasses import dataclass
@@ -46,16 +47,24 @@ def _run_workers(target: Any, args: tuple[Any, ...], spec: LoopSpec) -> dict[str
                for _ in range(spec.processes)]
     for worker in workers:
         worker.start()
-    outcomes = []
+    outcomes: list[dict[str, Any]] = []
+    deadline = time.monotonic() + _BARRIER_TIMEOUT + spec.duration + 120
     try:
-        for _ in workers:
-            outcomes.append(results.get(timeout=_BARRIER_TIMEOUT + spec.duration + 120))
+        while len(outcomes) < len(workers):
+            try:
+                outcomes.append(results.get(timeout=1.0))
+            except queue.Empty:
+                if time.monotonic() > deadline or not any(w.is_alive() for w in workers):
+                    outcomes.append({"error": "a worker died or hung without reporting"})
+                    break
     finally:
         for worker in workers:
             worker.join(30)
             if worker.is_alive():
                 worker.kill()
-    failed = [o["error"] for o in outcomes if "error" in o]
+    # The first failure is the cause; the others only saw the barrier broken by it.
+    failed = sorted((o["error"] for o in outcomes if "error" in o),
+                    key=lambda error: error.startswith("BrokenBarrierError"))
     if failed:
         raise RuntimeError(f"a baseline worker failed: {failed[0]}")
     per_process = [o["operations"] / o["elapsed"] for o in outcomes]
@@ -88,7 +97,7 @@ def _raw_worker(material: Material, key_id: str, algorithm: str, spec: LoopSpec,
 
         os.environ["SOFTHSM2_CONF"] = material.softhsm_conf
         lib = pkcs11.lib(material.module)
-        token = lib.get_token(token_label=material.token_label)
+        token = _find_token(lib, material.token_label)
         pin = Path(material.pin_file).read_text().strip()
         with token.open(user_pin=pin) as session:
             key: Any = session.get_key(object_class=ObjectClass.PRIVATE_KEY,
@@ -115,7 +124,29 @@ def _raw_worker(material: Material, key_id: str, algorithm: str, spec: LoopSpec,
             results.put({"operations": count, "elapsed": elapsed,
                          "cpu": time.process_time() - cpu})
     except Exception as exc:
-        results.put({"error": f"{type(exc).__name__}: {exc}"})
+        _failed(exc, barrier, results)
+
+
+def _find_token(lib: Any, label: str) -> Any:
+    """The token, asked for again briefly: SoftHSM rescans its object store on each call and
+    has been seen to miss a token for a moment right after another process let go of it."""
+    import pkcs11.exceptions
+
+    for attempt in range(10):
+        try:
+            return lib.get_token(token_label=label)
+        except pkcs11.exceptions.NoSuchToken:
+            if attempt == 9:
+                raise
+            time.sleep(0.2)
+            lib.reinitialize()
+    raise AssertionError("unreachable")
+
+
+def _failed(exc: Exception, barrier: Any, results: Any) -> None:
+    """Report the failure and release the other workers from the barrier at once."""
+    barrier.abort()
+    results.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
 # -- the alternative: pyHanko defaults ------------------------------------------------------------
@@ -138,7 +169,7 @@ def _pyhanko_worker(material: Material, document: str, sample: str, spec: LoopSp
         if sample:
             Path(sample).write_bytes(first)
     except Exception as exc:
-        results.put({"error": f"{type(exc).__name__}: {exc}"})
+        _failed(exc, barrier, results)
 
 
 async def _pyhanko_loop(material: Material, data: bytes, spec: LoopSpec,

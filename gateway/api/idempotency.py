@@ -24,6 +24,10 @@ A request whose key is claimed already gets, when the claim holds
   up to ``wait_seconds`` and then replays the answer; if the first request is still running
   by then, 409 ``idempotency-key-in-progress`` with ``Retry-After``. It never runs the handler.
 
+The body of a keyed request is read whole before the handler runs, to fingerprint it and
+hand it back, so a keyed ``sign/cms`` holds its content in memory (up to
+``server.max_body_bytes``) where an unkeyed one streams it.
+
 Limit: a worker killed after its commit but before it stored the answer leaves only its
 claim; once that expires, a retry runs again and the document is sealed a second time, with
 its own receipt and audit event. Closing that window would take storing the answer in the
@@ -108,8 +112,8 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     """Run an idempotent request once per key; replay, refuse or wait for the others."""
     key = request.headers.get(HEADER)
     caller = request.get(CLIENT)
-    route = request.match_info.route.resource
-    template = route.canonical if route is not None else ""
+    resource = request.match_info.route.resource
+    template = resource.canonical if resource is not None else ""
     # Anonymous requests (an open /tsa) have no client to scope a key to; they are cheap to
     # repeat, so they simply run.
     if key is None or caller is None or (request.method, template) not in IDEMPOTENT_ROUTES:

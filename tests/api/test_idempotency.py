@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 
 from gateway.api import idempotency
 from gateway.api.idempotency import IDEMPOTENT_ROUTES, fingerprint, record_key
-from gateway.hsm import Hsm
+from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, World
@@ -57,6 +59,30 @@ async def test_retry_returns_the_identical_answer_and_signs_once(
     assert retry.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
     assert retry.headers["X-Request-Id"] != first.headers["X-Request-Id"]
+    assert len(await events(world, "seal.signed")) == 1
+
+
+@pytest.mark.parametrize("fmt", ["cms", "hash"])
+async def test_detached_signatures_replay_identically(world: World, fmt: str) -> None:
+    """CMS and hash-batch answers (ECDSA: different at every signing) replay byte for byte."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    _, headers = await world.client("signer", [seal["id"]])
+    body: dict[str, Any]
+    if fmt == "cms":
+        body = {"data": b"any content at all"}
+        headers = {**headers, "Content-Type": "application/octet-stream"}
+    else:
+        digest = base64.b64encode(hashlib.sha256(b"a document").digest()).decode()
+        body = {"json": {"hash_algorithm": "sha256", "hashes": [digest, digest]}}
+    path = f"/v1/seals/{seal['id']}/sign/{fmt}"
+    answers = []
+    for _ in range(2):
+        response = await world.http.post(path, headers={**headers, "Idempotency-Key": fmt},
+                                         **body)
+        assert response.status == 200, await response.text()
+        answers.append((await response.read(), response.headers["Sealgate-Receipt"],
+                        response.headers["Content-Type"]))
+    assert answers[0] == answers[1]
     assert len(await events(world, "seal.signed")) == 1
 
 
