@@ -58,10 +58,9 @@ from typing import Any, Literal, Protocol, get_args
 
 from aiohttp import web
 
-from gateway.hookspecs import hookimpl
-
 from gateway.errors import FieldError, ValidationFailed
 from gateway.filing.states import FilingAction
+from gateway.hookspecs import hookimpl
 from gateway.identifiers import validate_resident_id, validate_uscc
 
 FaultMode = Literal["down", "error500", "slow", "throttle"]
