@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.api.bodies import json_response
 from gateway.api.context import ROLES_ATTR, roles
+from gateway.api.idempotency import IDEMPOTENT_ROUTES
 
 routes = web.RouteTableDef()
 
@@ -80,6 +81,13 @@ def _operation(route: web.AbstractRoute, path: str) -> dict[str, Any]:
         },
     }
     operation["responses"]["2XX"] = {"description": "Success"}
+    if (route.method, route.resource.canonical if route.resource else "") in IDEMPOTENT_ROUTES:
+        operation["parameters"].append({
+            "name": "Idempotency-Key", "in": "header", "required": False,
+            "schema": {"type": "string"},
+            "description": "A retry with the same key and body returns the same answer; "
+                           "the same key with another body is 409.",
+        })
     if allowed:
         operation["security"] = [{"bearer": []}]
         operation["x-roles"] = [*allowed, "admin"]

@@ -30,7 +30,7 @@ async def test_openapi_document_lists_served_operations(world: World) -> None:
     assert document["openapi"].startswith("3.1")
     sign = document["paths"]["/v1/seals/{id}/sign/pdf"]["post"]
     assert "signer" in sign["x-roles"]
-    assert sign["parameters"][0]["name"] == "id"
+    assert [p["name"] for p in sign["parameters"]] == ["id", "Idempotency-Key"]
     assert "security" not in document["paths"]["/healthz"]["get"]
 
 
