@@ -313,11 +313,18 @@ class Gateway:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"the gateway exited at start; see {self._log}")
-            if len(self.worker_pids()) == self.workers and self._ready():
+            if len(self.worker_pids()) == self.workers and self._all_ready():
                 return
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"the gateway did not become ready in {timeout:g} s; see {self._log}")
+
+    def _all_ready(self, answers: int = 8 * 4) -> bool:
+        """Ready on fresh connections many times in a row, so that every worker (each with
+        its own SO_REUSEPORT socket) has opened its HSM session: SoftHSM has been seen to
+        refuse a session now and then while several processes open theirs at once, and a
+        worker then waits its retry interval before it tries again."""
+        return all(self._ready() for _ in range(answers))
 
     def _ready(self) -> bool:
         try:

@@ -10,6 +10,12 @@ JSON result on stdout. Two modes:
   queueing (no coordinated omission); at most ``max_outstanding`` in flight, the rest counted
   as dropped.
 
+Each client (closed loop) or each of ``max_outstanding`` connections (open loop) is a session
+with one keep-alive connection of its own, and the open loop takes the connection idle the
+longest: the gateway's workers each listen with SO_REUSEPORT, so the kernel spreads
+connections, not requests, and a pool that reused its few most recent connections would
+send nearly all requests to one worker.
+
 Every run is bounded twice, by ``max_requests`` and by ``duration`` seconds (plus a per-request
 timeout), and only ever talks to the loopback address it is given.
 """
@@ -17,12 +23,13 @@ timeout), and only ever talks to the loopback address it is given.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hashlib
 import json
 import resource
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,13 +63,16 @@ class Spec:
 @dataclass
 class Tally:
     latencies: list[float] = field(default_factory=list)
-    statuses: Counter[int] = field(default_factory=Counter)
-    failures: Counter[str] = field(default_factory=Counter)
+    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
+    failures: collections.Counter[str] = field(default_factory=collections.Counter)
     first_problem: str = ""
     bytes_in: int = 0
     attempted: int = 0
     ok: int = 0
     dropped: int = 0
+    # Open loop: how late this process sent requests against its schedule (its own lag is
+    # in the latencies too, so it must stay small for them to be the server's).
+    send_lag: list[float] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
     def problem(self, kind: str, detail: str) -> None:
@@ -72,15 +82,16 @@ class Tally:
 
 
 class Driver:
-    def __init__(self, spec: Spec, session: aiohttp.ClientSession) -> None:
+    def __init__(self, spec: Spec) -> None:
         self.spec = spec
-        self.session = session
         self.payloads = [] if spec.stream_body else [Path(p).read_bytes() for p in spec.bodies]
         self.prefix = bytes.fromhex(spec.expect_prefix)
         self.sent = 0
 
-    async def one(self, tally: Tally | None, started: float | None = None) -> None:
-        """Send the next request; record it in ``tally`` (None: warm-up, not counted)."""
+    async def one(
+        self, session: aiohttp.ClientSession, tally: Tally | None, started: float | None = None
+    ) -> None:
+        """Send the next request on ``session``; record it in ``tally`` (None: warm-up)."""
         index = self.sent % len(self.spec.bodies)
         self.sent += 1
         if tally is not None:
@@ -91,10 +102,11 @@ class Driver:
                 fh = await asyncio.get_running_loop().run_in_executor(
                     None, Path(self.spec.bodies[index]).open, "rb")
                 with fh:
-                    status, length, good, sample = await self._exchange(fh, index, tally)
+                    status, length, good, sample = await self._exchange(
+                        session, fh, index, tally)
             else:
                 status, length, good, sample = await self._exchange(
-                    self.payloads[index], index, tally)
+                    session, self.payloads[index], index, tally)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if tally is not None:
                 tally.problem(type(exc).__name__, f"{type(exc).__name__}: {exc}")
@@ -111,14 +123,14 @@ class Driver:
                 tally.samples.append(sample)
 
     async def _exchange(
-        self, body: Any, index: int, tally: Tally | None
+        self, session: aiohttp.ClientSession, body: Any, index: int, tally: Tally | None
     ) -> tuple[int, int, bool, dict[str, Any] | None]:
         keep = (
             tally is not None and self.spec.samples_dir is not None
             and len(tally.samples) < self.spec.max_samples
             and tally.ok % self.spec.sample_every == 0
         )
-        async with self.session.post(self.spec.url, data=body, headers=self.spec.headers) as resp:
+        async with session.post(self.spec.url, data=body, headers=self.spec.headers) as resp:
             status = resp.status
             digest = hashlib.sha256()
             head = b""
@@ -151,54 +163,67 @@ class Driver:
         return status, length, good, sample
 
 
-async def warm_up(driver: Driver, spec: Spec) -> None:
+async def warm_up(driver: Driver, spec: Spec, sessions: list[aiohttp.ClientSession]) -> None:
     """Uncounted requests first: connections opened, the server's per-seal caches filled."""
     warm_until = time.perf_counter() + spec.warmup_seconds
     budget = spec.max_requests
 
-    async def warm() -> None:
+    async def warm(session: aiohttp.ClientSession) -> None:
         nonlocal budget
         while budget > 0 and time.perf_counter() < warm_until:
             budget -= 1
-            await driver.one(None)
+            await driver.one(session, None)
 
-    await asyncio.gather(*(warm() for _ in range(spec.concurrency)))
+    await asyncio.gather(*(warm(session) for session in sessions))
 
 
-async def closed_loop(driver: Driver, spec: Spec) -> tuple[Tally, float]:
-    await warm_up(driver, spec)
+async def closed_loop(
+    driver: Driver, spec: Spec, sessions: list[aiohttp.ClientSession]
+) -> tuple[Tally, float]:
+    await warm_up(driver, spec, sessions)
     tally = Tally()
     begin = time.perf_counter()
     deadline = begin + spec.duration
     budget = spec.max_requests
 
-    async def client() -> None:
+    async def client(session: aiohttp.ClientSession) -> None:
         nonlocal budget
         while budget > 0 and time.perf_counter() < deadline:
             budget -= 1
-            await driver.one(tally)
+            await driver.one(session, tally)
 
-    await asyncio.gather(*(client() for _ in range(spec.concurrency)))
+    await asyncio.gather(*(client(session) for session in sessions))
     return tally, time.perf_counter() - begin
 
 
-async def open_loop(driver: Driver, spec: Spec) -> tuple[Tally, float]:
+async def open_loop(
+    driver: Driver, spec: Spec, sessions: list[aiohttp.ClientSession]
+) -> tuple[Tally, float]:
     assert spec.rate is not None and spec.rate > 0
-    await warm_up(driver, spec)
+    await warm_up(driver, spec, sessions)
     tally = Tally()
     interval = 1.0 / spec.rate
     total = min(spec.max_requests, int(spec.duration * spec.rate))
+    idle = collections.deque(sessions)  # oldest idle first: every connection takes turns
     pending: set[asyncio.Task[None]] = set()
+
+    async def send(session: aiohttp.ClientSession, due: float) -> None:
+        try:
+            await driver.one(session, tally, started=due)
+        finally:
+            idle.append(session)
+
     begin = time.perf_counter()
     for n in range(total):
         due = begin + n * interval
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        if len(pending) >= spec.max_outstanding:
+        tally.send_lag.append(time.perf_counter() - due)
+        if not idle:
             tally.dropped += 1
             continue
-        task = asyncio.create_task(driver.one(tally, started=due))
+        task = asyncio.create_task(send(idle.popleft(), due))
         pending.add(task)
         task.add_done_callback(pending.discard)
     if pending:
@@ -220,12 +245,16 @@ async def run(spec: Spec) -> dict[str, Any]:
     if host not in LOOPBACK:
         raise SystemExit(f"the load generator only talks to loopback, not {host}")
     connections = spec.max_outstanding if spec.rate else spec.concurrency
-    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
     timeout = aiohttp.ClientTimeout(total=spec.request_timeout)
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        driver = Driver(spec, session)
-        tally, elapsed = await (open_loop if spec.rate else closed_loop)(driver, spec)
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1), timeout=timeout))
+            for _ in range(connections)
+        ]
+        driver = Driver(spec)
+        tally, elapsed = await (open_loop if spec.rate else closed_loop)(driver, spec, sessions)
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     ms = [v * 1000 for v in tally.latencies]
@@ -246,6 +275,10 @@ async def run(spec: Spec) -> dict[str, Any]:
             "p99": _round(percentile(ms, 99)), "max": _round(max(ms) if ms else None),
             "mean": _round(sum(ms) / len(ms) if ms else None),
         },
+        "send_lag_ms": {
+            "p50": _round(percentile([v * 1000 for v in tally.send_lag], 50)),
+            "p99": _round(percentile([v * 1000 for v in tally.send_lag], 99)),
+        } if spec.rate else None,
         "bytes_in": tally.bytes_in,
         "client_cpu_seconds": round(cpu, 3),
         "samples": tally.samples,

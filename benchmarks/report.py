@@ -91,6 +91,39 @@ def write(results: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
 
 
+def figures(results: dict[str, Any]) -> str:
+    """The measured figures behind the ratios, one line per baseline and gateway level."""
+    lines = []
+    for name, runs in (("raw PKCS#11", results["ceiling_raw_pkcs11"]),
+                       ("pyHanko defaults", results["alternative_pyhanko_defaults"])):
+        for what, value in runs["used_per_second"].items():
+            before, after = runs["before"][what]["per_second"], runs["after"][what]["per_second"]
+            lines.append(f"{name} {what}: {value}/s (before {before}/s, after {after}/s)")
+    for name, scenario in results["gateway"].items():
+        if scenario.get("status") == "skipped":
+            lines.append(f"gateway {name}: skipped ({scenario['note'][:80]})")
+            continue
+        for level in scenario["levels"]:
+            lat = level["latency_ms"]
+            rss = max(level["server"]["peak_rss_bytes_per_worker"], default=0) / 1e6
+            lines.append(
+                f"gateway {name} c={level['concurrency']}: {level['throughput_per_second']}/s "
+                f"({level['signatures_per_second']} signatures/s), p50 {lat['p50']} ms, "
+                f"p99 {lat['p99']} ms, peak RSS {rss:.0f} MB/worker, "
+                f"errors {level['failures'] or 0}")
+        if scenario.get("status") != "measured":
+            lines.append(f"gateway {name}: WRONG ANSWERS {scenario.get('verification')}")
+    for name, run in results["half_peak"].items():
+        lat = run["latency_ms"]
+        lines.append(f"half peak {name} at {run['rate']}/s: p50 {lat['p50']} ms, "
+                     f"p99 {lat['p99']} ms, dropped {run['dropped']}")
+    memory = results["memory_100mb"]
+    if memory:
+        lines.append(f"100 MB PDF: worker peak RSS {memory['peak_rss_bytes'] / 1e6:.0f} MB for "
+                     f"{memory['file_bytes'] / 1e6:.0f} MB, sealed {memory['sealed']}")
+    return "\n".join(lines)
+
+
 def table(ratios: list[Ratio]) -> str:
     """The ratios as a text table: value, target, verdict."""
     rows = [("ratio", "value", "target", "verdict")]

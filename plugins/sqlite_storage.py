@@ -2,10 +2,13 @@
 
 Each backend instance owns one connection and one thread, because a sqlite3 connection must not
 be used from several threads; every write and every larger read hops to that thread and back.
-Writers serialise on
-SQLite's write lock (``BEGIN IMMEDIATE``), which is what makes an audit append fork-free across
-processes: the head of the chain is read and extended while the lock is held. A writer that
-cannot get the lock within ``timeout_seconds`` (``busy_timeout``) gets BackendUnavailable.
+Writers serialise on SQLite's write lock (``BEGIN IMMEDIATE``), which is what makes an audit
+append fork-free across processes: the head of the chain is read and extended while the lock
+is held. A writer that cannot get the lock within ``timeout_seconds`` gets BackendUnavailable.
+The wait is this module's own, a retry every ``BUSY_PAUSE_SECONDS``, not SQLite's busy
+handler: that one sleeps 1, 2, 5, 10 … 100 ms between tries, so with two worker processes
+writing, the one that lost the lock once kept losing it to the other, for up to seconds.
+An operation that gets SQLITE_BUSY has changed nothing, so trying it again is safe.
 
 Commits are grouped: while one transaction is being written (its ``fsync`` under
 ``synchronous = FULL`` is most of a commit's time), the commits that arrive meanwhile queue
@@ -90,6 +93,8 @@ CREATE TABLE IF NOT EXISTS token_buckets (
 # Primary result codes that mean "the database cannot serve now" rather than "this statement
 # is wrong": BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
 _OUTAGE_CODES = {5, 6, 8, 10, 13, 14, 15}
+_BUSY = 5
+BUSY_PAUSE_SECONDS = 0.0005
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -319,12 +324,9 @@ class SqliteStorage:
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(
-            self.path, timeout=self.timeout_seconds, isolation_level=None,
-            check_same_thread=True,
-        )
+        db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=True)
         try:
-            db.execute(f"PRAGMA busy_timeout = {int(self.timeout_seconds * 1000)}")
+            db.execute("PRAGMA busy_timeout = 0")  # waits are _translated's, see above
             db.execute("PRAGMA journal_mode = WAL")
             # FULL: an acknowledged audit event or receipt must survive a power cut too.
             db.execute("PRAGMA synchronous = FULL")
@@ -463,16 +465,24 @@ class SqliteStorage:
         if self._executor is None:
             raise BackendUnavailable("the SQLite backend is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(_translated, fn, *args))
+        return await loop.run_in_executor(
+            self._executor, partial(_translated, fn, *args, timeout=self.timeout_seconds))
 
 
-def _translated(fn: Callable[..., T], *args: Any) -> T:
-    try:
-        return fn(*args)
-    except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _OUTAGE_CODES:
-            raise BackendUnavailable(f"SQLite: {exc.sqlite_errorname}") from exc
-        raise
+def _translated(fn: Callable[..., T], *args: Any, timeout: float) -> T:
+    """``fn(*args)``, tried again while the database is busy, for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn(*args)
+        except sqlite3.DatabaseError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code == _BUSY and time.monotonic() < deadline:
+                time.sleep(BUSY_PAUSE_SECONDS)
+                continue
+            if code in _OUTAGE_CODES:
+                raise BackendUnavailable(f"SQLite: {exc.sqlite_errorname}") from exc
+            raise
 
 
 def _purge_expired(db: sqlite3.Connection, now: float) -> None:
