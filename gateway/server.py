@@ -21,8 +21,8 @@ them all.
 from __future__ import annotations
 
 import contextlib
-import gc
 import dataclasses
+import gc
 import logging
 import os
 import pickle
