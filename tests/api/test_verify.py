@@ -56,10 +56,18 @@ async def verify_cms(world: World, signature: bytes, content: bytes | None) -> d
 
 
 def flipped(document: bytes, marker: bytes, offset: int = 0) -> bytes:
-    """``document`` with one byte changed where ``marker`` last occurs (plus ``offset``)."""
+    """``document`` with one byte changed where ``marker`` last occurs (plus ``offset``).
+
+    A hex digit stays a hex digit (``a`` ^ 1 would be a backtick and make the file
+    unreadable rather than changed), so the PDF still parses and only the signature breaks.
+    """
     at = document.rindex(marker) + offset
     changed = bytearray(document)
-    changed[at] = changed[at] ^ 0x01
+    original = changed[at]
+    if bytes([original]) in b"0123456789abcdefABCDEF":
+        changed[at] = ord("1") if original != ord("1") else ord("2")
+    else:
+        changed[at] = original ^ 0x01
     return bytes(changed)
 
 
