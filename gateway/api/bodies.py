@@ -41,7 +41,15 @@ def check_declared_size(request: web.Request, limit: int | None = None) -> int:
 
 async def read_limited(request: web.Request, limit: int | None = None) -> bytes:
     """The whole body, refusing (413) as soon as it passes the limit, even when chunked."""
-    limit = check_declared_size(request, limit)
+    parts, _ = await _read_in_memory(request, check_declared_size(request, limit))
+    return b"".join(parts)
+
+
+async def _read_in_memory(
+    request: web.Request, limit: int, stop_above: int | None = None
+) -> tuple[list[bytes], bool]:
+    """Chunks of the body up to ``limit`` (413 past it), stopping early once more than
+    ``stop_above`` bytes are in; the flag says whether the whole body was read."""
     parts: list[bytes] = []
     size = 0
     while chunk := await request.content.read(CHUNK):
@@ -49,7 +57,9 @@ async def read_limited(request: web.Request, limit: int | None = None) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
         parts.append(chunk)
-    return b"".join(parts)
+        if stop_above is not None and size > stop_above:
+            return parts, False
+    return parts, True
 
 
 @dataclass
@@ -84,20 +94,11 @@ async def read_or_spool(
     limit = check_declared_size(request, limit)
     spool_above = SPOOL_BYTES if spool_above is None else spool_above
     declared = request.content_length
+    parts: list[bytes] = []
     if declared is None or declared <= spool_above:
-        parts: list[bytes] = []
-        size = 0
-        while chunk := await request.content.read(CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
-            parts.append(chunk)
-            if size > spool_above:
-                break
-        else:
+        parts, whole = await _read_in_memory(request, limit, stop_above=spool_above)
+        if whole:
             return b"".join(parts)
-    else:
-        parts = []
     loop = asyncio.get_running_loop()
     spool = await loop.run_in_executor(None, _new_spool, _spool_directory(request))
     try:
