@@ -105,8 +105,6 @@ class PkiSettings:
 @dataclass(frozen=True)
 class SigningSettings:
     default_level: str = "B-B"
-    stamp_width_points: float = 113.4
-    stamp_margin_points: float = 36.0
     max_hash_batch: int = 256
     csc_sad_ttl_seconds: int = 300
     tsa_url: str = ""

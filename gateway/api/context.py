@@ -20,7 +20,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ROLES_ATTR = "__sealgate_roles__"
 OPEN_WHEN_ATTR = "__sealgate_open_when__"
-ANYONE: tuple[str, ...] = ()
 
 
 def roles(

@@ -6,7 +6,8 @@ when approved. A filing itself moves ``draft → submitted → under_review → 
 rejected``; a rejected filing stays rejected and the filer makes a new draft.
 
 ``expired`` is not a stored status: a seal whose validity end has passed is still ``active``
-(or ``suspended``) in storage and is *shown* as expired (:func:`displayed_seal_status`).
+(or ``suspended``) in storage and is *shown* as expired
+(:func:`gateway.seals.policy.effective_status`).
 Storing it would need a job to flip it at the right instant and would race with renewals;
 deriving it from the clock cannot be stale.
 
@@ -277,16 +278,6 @@ def is_expired(valid_to: dt.datetime | None, now: dt.datetime) -> bool:
     return valid_to is not None and now >= valid_to
 
 
-def displayed_seal_status(
-    status: SealStatus | str, valid_to: dt.datetime | None, now: dt.datetime
-) -> str:
-    """The status to show: ``expired`` for an active seal past its validity, else ``status``."""
-    status = SealStatus(status)
-    if status is SealStatus.ACTIVE and is_expired(valid_to, now):
-        return EXPIRED
-    return str(status)
-
-
 __all__ = [
     "ACTION_RULES",
     "EXPIRED",
@@ -299,7 +290,6 @@ __all__ = [
     "allowed_actions",
     "check_action",
     "check_filing_transition",
-    "displayed_seal_status",
     "is_expired",
     "seal_status_on_approval",
     "seal_status_on_rejection",

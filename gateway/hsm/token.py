@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +56,6 @@ class TokenSession:
         self._pid = 0
         self._broken_since: float | None = None
         self._on_reset: list[Callable[[], None]] = []
-        self._thread_id: int | None = None
 
     # -- life cycle (called from the event loop) ---------------------------------------------
 
@@ -96,18 +94,9 @@ class TokenSession:
         finally:
             metrics.HSM_OPERATION_SECONDS.labels(operation).observe(time.perf_counter() - started)
 
-    def run_sync(self, operation: str, fn: Callable[[Any], T]) -> T:
-        """Blocking form for CLI code that has no event loop; still on the HSM thread."""
-        self.start()
-        assert self._executor is not None
-        return self._executor.submit(self._call, operation, fn).result(
-            timeout=self._settings.operation_timeout_seconds * 10
-        )
-
     # -- on the HSM thread -------------------------------------------------------------------
 
     def _call(self, operation: str, fn: Callable[[Any], T]) -> T:
-        self._thread_id = threading.get_ident()
         session = self._ensure_session()
         try:
             return fn(session)

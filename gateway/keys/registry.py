@@ -33,7 +33,6 @@ TSA_SIGNER = "tsa-signer"
 PLATFORM_KEY_LABEL = "sealgate-platform-receipts"
 AUDIT_KEY_LABEL = "sealgate-audit-checkpoints"
 TSA_KEY_LABEL = "sealgate-time-stamping"
-KEY_STATUSES = ("enabled", "disabled", "destroyed")
 MAX_USAGE_LIMIT = 10**12
 
 JSONRecord = dict[str, Any]

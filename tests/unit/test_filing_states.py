@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+from gateway.clock import isoformat
 from gateway.errors import InvalidTransition
 from gateway.filing.states import (
     ACTION_RULES,
@@ -18,12 +19,12 @@ from gateway.filing.states import (
     allowed_actions,
     check_action,
     check_filing_transition,
-    displayed_seal_status,
     is_expired,
     seal_status_on_approval,
     seal_status_on_rejection,
     seal_status_while_pending,
 )
+from gateway.seals.policy import effective_status
 
 A, S = FilingAction, SealStatus
 UTC = dt.UTC
@@ -280,9 +281,11 @@ def test_expiry_refuses_naive_times() -> None:
 def test_displayed_status_shows_expired_only_for_active_seals() -> None:
     """An active seal past its end shows 'expired'; a suspended one stays 'suspended'."""
     later = VALID_TO + dt.timedelta(days=1)
-    assert displayed_seal_status(S.ACTIVE, VALID_TO, later) == EXPIRED
-    assert displayed_seal_status(S.ACTIVE, VALID_TO, VALID_TO - dt.timedelta(seconds=1)) == (
-        "active"
-    )
-    assert displayed_seal_status(S.SUSPENDED, VALID_TO, later) == "suspended"
-    assert displayed_seal_status(S.DRAFT, None, later) == "draft"
+    def shown(status: str, valid_to: dt.datetime | None, now: dt.datetime) -> str:
+        seal = {"status": status, "valid_to": isoformat(valid_to) if valid_to else None}
+        return effective_status(seal, now)
+
+    assert shown(S.ACTIVE, VALID_TO, later) == EXPIRED
+    assert shown(S.ACTIVE, VALID_TO, VALID_TO - dt.timedelta(seconds=1)) == "active"
+    assert shown(S.SUSPENDED, VALID_TO, later) == "suspended"
+    assert shown(S.DRAFT, None, later) == "draft"
