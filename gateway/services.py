@@ -10,6 +10,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 from gateway import plugins
 from gateway.audit import AuditLog, CheckpointSigner
 from gateway.auth import ClientRegistry
@@ -77,8 +79,9 @@ async def open_services(
                         crl_url=crl_url(settings.pki.public_base_url))
     sealing = SealingService(settings, storage, hsm, seals, audit,
                              long_term=LongTermSigning(timestamps, LocalRevocation(dev_ca)))
-    roots_pem = _read_trust_roots(settings)
-    platform = PlatformSigner(keys, hsm, load_trust_roots(settings.pki.trust_roots))
+    roots = load_trust_roots(settings.pki.trust_roots)
+    roots_pem = [root.public_bytes(serialization.Encoding.PEM) for root in roots]
+    platform = PlatformSigner(keys, hsm, roots)
     filings = FilingService(
         settings.filing, storage, seals, audit, PersonalDataVault(storage, hsm), platform,
         plugins.filing_adapters(pm, settings),
@@ -94,10 +97,6 @@ async def open_services(
         csc=CscService(settings, storage, seals, keys, sealing),
         owns_hsm=owns_hsm,
     )
-
-
-def _read_trust_roots(settings: Settings) -> list[bytes]:
-    return [Path(p).read_bytes() for p in settings.pki.trust_roots if Path(p).exists()]
 
 
 def audit_key_file(settings: Settings) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import PROJECT_ROOT
+from tests.redis_server import free_port
 
 SEALGATE = str(Path(sys.executable).parent / "sealgate")
 
@@ -81,13 +81,6 @@ def prepare(var: Path) -> Installation:
     installation = Installation(var, env)
     installation.run("init", "--demo")
     return installation
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_ready(base: str, process: subprocess.Popen[str], timeout: float = 30) -> None:

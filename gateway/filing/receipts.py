@@ -15,6 +15,7 @@ from gateway.clock import isoformat, parse
 from gateway.errors import NotFound
 from gateway.keys.platform import Check, PlatformSigner
 from gateway.seals.policy import effective_status
+from gateway.seals.registry import SEAL
 from gateway.storage import Storage, Write
 
 RECEIPT = "receipt"
@@ -91,7 +92,7 @@ async def verify_receipt(
                         "the platform issued this receipt" if stored
                         else "the platform has no record of this receipt number"))
     seal_id = str((receipt.get("seal") or {}).get("id"))
-    seal = await storage.get("seal", seal_id)
+    seal = await storage.get(SEAL, seal_id)
     if seal is None:
         checks.append(Check("seal_status", False, "the seal no longer exists"))
     else:

@@ -13,6 +13,7 @@ import itertools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -158,8 +159,6 @@ def _issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def load_trust_roots(paths: Sequence[str]) -> list[x509.Certificate]:
     """Certificates from the configured trust-root files; missing files are skipped."""
-    from pathlib import Path
-
     roots: list[x509.Certificate] = []
     for path in paths:
         p = Path(path)
