@@ -10,37 +10,38 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.cli_support import Installation, prepare
+from tests.gateway_process import Deployment
 from tests.pdf_samples import multi_page_pdf, one_page_pdf
 
 pytestmark = pytest.mark.interop
 
 
 @pytest.fixture(scope="module")
-def installation(tmp_path_factory: pytest.TempPathFactory) -> Installation:
-    return prepare(tmp_path_factory.mktemp("var"))
+def installation(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """A token and var directory made the way `make run` makes them."""
+    return Deployment.create(tmp_path_factory.mktemp("first-steps"))
 
 
-def test_init_again_reuses_everything(installation: Installation) -> None:
+def test_init_again_reuses_everything(installation: Deployment) -> None:
     """A second `sealgate init --demo` keeps the same demo seal and token."""
     before = json.loads((installation.var / "demo.json").read_text())
     token = (installation.var / "demo-token").read_text()
-    output = installation.run("init", "--demo").stdout
+    output = installation.sealgate("init", "--demo").stdout
     assert json.loads((installation.var / "demo.json").read_text()) == before
     assert (installation.var / "demo-token").read_text() == token
     assert before["seal_id"] in output
     assert oct((installation.var / "demo-token").stat().st_mode & 0o777) == "0o600"
-    assert oct((installation.var / "softhsm" / "user-pin").stat().st_mode & 0o777) == "0o600"
+    assert oct((installation.directory / "softhsm" / "user-pin").stat().st_mode & 0o777) == "0o600"
 
 
 def test_printed_curl_command_seals_a_valid_pdf(
-    installation: Installation, tmp_path: Path, poppler: str
+    installation: Deployment, tmp_path: Path, poppler: str
 ) -> None:
     """The command `sealgate init --demo` prints, run by a shell, yields a valid sealed PDF."""
-    output = installation.run("init", "--demo").stdout
+    output = installation.sealgate("init", "--demo").stdout
     command = output[output.index("curl"):].strip()
-    with installation.serving() as base:
-        command = re.sub(r"http://127\.0\.0\.1:\d+", base, command)
+    with installation.serve() as gateway:
+        command = re.sub(r"http://127\.0\.0\.1:\d+", gateway.url(""), command)
         result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True,
                                 text=True, timeout=60, check=False)
     assert "Signature is Valid" in result.stdout, result.stdout + result.stderr
@@ -48,7 +49,7 @@ def test_printed_curl_command_seals_a_valid_pdf(
 
 
 def test_batch_cli_seals_every_input(
-    installation: Installation, tmp_path: Path, poppler: str
+    installation: Deployment, tmp_path: Path, poppler: str
 ) -> None:
     """`sealgate sign pdf` seals each input into the output directory, each valid."""
     seal_id = json.loads((installation.var / "demo.json").read_text())["seal_id"]
@@ -59,7 +60,7 @@ def test_batch_cli_seals_every_input(
         inputs.append(str(path))
     bad = tmp_path / "c.pdf"
     bad.write_bytes(b"not a pdf")
-    result = installation.run("sign", "pdf", "--seal", seal_id, "--out", str(tmp_path / "out"),
+    result = installation.sealgate("sign", "pdf", "--seal", seal_id, "--out", str(tmp_path / "out"),
                               *inputs, str(bad), check=False)
     assert result.returncode == 1
     assert "sealed 2 of 3" in result.stdout
@@ -71,11 +72,11 @@ def test_batch_cli_seals_every_input(
 
 
 def test_render_image_draws_a_transparent_round_seal(
-    installation: Installation, tmp_path: Path
+    installation: Deployment, tmp_path: Path
 ) -> None:
     """`sealgate seals render-image` writes a transparent PNG about 40 mm across."""
     out = tmp_path / "seal.png"
-    installation.run("seals", "render-image", "--organization", "示例科技有限公司",
+    installation.sealgate("seals", "render-image", "--organization", "示例科技有限公司",
                      "--type", "04", "--code", "1101050000001", "--out", str(out))
     with Image.open(out) as image:
         assert image.mode == "RGBA"
@@ -85,12 +86,12 @@ def test_render_image_draws_a_transparent_round_seal(
 
 
 def test_expiring_lists_seals_whose_validity_ends_within_the_horizon(
-    installation: Installation,
+    installation: Deployment,
 ) -> None:
     """`sealgate seals expiring --days N` lists the demo seal only when N reaches its end."""
     seal_id = json.loads((installation.var / "demo.json").read_text())["seal_id"]
-    soon = json.loads(installation.run("seals", "expiring", "--days", "30").stdout)
-    later = json.loads(installation.run("seals", "expiring", "--days", "400").stdout)
+    soon = json.loads(installation.sealgate("seals", "expiring", "--days", "30").stdout)
+    later = json.loads(installation.sealgate("seals", "expiring", "--days", "400").stdout)
     assert seal_id not in [s["id"] for s in soon]
     assert [s["id"] for s in later] == [seal_id]
     assert 360 <= later[0]["days_left"] <= 365
