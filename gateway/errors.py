@@ -124,6 +124,13 @@ class IdempotencyConflict(Conflict):
     title = "Idempotency key reused with a different request"
 
 
+class IdempotencyAnswerLost(Conflict):
+    """The answer for a key is remembered but its stored bytes have expired."""
+
+    type_slug = "idempotency-answer-lost"
+    title = "Idempotent answer no longer available"
+
+
 class IdempotencyInProgress(Conflict):
     """The first request with this key is still running; retry after ``retry_after`` s."""
 

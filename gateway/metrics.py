@@ -104,7 +104,8 @@ RATE_LIMITED = Counter(
 )
 IDEMPOTENT_REQUESTS = Counter(
     "sealgate_idempotent_requests_total",
-    "Requests with an Idempotency-Key, by outcome (executed, replayed, reused, in_progress).",
+    "Requests with an Idempotency-Key, by outcome (executed, replayed, recovered, reused, "
+    "in_progress).",
     ["outcome"],
 )
 AUTH_FAILURES = Counter(

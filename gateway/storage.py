@@ -9,7 +9,9 @@ its receipt and its audit event can never be half-written.
 
 from __future__ import annotations
 
+import base64
 import builtins
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -171,3 +173,44 @@ class StorageBackendFactory(Protocol):
     name: str
 
     def create(self, settings: Any) -> Storage: ...
+
+
+INLINE_BYTES = 16 * 1024
+CHUNK_BYTES = 1024 * 1024
+
+
+async def put_expiring_bytes(
+    storage: Storage, prefix: str, data: bytes, ttl_seconds: float
+) -> JSON:
+    """Store ``data`` under expiring keys starting with ``prefix``; return a small reference
+    for :func:`get_expiring_bytes`. Small values sit in the reference itself; larger ones in
+    chunks, written before the reference exists, so a reference never points to nothing."""
+    ref: JSON = {"sha256": hashlib.sha256(data).hexdigest(), "chunks": 0, "prefix": prefix}
+    if len(data) <= INLINE_BYTES:
+        ref["data"] = _b64(data)
+        return ref
+    chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)]
+    for index, chunk in enumerate(chunks):
+        await storage.set_expiring(f"{prefix}:{index}", {"data": _b64(chunk)}, ttl_seconds)
+    ref["chunks"] = len(chunks)
+    return ref
+
+
+async def get_expiring_bytes(storage: Storage, ref: Mapping[str, Any]) -> bytes | None:
+    """The bytes behind a reference from :func:`put_expiring_bytes`; None once any part of
+    them has expired (or does not match its digest)."""
+    if ref.get("chunks"):
+        parts = []
+        for index in range(int(ref["chunks"])):
+            chunk = await storage.get_expiring(f"{ref['prefix']}:{index}")
+            if chunk is None:
+                return None
+            parts.append(base64.b64decode(chunk["data"]))
+        data = b"".join(parts)
+    else:
+        data = base64.b64decode(ref.get("data", ""))
+    return data if hashlib.sha256(data).hexdigest() == ref.get("sha256") else None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

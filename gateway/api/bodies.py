@@ -23,6 +23,9 @@ from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, Va
 CHUNK = 256 * 1024
 SPOOL_BYTES = 8 * 1024 * 1024
 _HEAD_BYTES = 1024  # where format checks look (a PDF header may sit anywhere in the first KiB)
+# The whole body, when a middleware read it already (idempotency fingerprints it): it is in
+# memory anyway, so spooling it to disk would only add a copy.
+BUFFERED_BODY = web.RequestKey("buffered_body", bytes)
 
 
 def body_limit(request: web.Request) -> int:
@@ -92,6 +95,11 @@ async def read_or_spool(
     Same limit and 413 as :func:`read_limited`; the caller closes a returned spool.
     """
     limit = check_declared_size(request, limit)
+    if BUFFERED_BODY in request:
+        buffered = request[BUFFERED_BODY]
+        if len(buffered) > limit:
+            raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+        return buffered
     spool_above = SPOOL_BYTES if spool_above is None else spool_above
     declared = request.content_length
     parts: list[bytes] = []

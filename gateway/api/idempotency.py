@@ -11,8 +11,10 @@ clients may use the same key without meeting). A request that carries ``Idempote
 3. runs the handler. A 2xx answer is stored for ``ttl_seconds``: status, the headers the
    handler set (Content-Type, Sealgate-Receipt, ...) and the body. Small bodies sit in the
    record; larger ones (sealed PDFs) in expiring chunks keyed by the record and the attempt,
-   written before the record that points to them. Not in blobs: blobs never expire, and the
-   gateway keeps no documents (DESIGN.md "State"). Any other outcome (4xx, 5xx, an exception)
+   written before the record that points to them (``storage.put_expiring_bytes``); an output
+   the sealing service stored with its commit already is pointed to, not stored twice. Not
+   in blobs: blobs never expire, and the gateway keeps no documents (DESIGN.md "State").
+   Any other outcome (4xx, 5xx, an exception)
    is not stored and the claim is released: nothing was done, so a retry with the same key
    runs again and may succeed once the cause is gone.
 
@@ -26,40 +28,43 @@ A request whose key is claimed already gets, when the claim holds
 
 The body of a keyed request is read whole before the handler runs, to fingerprint it and
 hand it back, so a keyed ``sign/cms`` holds its content in memory (up to
-``server.max_body_bytes``) where an unkeyed one streams it.
+``server.max_body_bytes``) where an unkeyed one streams it, and a keyed ``sign/pdf`` is
+sealed in memory where an unkeyed large one is spooled to disk.
 
-Limit: a worker killed after its commit but before it stored the answer leaves only its
-claim; once that expires, a retry runs again and the document is sealed a second time, with
-its own receipt and audit event. Closing that window would take storing the answer in the
-same atomic commit as the sealing receipt, inside every signing format.
+A worker killed after its sealing commit but before it stored the answer leaves only its
+claim; once that expires, a retry runs the handler again, and the sealing service hands back
+the sealing committed under the key instead of sealing a second time (seals/once.py): the
+middleware sets the request's :class:`IdempotencyScope` for that.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import math
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
 from gateway import metrics
 from gateway.api import problems
-from gateway.api.bodies import read_limited
+from gateway.api.bodies import BUFFERED_BODY, read_limited
 from gateway.api.context import CLIENT, SETTINGS, Handler, request_id, services
-from gateway.errors import (
-    Conflict,
-    IdempotencyConflict,
-    IdempotencyInProgress,
-    ValidationFailed,
-)
+from gateway.errors import IdempotencyConflict, IdempotencyInProgress, ValidationFailed
+from gateway.idempotency_scope import CURRENT_SCOPE, IdempotencyScope
+from gateway.seals.once import answer_lost
 from gateway.settings import IdempotencySettings
-from gateway.storage import JSON, BackendUnavailable, Storage
+from gateway.storage import (
+    JSON,
+    BackendUnavailable,
+    Storage,
+    get_expiring_bytes,
+    put_expiring_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +81,6 @@ IDEMPOTENT_ROUTES = frozenset({
 })
 """(method, route template) of every request that honours ``Idempotency-Key``."""
 
-INLINE_BODY_BYTES = 16 * 1024
-CHUNK_BYTES = 1024 * 1024
 IN_PROGRESS_RETRY_SECONDS = 1
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -122,11 +125,12 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         raise ValidationFailed.one(HEADER, "must be 1 to 255 visible ASCII characters")
     body = await read_limited(request)
     _put_back(request, body)
-    attempt = Attempt(
-        services(request).storage, request.app[SETTINGS].idempotency,
+    settings = request.app[SETTINGS].idempotency
+    scope = IdempotencyScope(
         record_key(caller.id, key), fingerprint(request.method, request.raw_path, caller.id, body),
+        uuid.uuid4().hex, settings.ttl_seconds,
     )
-    return await attempt.answer(request, handler)
+    return await Attempt(services(request).storage, settings, scope).answer(request, handler)
 
 
 @dataclass
@@ -135,9 +139,15 @@ class Attempt:
 
     storage: Storage
     settings: IdempotencySettings
-    key: str
-    fingerprint: str
-    attempt: str = field(default_factory=lambda: uuid.uuid4().hex)
+    scope: IdempotencyScope
+
+    @property
+    def key(self) -> str:
+        return self.scope.key
+
+    @property
+    def fingerprint(self) -> str:
+        return self.scope.fingerprint
 
     async def answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
@@ -172,13 +182,18 @@ class Attempt:
     async def _execute(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         stop = asyncio.Event()
         renewal = asyncio.create_task(self._renew(stop))
+        scoped = CURRENT_SCOPE.set(self.scope)
         try:
             response = await handler(request)
         except BaseException:
             await _finish(stop, renewal)
             await self._release()
             raise
+        finally:
+            CURRENT_SCOPE.reset(scoped)
         await _finish(stop, renewal)
+        if self.scope.recovered:
+            response.headers[REPLAYED_HEADER] = "true"
         answer = _storable(response)
         if answer is None:
             await self._release()
@@ -214,48 +229,31 @@ class Attempt:
             log.info("idempotency claim not released (it expires by itself): %s", exc)
 
     async def _store(self, status: int, headers: list[list[str]], body: bytes) -> None:
+        output = self.scope.output_ref
+        if output is None or output["sha256"] != hashlib.sha256(body).hexdigest():
+            # Not the sealed output stored with the commit (a JSON answer, say): store it.
+            output = await put_expiring_bytes(
+                self.storage, f"{self.key}:body:{self.scope.attempt}", body,
+                self.settings.ttl_seconds + _CHUNK_TTL_MARGIN_SECONDS)
         record: JSON = {
-            "state": "done", "fingerprint": self.fingerprint, "attempt": self.attempt,
-            "status": status, "headers": headers,
-            "body_sha256": hashlib.sha256(body).hexdigest(), "chunks": 0,
+            "state": "done", "fingerprint": self.fingerprint, "attempt": self.scope.attempt,
+            "status": status, "headers": headers, "body": output,
         }
-        if len(body) <= INLINE_BODY_BYTES:
-            record["body"] = _b64(body)
-        else:
-            chunks = [body[i:i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
-            for index, chunk in enumerate(chunks):
-                await self.storage.set_expiring(
-                    self._chunk_key(self.attempt, index), {"data": _b64(chunk)},
-                    self.settings.ttl_seconds + _CHUNK_TTL_MARGIN_SECONDS,
-                )
-            record["chunks"] = len(chunks)
         await self.storage.set_expiring(self.key, record, self.settings.ttl_seconds)
 
     # -- everyone else -----------------------------------------------------------------------
 
     async def _replay(self, record: JSON) -> web.Response:
-        if record.get("chunks"):
-            parts = []
-            for index in range(int(record["chunks"])):
-                chunk = await self.storage.get_expiring(
-                    self._chunk_key(str(record["attempt"]), index))
-                if chunk is None:
-                    raise _answer_lost()
-                parts.append(base64.b64decode(chunk["data"]))
-            body = b"".join(parts)
-        else:
-            body = base64.b64decode(record.get("body", ""))
-        if hashlib.sha256(body).hexdigest() != record.get("body_sha256"):
-            raise _answer_lost()
+        body = await get_expiring_bytes(self.storage, record["body"])
+        if body is None:
+            raise answer_lost()
         headers = CIMultiDict((str(name), str(value)) for name, value in record["headers"])
         headers[REPLAYED_HEADER] = "true"
         return web.Response(status=int(record["status"]), body=body, headers=headers)
 
     def _running(self) -> JSON:
-        return {"state": "running", "fingerprint": self.fingerprint, "attempt": self.attempt}
-
-    def _chunk_key(self, attempt: str, index: int) -> str:
-        return f"{self.key}:body:{attempt}:{index}"
+        return {"state": "running", "fingerprint": self.fingerprint,
+                "attempt": self.scope.attempt}
 
 
 def _storable(response: web.StreamResponse) -> tuple[int, list[list[str]], bytes] | None:
@@ -266,7 +264,7 @@ def _storable(response: web.StreamResponse) -> tuple[int, list[list[str]], bytes
     if not isinstance(body, bytes | bytearray):
         return None  # a streamed payload cannot be replayed
     headers = [[name, value] for name, value in response.headers.items()
-               if name.lower() not in _TRANSPORT_HEADERS]
+               if name.lower() not in _TRANSPORT_HEADERS and name != REPLAYED_HEADER]
     return response.status, headers, bytes(body)
 
 
@@ -287,13 +285,6 @@ def _in_progress(request: web.Request) -> web.Response:
     return response
 
 
-def _answer_lost() -> Conflict:
-    return Conflict(
-        f"the stored answer for this {HEADER} is no longer complete; send the request with a "
-        "new key", type_slug="idempotency-answer-lost",
-    )
-
-
 def _put_back(request: web.Request, body: bytes) -> None:
     """Give the handler the body again: it was read here to fingerprint it.
 
@@ -309,7 +300,4 @@ def _put_back(request: web.Request, body: bytes) -> None:
     reader.feed_eof()
     request._payload = reader
     request._cache.pop("content", None)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    request[BUFFERED_BODY] = body

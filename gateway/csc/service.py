@@ -192,7 +192,7 @@ class CscService:
             return await self._sealing.sign_digests(client, ctx, FORMAT, hash_name, digests)
 
         try:
-            result = await self._sealing.measured(FORMAT, run)
+            result = await self._sealing.measured(FORMAT, run, DigestSignatures.from_outcome)
         except (NotFound, Forbidden):
             raise CscRequestError("Invalid parameter credentialID") from None
         except SealMaySignNot as exc:

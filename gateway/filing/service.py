@@ -32,6 +32,7 @@ from gateway.errors import (
 from gateway.filing import states
 from gateway.filing.adapters import AuthorityRefused, AuthorityUnavailable, Decision, FilingAdapter
 from gateway.filing.receipts import build_receipt, receipt_number, receipt_write
+from gateway.idempotency_scope import CURRENT_SCOPE
 from gateway.identifiers import mask_id_number, validate_resident_id
 from gateway.keys.platform import PlatformSigner
 from gateway.keys.registry import KEY
@@ -180,8 +181,17 @@ class FilingService:
     # -- submission -------------------------------------------------------------------------
 
     async def submit(self, filing_id: str, actor: str) -> dict[str, Any]:
-        """draft → submitted (seal → pending status), then hand it to the authority."""
+        """draft → submitted (seal → pending status), then hand it to the authority.
+
+        A keyed retry of a submission that was committed but never answered (its worker was
+        killed) finishes the hand-over instead of failing on the status.
+        """
         record = await self._record(filing_id)
+        scope = CURRENT_SCOPE.get()
+        keyed = scope.request_id() if scope is not None else None
+        if scope is not None and keyed == record.data.get("submitted_by_request"):
+            scope.recovered = True
+            return await self._hand_over(filing_id)
         self._require_status(record, states.FilingStatus.DRAFT)
         filing = record.data
         if filing["action"] == states.FilingAction.NEW:
@@ -203,6 +213,7 @@ class FilingService:
             "status": states.FilingStatus.SUBMITTED.value,
             "submitted_at": isoformat(now),
             "seal_status_before": seal.data["status"],
+            "submitted_by_request": keyed,
         }
         writes = [Write(FILING, filing_id, record.version, data)]
         seal_changes: dict[str, Any] = {}
@@ -476,7 +487,7 @@ def public_view(filing: Mapping[str, Any]) -> dict[str, Any]:
         **{
             k: v
             for k, v in filing.items()
-            if k not in ("legal_representative", "seal_status_before")
+            if k not in ("legal_representative", "seal_status_before", "submitted_by_request")
         },
         "legal_representative": {"name": legal["name"], "id_number": legal["id_number_masked"]},
     }

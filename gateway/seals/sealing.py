@@ -2,6 +2,7 @@
 
 grant check → ``may_sign`` → format-specific signing (HSM thread for the key, worker threads
 for document CPU work) → one atomic commit of the sealing receipt and its audit event.
+A request under an idempotency key signs at most once per key (seals/once.py).
 What does not change per document — the seal's key material and its image — is cached per
 process, keyed so that a new certificate or image can never hit a stale entry.
 """
@@ -9,8 +10,10 @@ process, keyed so that a new certificate or image can never hit a stale entry.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -24,7 +27,9 @@ from gateway.auth import ApiClient
 from gateway.clock import isoformat, utcnow
 from gateway.errors import Forbidden, NotFound, Overloaded, SealGateError, ValidationFailed
 from gateway.hsm import Hsm, KeyAlgorithm
+from gateway.idempotency_scope import CURRENT_SCOPE, IdempotencyScope
 from gateway.keys.registry import certificate_chain, reserve_signatures
+from gateway.seals.once import Outcome, SignedOnce
 from gateway.seals.registry import SealRegistry
 from gateway.settings import Settings
 from gateway.signing import PdfSealer, PdfSealOptions, SealKey, SignatureLevel
@@ -35,7 +40,7 @@ from gateway.signing.digests import (
     signature_scheme,
 )
 from gateway.signing.ltv import LongTermSigning
-from gateway.storage import Storage, Write
+from gateway.storage import StaleWrite, Storage, Write
 
 SEALING_RECEIPT = "sealing_receipt"
 T = TypeVar("T")
@@ -46,6 +51,10 @@ class SealingResult:
     output: bytes
     receipt_id: str
 
+    @classmethod
+    def from_outcome(cls, outcome: Outcome) -> SealingResult:
+        return cls(outcome.output, outcome.receipt_id)
+
 
 @dataclass(frozen=True)
 class DigestSignatures:
@@ -55,6 +64,22 @@ class DigestSignatures:
     signature_algorithm: str  # OID
     certificate_chain: tuple[bytes, ...]  # DER, leaf first
     receipt_id: str
+
+    def output(self) -> bytes:
+        """Everything but the receipt id, as the bytes an idempotent retry gets back."""
+        return json.dumps({
+            "signatures": [_b64(s) for s in self.signatures],
+            "signature_algorithm": self.signature_algorithm,
+            "certificate_chain": [_b64(c) for c in self.certificate_chain],
+        }).encode()
+
+    @classmethod
+    def from_outcome(cls, outcome: Outcome) -> DigestSignatures:
+        data = json.loads(outcome.output)
+        return cls(
+            [base64.b64decode(s) for s in data["signatures"]], data["signature_algorithm"],
+            tuple(base64.b64decode(c) for c in data["certificate_chain"]), outcome.receipt_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,7 @@ class SealingService:
         self._hsm = hsm
         self._seals = seals
         self._audit = audit
+        self._once = SignedOnce(storage)
         # One thread per process for document CPU work: pyHanko holds the GIL, so more
         # threads add no parallelism, only contention with the event loop (every syscall it
         # makes would wait up to a switch interval for the GIL). Processes scale it.
@@ -107,11 +133,12 @@ class SealingService:
             receipt_id = await self.record(
                 client, ctx, "pdf", hashlib.sha256(document).hexdigest(),
                 hashlib.sha256(sealed).hexdigest(), {"level": str(options.level)},
+                output=sealed,
             )
             return SealingResult(sealed, receipt_id)
 
         metrics.DOCUMENT_BYTES.labels("pdf").observe(len(document))
-        return await self.measured("pdf", run)
+        return await self.measured("pdf", run, SealingResult.from_outcome)
 
     async def seal_pdf_file(
         self, client: ApiClient, seal_id: str, file: BinaryIO, size: int,
@@ -162,11 +189,11 @@ class SealingService:
             signature = await self._cms.sign(key, digest.digest(key.hash_name), parsed)
             receipt_id = await self.record(
                 client, ctx, "cms", digest.sha256_hex, hashlib.sha256(signature).hexdigest(),
-                {"level": str(parsed), "content_bytes": digest.size},
+                {"level": str(parsed), "content_bytes": digest.size}, output=signature,
             )
             return SealingResult(signature, receipt_id)
 
-        return await self.measured("cms", run)
+        return await self.measured("cms", run, SealingResult.from_outcome)
 
     async def sign_hashes(
         self, client: ApiClient, seal_id: str, hash_name: str, digests: Sequence[bytes]
@@ -177,7 +204,7 @@ class SealingService:
             ctx = await self.context(client, seal_id, "hash", len(digests))
             return await self.sign_digests(client, ctx, "hash", hash_name, digests)
 
-        return await self.measured("hash", run)
+        return await self.measured("hash", run, DigestSignatures.from_outcome)
 
     async def sign_digests(
         self, client: ApiClient, ctx: SealContext, fmt: str, hash_name: str,
@@ -192,21 +219,43 @@ class SealingService:
         signatures = await self._hsm.sign_digests(
             key.key_id, key.algorithm, digests, hash_name, signature_scheme(key.algorithm))
         oid = signature_algorithm_oid(key.algorithm, hash_name)
+        chain = tuple(c.dump() for c in (key.certificate, *key.chain))
+        unnamed = DigestSignatures(signatures, oid, chain, receipt_id="")
         receipt_id = await self.record(
             client, ctx, fmt, hashlib.sha256(batch_fingerprint(digests)).hexdigest(),
             hashlib.sha256(batch_fingerprint(signatures)).hexdigest(),
             {"hash_algorithm": hash_name, "signature_algorithm": oid, "count": len(digests)},
-            [d.hex() for d in digests],
+            [d.hex() for d in digests], output=unnamed.output(),
         )
-        chain = tuple(c.dump() for c in (key.certificate, *key.chain))
         return DigestSignatures(signatures, oid, chain, receipt_id)
 
-    async def measured(self, fmt: str, run: Callable[[], Awaitable[T]]) -> T:
-        """Bound the operations in flight, time them, and count outcomes by reason."""
+    async def measured(
+        self, fmt: str, run: Callable[[], Awaitable[T]],
+        recover: Callable[[Outcome], T] | None = None,
+    ) -> T:
+        """Bound the operations in flight, time them, and count outcomes by reason.
+
+        Under an idempotency key, ``recover`` turns the sealing committed under that key
+        before (by a worker that died before answering) into this request's result, and
+        ``run`` is not called: what was signed once is not signed again.
+        """
+        scope = CURRENT_SCOPE.get()
         started = time.perf_counter()
         try:
+            if scope is not None and recover is not None:
+                previous = await self._once.previous(scope)
+                if previous is not None:
+                    return _recovered(scope, recover, previous)
             async with self._slot():
                 result = await run()
+        except StaleWrite:
+            # A duplicate committed under the same key first (see seals/once.py).
+            if scope is None or recover is None:
+                raise
+            previous = await self._once.previous(scope)
+            if previous is None:
+                raise
+            return _recovered(scope, recover, previous)
         except SealGateError as exc:
             metrics.SIGNING_ERRORS.labels(fmt, exc.type_slug).inc()
             raise
@@ -217,9 +266,14 @@ class SealingService:
     async def record(
         self, client: ApiClient, ctx: SealContext, fmt: str, digest_before: str,
         digest_after: str, details: Mapping[str, Any] | None = None,
-        digests: Sequence[str] = (),
+        digests: Sequence[str] = (), *, output: bytes | None = None,
     ) -> str:
-        """Commit the sealing receipt and its audit event together; return the receipt id."""
+        """Commit the sealing receipt and its audit event together; return the receipt id.
+
+        ``output`` is what the client gets back, kept for an idempotent retry under the
+        request's key (seals/once.py); a spooled document, which is never under a key, has
+        none.
+        """
         receipt_id = str(uuid.uuid4())
         certificate = ctx.key.get("certificate") or {}
         receipt = {
@@ -235,8 +289,12 @@ class SealingService:
         def with_sequence(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             return {**receipt, "audit_seq": events[0]["seq"]}
 
+        writes = [Write(SEALING_RECEIPT, receipt_id, 0, with_sequence)]
+        scope = CURRENT_SCOPE.get()
+        if scope is not None and output is not None:
+            writes.append(await self._once.write(scope, receipt_id, output))
         await self._audit.commit(
-            [Write(SEALING_RECEIPT, receipt_id, 0, with_sequence)],
+            writes,
             [self._audit.event_sealer(
                 client.name, "seal.signed", f"seal/{ctx.seal['id']}",
                 {"format": fmt, "sealing_receipt": receipt_id, "document_sha256": digest_before,
@@ -284,9 +342,21 @@ class SealingService:
         return found
 
 
+def _recovered(
+    scope: IdempotencyScope, recover: Callable[[Outcome], T], previous: Outcome
+) -> T:
+    scope.recovered = True
+    metrics.IDEMPOTENT_REQUESTS.labels("recovered").inc()
+    return recover(previous)
+
+
 def _digest_from(digest: hashlib._Hash, file: BinaryIO, offset: int) -> str:
     """``digest`` continued with the bytes of ``file`` from ``offset`` on, in hex."""
     file.seek(offset)
     while chunk := file.read(1024 * 1024):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -13,11 +13,15 @@ from typing import Any
 
 import pytest
 
-from gateway.api import idempotency
+from gateway import storage
+from gateway.api import bodies
 from gateway.api.idempotency import IDEMPOTENT_ROUTES, fingerprint, record_key
 from gateway.hsm import Hsm, KeyAlgorithm
+from gateway.idempotency_scope import CURRENT_SCOPE, IdempotencyScope
 from gateway.pki.devca import DevCA
+from gateway.seals.once import SIGNED_ONCE
 from gateway.settings import Settings
+from gateway.signing import PdfSealOptions
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, World
 from tests.api.test_sign_pdf import assert_problem, sign_path
 from tests.conftest import on_redis
@@ -161,8 +165,8 @@ async def test_errors_are_not_stored_so_a_retry_runs_again(world: World) -> None
     assert "Idempotent-Replayed" not in retry.headers
 
 
-async def test_filing_submit_retry_returns_the_same_202(world: World) -> None:
-    """Submitting a filing twice with one key answers 202 twice and submits once."""
+async def submittable_filing(world: World) -> tuple[str, dict[str, str]]:
+    """A draft filing with its materials, and the headers of a filer."""
     seal = await world.draft_seal()
     filer, headers = await world.client("filer")
     filing = await world.services.filings.create(
@@ -171,14 +175,39 @@ async def test_filing_submit_retry_returns_the_same_202(world: World) -> None:
     image = await world.services.seals.image(seal["id"])
     for kind in ("business_license", "legal_rep_id", "seal_impression"):
         await world.services.filings.put_material(filing["id"], kind, image, filer.name)
-    path = f"/v1/filings/{filing['id']}/submit"
+    return f"/v1/filings/{filing['id']}/submit", headers
+
+
+async def test_filing_submit_retry_returns_the_same_202(world: World) -> None:
+    """Submitting a filing twice with one key answers 202 twice and submits once."""
+    path, headers = await submittable_filing(world)
     first = await world.http.post(path, headers={**headers, "Idempotency-Key": "submit-1"})
     assert first.status == 202, await first.text()
+    assert "submitted_by_request" not in await first.json()
     retry = await world.http.post(path, headers={**headers, "Idempotency-Key": "submit-1"})
     assert retry.status == 202
     assert await retry.read() == await first.read()
     unkeyed = await world.http.post(path, headers=headers)
     await assert_problem(unkeyed, 409, "invalid-transition")
+    assert len(await events(world, "filing.submitted")) == 1
+
+
+async def test_a_submission_whose_answer_was_lost_is_finished_not_refused(
+    world: World,
+) -> None:
+    """A submission committed by a worker that died before answering: the keyed retry gets
+    202 and the filing, not a 409 for a filing no longer in draft; it is submitted once."""
+    path, headers = await submittable_filing(world)
+    keyed_headers = {**headers, "Idempotency-Key": "submit-lost"}
+    first = await world.http.post(path, headers=keyed_headers)
+    assert first.status == 202, await first.text()
+    await forget_answer(world, headers, "submit-lost")
+    retry = await world.http.post(path, headers=keyed_headers)
+    assert retry.status == 202, await retry.text()
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert (await retry.json())["id"] == (await first.json())["id"]
+    other_key = await world.http.post(path, headers={**headers, "Idempotency-Key": "another"})
+    await assert_problem(other_key, 409, "invalid-transition")
     assert len(await events(world, "filing.submitted")) == 1
 
 
@@ -234,7 +263,7 @@ async def test_large_answers_replay_from_chunks(
     signer_world: SignerWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An answer larger than a chunk is stored in pieces and replayed whole."""
-    monkeypatch.setattr(idempotency, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 4096)
     world, seal, headers = signer_world
     document = one_page_pdf()
     first = await world.http.post(sign_path(seal["id"]), data=document,
@@ -244,10 +273,100 @@ async def test_large_answers_replay_from_chunks(
     signer = await world.services.clients.authenticate(headers["Authorization"].split()[1])
     assert signer is not None
     record = await world.services.storage.get_expiring(record_key(signer.id, "big"))
-    assert record is not None and record["chunks"] == -(-len(sealed) // 4096)
+    assert record is not None and record["body"]["chunks"] == -(-len(sealed) // 4096)
     retry = await world.http.post(sign_path(seal["id"]), data=document,
                                   headers=keyed(headers, "big"))
     assert await retry.read() == sealed
+
+
+async def forget_answer(world: World, headers: dict[str, str], key: str) -> None:
+    """Leave storage as a worker killed after its sealing commit leaves it: the sealing and
+    its output committed, no answer stored for the key and no claim on it."""
+    client = await world.services.clients.authenticate(headers["Authorization"].split()[1])
+    assert client is not None
+    await world.services.storage.set_expiring(record_key(client.id, key), {"state": "released"},
+                                              0.001)
+    await asyncio.sleep(0.01)
+
+
+SEAL_REQUESTS = {
+    "pdf": lambda: {"data": one_page_pdf(), "headers": PDF},
+    "cms": lambda: {"data": b"any content", "headers": {"Content-Type": "text/plain"}},
+    "hash": lambda: {"json": {"hash_algorithm": "sha256", "hashes": [
+        base64.b64encode(hashlib.sha256(b"one").digest()).decode(),
+        base64.b64encode(hashlib.sha256(b"two").digest()).decode(),
+    ]}},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(SEAL_REQUESTS))
+async def test_a_sealing_whose_answer_was_lost_is_handed_back_not_signed_again(
+    world: World, fmt: str
+) -> None:
+    """A worker killed between its commit and storing the answer: the retry gets the sealing
+    that was committed (same bytes, same receipt), and nothing is signed a second time."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    _, headers = await world.client("signer", [seal["id"]])
+    request = SEAL_REQUESTS[fmt]()
+    path = f"/v1/seals/{seal['id']}/sign/{fmt}"
+    sent = {**request, "headers": {**headers, **request.get("headers", {}),
+                                   "Idempotency-Key": f"lost-{fmt}"}}
+    first = await world.http.post(path, **sent)
+    assert first.status == 200, await first.text()
+    await forget_answer(world, headers, f"lost-{fmt}")
+    retry = await world.http.post(path, **sent)
+    assert retry.status == 200, await retry.text()
+    # ECDSA signs differently every time: equal bytes can only be the first signature.
+    assert await retry.read() == await first.read()
+    assert retry.headers["Sealgate-Receipt"] == first.headers["Sealgate-Receipt"]
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert len(await events(world, "seal.signed")) == 1
+    # From now on the answer is stored again and replayed as usual.
+    again = await world.http.post(path, **sent)
+    assert await again.read() == await first.read()
+    assert len(await events(world, "seal.signed")) == 1
+
+
+async def test_duplicates_past_their_claims_commit_once(signer_world: SignerWorld) -> None:
+    """Two runs under one key that both got past the claim (a worker paused beyond
+    lock_seconds) both sign, but only the first commits; the other hands back its result."""
+    world, seal, headers = signer_world
+    signer = await world.services.clients.authenticate(headers["Authorization"].split()[1])
+    assert signer is not None
+    document = one_page_pdf()
+    key = record_key(signer.id, "paused")
+    same = fingerprint("POST", sign_path(seal["id"]), signer.id, document)
+
+    async def run(attempt: str) -> tuple[bytes, str]:
+        CURRENT_SCOPE.set(IdempotencyScope(key, same, attempt, 60.0))
+        result = await world.services.sealing.seal_pdf(
+            signer, seal["id"], document, PdfSealOptions())
+        return result.output, result.receipt_id
+
+    # Each task has its own copy of the context, so each run has its own scope.
+    answers = await asyncio.gather(run("one"), run("two"))
+    assert answers[0] == answers[1]
+    assert len(await events(world, "seal.signed")) == 1
+    record = await world.services.storage.get(SIGNED_ONCE, key)
+    assert record is not None and record.data["receipt_id"] == answers[0][1]
+
+
+async def test_a_key_past_its_ttl_signs_afresh(settings: Settings, hsm: Hsm, dev_ca: DevCA) -> None:
+    """Once answer and sealing under a key are forgotten (ttl_seconds), the key is free again."""
+    async with World.running(with_idempotency(settings, ttl_seconds=0.5), hsm, dev_ca) as world:
+        seal = await world.active_seal()
+        _, headers = await world.client("signer", [seal["id"]])
+        document = one_page_pdf()
+        first = await world.http.post(sign_path(seal["id"]), data=document,
+                                      headers=keyed(headers, "daily"))
+        assert first.status == 200, await first.text()
+        await asyncio.sleep(0.7)
+        later = await world.http.post(sign_path(seal["id"]), data=document,
+                                      headers=keyed(headers, "daily"))
+        assert later.status == 200, await later.text()
+        assert later.headers["Sealgate-Receipt"] != first.headers["Sealgate-Receipt"]
+        assert "Idempotent-Replayed" not in later.headers
+        assert len(await events(world, "seal.signed")) == 2
 
 
 async def test_every_signing_route_honours_the_key(world: World) -> None:
@@ -293,3 +412,22 @@ async def test_a_retry_through_another_instance_replays_the_answer(
                                        headers=keyed(headers, "cross"))
         await assert_problem(reused, 409, "idempotency-key-reused")
         assert len(await events(one, "seal.signed")) == 1
+
+
+async def test_a_keyed_document_above_the_spool_size_replays(
+    signer_world: SignerWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyed body is in memory already, so it is sealed there rather than spooled, and its
+    answer can be stored and replayed like any other."""
+    monkeypatch.setattr(bodies, "SPOOL_BYTES", 512)
+    world, seal, headers = signer_world
+    document = one_page_pdf()
+    assert len(document) > 512
+    first = await world.http.post(sign_path(seal["id"]), data=document,
+                                  headers=keyed(headers, "large"))
+    assert first.status == 200, await first.text()
+    retry = await world.http.post(sign_path(seal["id"]), data=document,
+                                  headers=keyed(headers, "large"))
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert await retry.read() == await first.read()
+    assert len(await events(world, "seal.signed")) == 1
