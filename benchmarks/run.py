@@ -474,8 +474,10 @@ def why_missed(missed: Ratio, results: dict[str, Any], raw_cpu: dict[str, float]
         return (f"{by}. At its peak (c={best['concurrency']}) the workers spent {worker:.3f} ms "
                 f"of CPU per signature against {raw:.3f} ms for a raw C_Sign "
                 f"({worker / raw:.1f}x): each request also pays, in Python, HTTP parsing and "
-                f"answering, authentication, the rate-limit bucket, the audit commit and the "
-                f"hops to the HSM and SQLite threads; the load generator took {client:.3f} ms "
+                f"answering, authentication and the seal's checks (storage reads), the "
+                f"rate-limit bucket, the sealing receipt and audit event (a durable commit on "
+                f"the SQLite thread) and, for a batch, the hop to the HSM thread; the load "
+                f"generator took {client:.3f} ms "
                 f"per request on the same cores; the machine had "
                 f"{best['machine']['cores_busy']} cores busy (load average "
                 f"{best['machine']['load_average'][0]}, other users included).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -35,7 +36,7 @@ from gateway.seals.policy import effective_status
 from gateway.seals.registry import SEAL
 from gateway.services import Services, close_services, open_services
 from gateway.settings import Settings
-from gateway.storage import BackendUnavailable
+from gateway.storage import BackendUnavailable, hold_lease
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,23 @@ def create_app(
     return app
 
 
+POLLER_LEASE = "lease:filing-poller"
+
+
 async def _poll_filings(services: Services) -> None:
-    """Hand pending filings to remote authorities and collect their decisions."""
+    """Hand pending filings to remote authorities and collect their decisions.
+
+    Every worker of every instance runs this loop, but only the holder of the poller lease
+    polls, so that N workers do not ask the authorities N times; when the holder dies, the
+    lease lapses after three intervals and another worker takes over.
+    """
     interval = services.settings.filing.poll_interval_seconds
+    holder = uuid.uuid4().hex
     while True:
         await asyncio.sleep(interval)
         try:
-            await services.filings.process_pending()
+            if await hold_lease(services.storage, POLLER_LEASE, holder, 3 * interval):
+                await services.filings.process_pending()
         except Exception:  # the poller must outlive any one failure (storage down, ...)
             log.exception("filing poller failed; retrying in %.1f s", interval)
 

@@ -84,6 +84,9 @@ class HsmSettings:
     softhsm_conf: str = path_field("")
     operation_timeout_seconds: float = 10.0
     retry_interval_seconds: float = 1.0
+    # "auto": single signatures run on the calling thread when the module is SoftHSM (local
+    # CPU work), never for another module (a network HSM's calls wait on the network).
+    inline_signing: str = "auto"
 
 
 @dataclass(frozen=True)

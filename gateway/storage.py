@@ -214,3 +214,21 @@ async def get_expiring_bytes(storage: Storage, ref: Mapping[str, Any]) -> bytes 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+async def hold_lease(storage: Storage, key: str, holder: str, ttl_seconds: float) -> bool:
+    """Take or renew the lease ``key`` for ``holder``; False while another holder has it.
+
+    For work that one process of a deployment should do at a time (the filing poller). A lease
+    lapses ``ttl_seconds`` after its holder last renewed it, so a dead holder's work is taken
+    over. Not a lock: in a rare race (the lease lapses between the read and the renewal) two
+    holders may both run for one round, so the work guarded must be safe to repeat.
+    """
+    value: JSON = {"holder": holder}
+    if await storage.put_expiring(key, value, ttl_seconds):
+        return True
+    current = await storage.get_expiring(key)
+    if current is None or current.get("holder") != holder:
+        return False
+    await storage.set_expiring(key, value, ttl_seconds)
+    return True

@@ -19,10 +19,13 @@ durable; under load the ``fsync`` is simply shared. Token-bucket updates commit 
 a few tokens to a bucket, and the next durable commit makes them durable too (WAL order).
 
 Single-record reads (:meth:`get`, :meth:`get_expiring`), several per signing request, do not
-hop to that thread: they run on the caller's thread on a read-only connection of their own.
-A WAL reader never waits for a writer and sees every transaction committed before it began,
-so such a read takes a few microseconds where the hop alone costs tens. Should that
-connection ever be busy (WAL recovery after a crash), the read falls back to the thread.
+hop to that thread: they run on the caller's thread on a connection of their own. A WAL
+reader never waits for a writer and sees every transaction committed before it began, so
+such a read takes a few microseconds where the hop alone costs tens. Should that connection
+ever be busy (WAL recovery after a crash), the read falls back to the thread. The token
+bucket, one small write per request, is tried there too: when the write lock is free at that
+moment it is taken and released within tens of microseconds, without an ``fsync``; when
+another writer holds it, the update goes to the thread, which waits its turn.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.hookspecs import hookimpl
+from gateway.serial_thread import SerialThread
 from gateway.settings import Settings
 from gateway.storage import (
     GENESIS_HASH,
@@ -106,7 +109,7 @@ class SqliteStorage:
     def __init__(self, path: str | Path, timeout_seconds: float = 2.0) -> None:
         self.path = Path(path)
         self.timeout_seconds = timeout_seconds
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = SerialThread("sqlite")
         self._db: sqlite3.Connection | None = None
         self._queued: list[_QueuedCommit] = []
         self._writer: asyncio.Task[None] | None = None
@@ -116,19 +119,21 @@ class SqliteStorage:
     # -- life cycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._thread.start()
         await self._run(self._connect)
         if self._reader is None:
             # After _connect: the schema exists. Owned by the thread that opens the backend.
             reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
-            reader.execute("PRAGMA query_only = 1")
-            # Never wait on the caller's thread (an event loop): a busy read goes to the thread.
+            # Never wait on the caller's thread (an event loop): busy work goes to the thread.
             reader.execute("PRAGMA busy_timeout = 0")
+            # Its only writes are token buckets (see the module docstring); checkpoints, which
+            # may take a while, are left to the thread's connection.
+            reader.execute("PRAGMA synchronous = NORMAL")
+            reader.execute("PRAGMA wal_autocheckpoint = 0")
             self._reader, self._reader_thread = reader, threading.get_ident()
 
     async def close(self) -> None:
-        if self._executor is None:
+        if not self._thread.running:
             return
         reader, self._reader = self._reader, None
         if reader is not None and threading.get_ident() == self._reader_thread:
@@ -136,8 +141,7 @@ class SqliteStorage:
         try:
             await self._run(self._disconnect)
         finally:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            await self._thread.stop()
 
     async def ping(self) -> None:
         await self._run(lambda: self._conn().execute("SELECT max(seq) FROM events").fetchall())
@@ -184,7 +188,7 @@ class SqliteStorage:
         self, writes: Sequence[Write], events: Sequence[EventSealer] = ()
     ) -> CommitResult:
         check_writes(writes)
-        if self._executor is None:
+        if not self._thread.running:
             raise BackendUnavailable("the SQLite backend is not open")
         done: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         self._queued.append(_QueuedCommit(tuple(writes), tuple(events), done))
@@ -295,28 +299,41 @@ class SqliteStorage:
         if rate <= 0 or burst < 1:
             raise ValueError("a token bucket needs rate > 0 and burst >= 1")
 
-        def take() -> float:
-            with self._transaction(durable=False) as db:
-                row = db.execute(
-                    "SELECT tokens, updated FROM token_buckets WHERE bucket = ?", (bucket,)
-                ).fetchone()
-                tokens, updated = row if row else (float(burst), now)
-                # Clocks of several processes disagree a little; never refill backwards.
-                tokens = min(float(burst), tokens + max(0.0, now - updated) * rate)
-                wait = 0.0
-                if tokens >= 1:
-                    tokens -= 1
-                else:
-                    wait = (1 - tokens) / rate
-                db.execute(
-                    "INSERT INTO token_buckets (bucket, tokens, updated) VALUES (?, ?, ?) "
-                    "ON CONFLICT (bucket) DO UPDATE SET tokens = excluded.tokens, "
-                    "updated = excluded.updated",
-                    (bucket, tokens, max(now, updated)),
-                )
-                return wait
+        def take(db: sqlite3.Connection) -> float:
+            row = db.execute(
+                "SELECT tokens, updated FROM token_buckets WHERE bucket = ?", (bucket,)
+            ).fetchone()
+            tokens, updated = row if row else (float(burst), now)
+            # Clocks of several processes disagree a little; never refill backwards.
+            tokens = min(float(burst), tokens + max(0.0, now - updated) * rate)
+            wait = 0.0
+            if tokens >= 1:
+                tokens -= 1
+            else:
+                wait = (1 - tokens) / rate
+            db.execute(
+                "INSERT INTO token_buckets (bucket, tokens, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (bucket) DO UPDATE SET tokens = excluded.tokens, "
+                "updated = excluded.updated",
+                (bucket, tokens, max(now, updated)),
+            )
+            return wait
 
-        return await self._run(take)
+        local = self._local_connection()
+        if local is not None:
+            try:
+                with _write_transaction(local) as db:
+                    return take(db)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _OUTAGE_CODES:
+                    raise
+                # Busy: another writer holds the lock; the thread waits for it instead.
+
+        def take_on_thread() -> float:
+            with self._transaction(durable=False) as db:
+                return take(db)
+
+        return await self._run(take_on_thread)
 
     # -- on the database thread --------------------------------------------------------------
 
@@ -354,7 +371,7 @@ class SqliteStorage:
 
     @contextmanager
     def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds SQLite's write lock from its first statement.
+        """A write transaction on the thread's connection (see :func:`_write_transaction`).
 
         ``durable=False`` commits without waiting for the disk (see the module docstring).
         """
@@ -362,14 +379,8 @@ class SqliteStorage:
         if not durable:
             db.execute("PRAGMA synchronous = NORMAL")
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(db):
                 yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
         finally:
             if not durable:
                 db.execute("PRAGMA synchronous = FULL")
@@ -446,10 +457,15 @@ class SqliteStorage:
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    def _local_connection(self) -> sqlite3.Connection | None:
+        """The caller's-thread connection, when the caller is the thread that owns it."""
+        reader = self._reader
+        return reader if threading.get_ident() == self._reader_thread else None
+
     async def _read_one(self, sql: str, args: Sequence[Any]) -> Any:
         """The first row of a point query, read on this thread when the reader can serve."""
-        reader = self._reader
-        if reader is not None and threading.get_ident() == self._reader_thread:
+        reader = self._local_connection()
+        if reader is not None:
             try:
                 return reader.execute(sql, args).fetchone()
             except sqlite3.OperationalError as exc:
@@ -462,11 +478,10 @@ class SqliteStorage:
         return await self._run(lambda: self._conn().execute(sql, args).fetchall())
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
+        if not self._thread.running:
             raise BackendUnavailable("the SQLite backend is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, partial(_translated, fn, *args, timeout=self.timeout_seconds))
+        return await self._thread.call(
+            partial(_translated, fn, *args, timeout=self.timeout_seconds))
 
 
 def _translated(fn: Callable[..., T], *args: Any, timeout: float) -> T:
@@ -483,6 +498,19 @@ def _translated(fn: Callable[..., T], *args: Any, timeout: float) -> T:
             if code in _OUTAGE_CODES:
                 raise BackendUnavailable(f"SQLite: {exc.sqlite_errorname}") from exc
             raise
+
+
+@contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that holds SQLite's write lock from its first statement."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _purge_expired(db: sqlite3.Connection, now: float) -> None:

@@ -84,6 +84,7 @@ class Hsm:
             "sign",
             lambda s: _sign(self._key(s, key_id, ObjectClass.PRIVATE_KEY),
                             algorithm, digest, hash_name, scheme),
+            short=True,
         )
 
     async def sign_digests(
@@ -96,7 +97,7 @@ class Hsm:
             key = self._key(session, key_id, ObjectClass.PRIVATE_KEY)
             return [_sign(key, algorithm, d, hash_name, scheme) for d in digests]
 
-        return await self.token.run("sign", sign_all)
+        return await self.token.run("sign", sign_all, short=len(digests) == 1)
 
     async def key_attributes(self, key_id: bytes) -> dict[str, bool]:
         """The protection attributes of the private key, for audits and tests."""

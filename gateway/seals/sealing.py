@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -219,15 +220,14 @@ class SealingService:
         signatures = await self._hsm.sign_digests(
             key.key_id, key.algorithm, digests, hash_name, signature_scheme(key.algorithm))
         oid = signature_algorithm_oid(key.algorithm, hash_name)
-        chain = tuple(c.dump() for c in (key.certificate, *key.chain))
-        unnamed = DigestSignatures(signatures, oid, chain, receipt_id="")
+        unnamed = DigestSignatures(signatures, oid, key.chain_der, receipt_id="")
         receipt_id = await self.record(
             client, ctx, fmt, hashlib.sha256(batch_fingerprint(digests)).hexdigest(),
             hashlib.sha256(batch_fingerprint(signatures)).hexdigest(),
             {"hash_algorithm": hash_name, "signature_algorithm": oid, "count": len(digests)},
-            [d.hex() for d in digests], output=unnamed.output(),
+            [d.hex() for d in digests], output=unnamed.output,
         )
-        return DigestSignatures(signatures, oid, chain, receipt_id)
+        return dataclasses.replace(unnamed, receipt_id=receipt_id)
 
     async def measured(
         self, fmt: str, run: Callable[[], Awaitable[T]],
@@ -266,13 +266,13 @@ class SealingService:
     async def record(
         self, client: ApiClient, ctx: SealContext, fmt: str, digest_before: str,
         digest_after: str, details: Mapping[str, Any] | None = None,
-        digests: Sequence[str] = (), *, output: bytes | None = None,
+        digests: Sequence[str] = (), *, output: bytes | Callable[[], bytes] | None = None,
     ) -> str:
         """Commit the sealing receipt and its audit event together; return the receipt id.
 
-        ``output`` is what the client gets back, kept for an idempotent retry under the
-        request's key (seals/once.py); a spooled document, which is never under a key, has
-        none.
+        ``output`` is what the client gets back (or a function making it, called only when
+        needed), kept for an idempotent retry under the request's key (seals/once.py); a
+        spooled document, which is never under a key, has none.
         """
         receipt_id = str(uuid.uuid4())
         certificate = ctx.key.get("certificate") or {}
@@ -292,7 +292,8 @@ class SealingService:
         writes = [Write(SEALING_RECEIPT, receipt_id, 0, with_sequence)]
         scope = CURRENT_SCOPE.get()
         if scope is not None and output is not None:
-            writes.append(await self._once.write(scope, receipt_id, output))
+            kept = output() if callable(output) else output
+            writes.append(await self._once.write(scope, receipt_id, kept))
         await self._audit.commit(
             writes,
             [self._audit.event_sealer(

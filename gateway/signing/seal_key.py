@@ -125,6 +125,8 @@ class SealKey:
     chain: tuple[x509.Certificate, ...]
     signer: HsmSigner = field(repr=False, compare=False)
     cms: CmsTemplate = field(repr=False, compare=False)
+    # DER of the certificate and its chain, leaf first, as a hash-signing answer lists them.
+    chain_der: tuple[bytes, ...] = field(repr=False, compare=False, default=())
 
     @classmethod
     def create(
@@ -148,7 +150,8 @@ class SealKey:
             signer.get_signature_mechanism_for_digest(None),
             max_signature_size(algorithm),
         )
-        return cls(key_id, algorithm, leaf, issuers, signer, template)
+        return cls(key_id, algorithm, leaf, issuers, signer, template,
+                   tuple(c.dump() for c in (leaf, *issuers)))
 
     @property
     def hash_name(self) -> str:

@@ -25,6 +25,9 @@ from gateway.storage import (
     StaleWrite,
     Storage,
     Write,
+    get_expiring_bytes,
+    hold_lease,
+    put_expiring_bytes,
 )
 from tests.contract.conftest import OpenStorage, create_storage
 from tests.redis_server import RedisServer
@@ -360,6 +363,39 @@ async def test_set_expiring_overwrites(storage: Storage) -> None:
     assert await storage.get_expiring("k") == {"n": 2}
 
 
+async def test_expiring_bytes_round_trip_inline_and_in_chunks(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small values sit in their reference, larger ones in chunks; a lost chunk reads None."""
+    from gateway import storage as storage_module
+
+    monkeypatch.setattr(storage_module, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(storage_module, "INLINE_BYTES", 100)
+    small = await put_expiring_bytes(storage, "bytes:small", b"tiny", 30)
+    assert small["chunks"] == 0
+    assert await get_expiring_bytes(storage, small) == b"tiny"
+    data = bytes(range(256)) * 10
+    large = await put_expiring_bytes(storage, "bytes:large", data, 30)
+    assert large["chunks"] == 3
+    assert await get_expiring_bytes(storage, large) == data
+    await storage.set_expiring("bytes:large:1", {"data": ""}, 0.001)
+    await asyncio.sleep(0.01)
+    assert await get_expiring_bytes(storage, large) is None
+
+
+async def test_a_lease_has_one_holder_until_it_lapses(storage: Storage) -> None:
+    """The holder renews its lease; others are refused until it stops renewing."""
+    assert await hold_lease(storage, "lease:job", "one", 0.4)
+    assert not await hold_lease(storage, "lease:job", "two", 0.4)
+    await asyncio.sleep(0.25)
+    assert await hold_lease(storage, "lease:job", "one", 0.4)  # renewed: 0.4 s from now
+    await asyncio.sleep(0.25)
+    assert not await hold_lease(storage, "lease:job", "two", 0.4)
+    await asyncio.sleep(0.3)
+    assert await hold_lease(storage, "lease:job", "two", 0.4)
+    assert not await hold_lease(storage, "lease:job", "one", 0.4)
+
+
 async def test_token_bucket_allows_burst_then_asks_to_wait(storage: Storage) -> None:
     """A full bucket gives ``burst`` tokens at once, then a positive wait of 1/rate."""
     taken = [await storage.take_token("client:a", rate=2.0, burst=3, now=1000.0)
@@ -520,6 +556,32 @@ async def test_locked_sqlite_database_is_backend_unavailable(tmp_path: Path) -> 
         blocker.execute("ROLLBACK")
         await backend.commit([Write("seal", "s", 0, {})], [chain_sealer(1)])
         assert len(await backend.events()) == 1
+    finally:
+        blocker.close()
+        await backend.close()
+
+
+async def test_sqlite_token_bucket_waits_its_turn_behind_another_writer(tmp_path: Path) -> None:
+    """With the write lock held elsewhere, a token is taken (on the backend's thread) as soon
+    as the lock is free, not refused and not taken twice."""
+    base = load_settings(environ={})
+    settings = base.replace(storage=dataclasses.replace(
+        base.storage, backend="sqlite", sqlite_path=str(tmp_path / "bucket.db")))
+    backend = create_storage(settings)
+    await backend.open()
+    blocker = sqlite3.connect(tmp_path / "bucket.db", isolation_level=None,
+                              check_same_thread=False)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        taking = asyncio.create_task(
+            backend.take_token("client:busy", rate=1.0, burst=2, now=1000.0))
+        await asyncio.sleep(0.2)
+        assert not taking.done()
+        blocker.execute("ROLLBACK")
+        assert await taking == 0
+        assert await backend.take_token("client:busy", rate=1.0, burst=2, now=1000.0) == 0
+        assert await backend.take_token("client:busy", rate=1.0, burst=2,
+                                        now=1000.0) == pytest.approx(1.0)
     finally:
         blocker.close()
         await backend.close()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
+import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from gateway.errors import HsmError, NotFound
+from gateway.errors import ConfigError, HsmError, NotFound
 from gateway.hsm import Hsm, KeyAlgorithm, SignatureScheme
+from gateway.hsm.token import inline_signing_enabled
+from gateway.settings import HsmSettings
 from tests.conftest import new_key_id
 
 MESSAGE = b"SealGate signs digests, never documents, inside the HSM"
@@ -106,3 +111,44 @@ async def test_data_encryption_round_trip(hsm: Hsm) -> None:
     ciphertext = await hsm.encrypt(b"11010519491231002X")
     assert b"11010519491231002X" not in ciphertext
     assert await hsm.decrypt(ciphertext) == b"11010519491231002X"
+
+
+async def test_a_single_signature_runs_on_the_callers_thread_when_the_token_is_free(
+    hsm: Hsm,
+) -> None:
+    """With SoftHSM, a short call runs right here; behind a long call it waits its turn on
+    the HSM thread instead of running beside it."""
+
+    def where(_session: object) -> str:
+        return threading.current_thread().name
+
+    assert await hsm.token.run("probe", where, short=True) == threading.current_thread().name
+    assert await hsm.token.run("probe", where) == "hsm"
+    slow = asyncio.create_task(hsm.token.run("probe", lambda _s: time.sleep(0.3)))
+    await asyncio.sleep(0.05)
+    assert await hsm.token.run("probe", where, short=True) == "hsm"
+    assert slow.done()  # it ran after the long call, not beside it
+    await slow
+
+
+@pytest.mark.parametrize(
+    ("module", "setting", "inline"),
+    [
+        ("/usr/lib/softhsm/libsofthsm2.so", "auto", True),
+        ("/opt/vendor/lib/libnethsm-pkcs11.so", "auto", False),
+        ("/opt/vendor/lib/libnethsm-pkcs11.so", "on", True),
+        ("/usr/lib/softhsm/libsofthsm2.so", "off", False),
+    ],
+)
+def test_inline_signing_is_for_local_software_tokens_unless_set(
+    module: str, setting: str, inline: bool
+) -> None:
+    """A network HSM's calls wait on the network, so they never run on the event loop unless
+    the operator says so."""
+    settings = HsmSettings(module=module, inline_signing=setting)
+    assert inline_signing_enabled(settings) is inline
+
+
+def test_an_unknown_inline_signing_value_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"hsm\.inline_signing"):
+        inline_signing_enabled(HsmSettings(inline_signing="sometimes"))
