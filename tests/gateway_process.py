@@ -12,6 +12,7 @@ Everything runs as separate processes, as an operator would run it; nothing is m
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -124,10 +125,12 @@ poll_interval_seconds = 60.0
         done = self.sealgate("audit", "export")
         return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
-    def serve(self, workers: int = 1, name: str = "gateway") -> GatewayProcess:
-        """A `sealgate serve` on a free port, with its own metrics directory and log."""
+    def serve(self, workers: int = 1, name: str = "gateway",
+              env: dict[str, str] | None = None) -> GatewayProcess:
+        """A `sealgate serve` on a free port, with its own metrics directory and log;
+        ``env`` adds variables (``SEALGATE_<SECTION>__<KEY>`` settings) for this one."""
         return GatewayProcess(self, workers, self.directory / f"{name}-metrics",
-                              self.directory / f"{name}.log")
+                              self.directory / f"{name}.log", env=env or {})
 
 
 @dataclass
@@ -138,6 +141,7 @@ class GatewayProcess:
     workers: int
     metrics_dir: Path
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -146,7 +150,7 @@ class GatewayProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the master and wait until every worker is up and /readyz answers 200."""
-        env = {**self.deployment.env,
+        env = {**self.deployment.env, **self.env,
                "SEALGATE_METRICS__MULTIPROCESS_DIR": str(self.metrics_dir)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -176,6 +180,17 @@ class GatewayProcess:
     def listening_workers(self) -> set[int]:
         """Workers that listen on the port already: only they get connections."""
         return {pid for pid in self.worker_pids() if listens(pid, self.port)}
+
+    async def busy_worker(self) -> int:
+        """A worker with a signing operation in flight right now."""
+        for _ in range(1000):
+            busy = [pid for pid, value in
+                    worker_samples(self.metrics_dir, "sealgate_signing_in_flight").items()
+                    if value > 0 and pid in self.worker_pids()]
+            if busy:
+                return busy[0]
+            await asyncio.sleep(0.01)
+        raise AssertionError("no worker was ever seen signing")
 
     def worker_pids(self) -> set[int]:
         """Pids of the master's live children, read from /proc."""

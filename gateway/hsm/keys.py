@@ -10,7 +10,7 @@ signature; the cache is dropped whenever the session is replaced.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pkcs11.exceptions as p11e
@@ -82,8 +82,8 @@ class Hsm:
         """Sign one pre-computed digest; the result is in its X.509/CMS encoding."""
         return await self.token.run(
             "sign",
-            lambda s: _sign(self._key(s, key_id, ObjectClass.PRIVATE_KEY),
-                            algorithm, digest, hash_name, scheme),
+            lambda s: _signer(self._key(s, key_id, ObjectClass.PRIVATE_KEY),
+                              algorithm, hash_name, scheme)(digest),
             short=True,
         )
 
@@ -95,7 +95,8 @@ class Hsm:
 
         def sign_all(session: Any) -> list[bytes]:
             key = self._key(session, key_id, ObjectClass.PRIVATE_KEY)
-            return [_sign(key, algorithm, d, hash_name, scheme) for d in digests]
+            sign = _signer(key, algorithm, hash_name, scheme)
+            return [sign(d) for d in digests]
 
         return await self.token.run("sign", sign_all, short=len(digests) == 1)
 
@@ -239,22 +240,32 @@ def _public_key_der(public: Any) -> bytes:
     return der
 
 
-def _sign(
-    key: Any, algorithm: KeyAlgorithm, digest: bytes, hash_name: str, scheme: SignatureScheme
-) -> bytes:
+def _signer(
+    key: Any, algorithm: KeyAlgorithm, hash_name: str, scheme: SignatureScheme
+) -> Callable[[bytes], bytes]:
+    """A function signing one digest with ``key``; key and scheme are checked once, since a
+    batch signs up to thousands of digests with them."""
     hash_alg = HASHES[hash_name]
-    if len(digest) != hash_alg.size:
-        raise HsmError(f"a {hash_name} digest has {hash_alg.size} bytes, not {len(digest)}")
+    size = hash_alg.size
+
+    def checked(digest: bytes) -> bytes:
+        if len(digest) != size:
+            raise HsmError(f"a {hash_name} digest has {size} bytes, not {len(digest)}")
+        return digest
+
     if scheme is SignatureScheme.ECDSA:
         if algorithm.is_rsa:
             raise HsmError("ECDSA needs an EC key")
-        return ecdsa_raw_to_der(bytes(key.sign(digest, mechanism=Mechanism.ECDSA)))
+        return lambda digest: ecdsa_raw_to_der(key.sign(checked(digest),
+                                                        mechanism=Mechanism.ECDSA))
     if not algorithm.is_rsa:
         raise HsmError(f"{scheme} needs an RSA key")
     if scheme is SignatureScheme.PSS:
-        return bytes(key.sign(digest, mechanism=Mechanism.RSA_PKCS_PSS,
-                              mechanism_param=_PSS_PARAMS[hash_name]))
-    return bytes(key.sign(hash_alg.digest_info_prefix + digest, mechanism=Mechanism.RSA_PKCS))
+        params = _PSS_PARAMS[hash_name]
+        return lambda digest: bytes(key.sign(checked(digest), mechanism=Mechanism.RSA_PKCS_PSS,
+                                             mechanism_param=params))
+    prefix = hash_alg.digest_info_prefix
+    return lambda digest: bytes(key.sign(prefix + checked(digest), mechanism=Mechanism.RSA_PKCS))
 
 
 def _ensure_wrapping_key(session: Any) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -159,5 +161,66 @@ async def test_concurrent_signing_on_both_keeps_one_audit_chain(
     signed = {e["details"]["sealing_receipt"]  # type: ignore[index]
               for e in events[before:] if e["action"] == "seal.signed"}
     assert signed == {receipt for _, _, receipt in answers}
+    verified = deployment.sealgate("audit", "verify")
+    assert json.loads(verified.stdout)["intact"] is True
+
+
+# Short claims, so that retries after the killed worker's claim lapses finish within the test.
+SHORT_CLAIMS = {"SEALGATE_IDEMPOTENCY__LOCK_SECONDS": "3.0",
+                "SEALGATE_IDEMPOTENCY__WAIT_SECONDS": "2.0"}
+
+
+async def test_keyed_load_on_two_instances_survives_a_killed_worker_signing_each_once(
+    deployment: Deployment,
+) -> None:
+    """Two instances with two workers each on one Redis: clients retry each document with
+    its key through either instance while a worker is SIGKILLed mid-sealing. Every document
+    is sealed exactly once, every retry gets that sealing, and the chain stays intact."""
+    before = len(deployment.audit_events())
+    with deployment.serve(workers=2, name="pair-a", env=SHORT_CLAIMS) as pair_a, \
+            deployment.serve(workers=2, name="pair-b", env=SHORT_CLAIMS) as pair_b:
+        gateways = (pair_a, pair_b)
+
+        async def until_done(http: aiohttp.ClientSession, key: str, first: int
+                             ) -> set[tuple[bytes, str]]:
+            """Send through alternating instances until two answers came back: the first
+            and a repeat (on the other instance, unless a failure came between), which
+            must be the same sealing."""
+            answers: set[tuple[bytes, str]] = set()
+            successes = 0
+            for attempt in range(60):
+                try:
+                    status, body, receipt = await sign(
+                        http, gateways[(first + attempt) % 2], deployment.seal_id,
+                        deployment.token, key)
+                except aiohttp.ClientError:
+                    status = 0  # the connection died with the worker
+                if status == 200:
+                    answers.add((body, receipt))
+                    successes += 1
+                    if successes == 2:
+                        return answers
+                else:
+                    assert status in (0, 409, 503), status
+                await asyncio.sleep(0.2)
+            raise AssertionError(f"{key}: {successes} answers in 60 tries")
+
+        async with aiohttp.ClientSession() as http:
+            keys = [f"pair-{uuid.uuid4().hex[:8]}-{i}" for i in range(12)]
+            work = [asyncio.create_task(until_done(http, key, i % 2))
+                    for i, key in enumerate(keys)]
+            victim = await pair_a.busy_worker()
+            os.kill(victim, signal.SIGKILL)
+            results = await asyncio.gather(*work)
+        assert "was killed by SIGKILL" in pair_a.log()
+    # One answer per key, whichever instance and however many tries it took.
+    assert all(len(answers) == 1 for answers in results), [len(a) for a in results]
+    returned = {receipt for answers in results for _, receipt in answers}
+    assert len(returned) == len(keys)
+    events = deployment.audit_events()
+    assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+    signed = {e["details"]["sealing_receipt"]  # type: ignore[index]
+              for e in events[before:] if e["action"] == "seal.signed"}
+    assert signed == returned
     verified = deployment.sealgate("audit", "verify")
     assert json.loads(verified.stdout)["intact"] is True

@@ -98,18 +98,6 @@ async def test_metrics_add_up_the_work_of_both_workers(
     assert f'sealgate_seal_valid_to_timestamp_seconds{{seal_id="{deployment.seal_id}"' in text
 
 
-async def find_busy_worker(gateway: GatewayProcess) -> int:
-    """A worker with a signing operation in flight right now."""
-    for _ in range(1000):
-        busy = [pid for pid, value in
-                worker_samples(gateway.metrics_dir, "sealgate_signing_in_flight").items()
-                if value > 0 and pid in gateway.worker_pids()]
-        if busy:
-            return busy[0]
-        await asyncio.sleep(0.01)
-    raise AssertionError("no worker was ever seen signing")
-
-
 async def test_a_worker_killed_mid_request_is_replaced_and_nothing_is_half_done(
     gateway: GatewayProcess, deployment: Deployment
 ) -> None:
@@ -120,7 +108,7 @@ async def test_a_worker_killed_mid_request_is_replaced_and_nothing_is_half_done(
     async with aiohttp.ClientSession() as http:
         requests = [asyncio.create_task(sign_until_done(http, gateway, deployment, f"doc-{i}"))
                     for i in range(12)]
-        victim = await find_busy_worker(gateway)
+        victim = await gateway.busy_worker()
         os.kill(victim, signal.SIGKILL)
         answers = await asyncio.gather(*requests)
         replaced = gateway.wait_for_workers(gone=frozenset({victim}))

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from gateway.errors import ConfigError, HsmError, NotFound
-from gateway.hsm import Hsm, KeyAlgorithm, SignatureScheme
+from gateway.hsm import Hsm, KeyAlgorithm, SignatureScheme, ecdsa_raw_to_der
 from gateway.hsm.token import inline_signing_enabled
 from gateway.settings import HsmSettings
 from tests.conftest import new_key_id
@@ -152,3 +154,15 @@ def test_inline_signing_is_for_local_software_tokens_unless_set(
 def test_an_unknown_inline_signing_value_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"hsm\.inline_signing"):
         inline_signing_enabled(HsmSettings(inline_signing="sometimes"))
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_ecdsa_signatures_are_the_der_that_cryptography_writes(size: int) -> None:
+    """r‖s to DER by hand, for the edge cases too: leading zero bytes, high bits, zero."""
+    values = [os.urandom(size) for _ in range(200)]
+    values += [b"\x00" * size, b"\x80" + b"\x00" * (size - 1), b"\x00\x7f" + b"\x01" * (size - 2),
+               b"\x00\x00\x80" + b"\xff" * (size - 3), b"\xff" * size]
+    for r in values:
+        for s in (values[0], r[::-1]):
+            expected = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+            assert ecdsa_raw_to_der(r + s) == expected
