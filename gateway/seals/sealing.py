@@ -1,7 +1,7 @@
 """Applying a seal: the signing hot path shared by every format.
 
-grant check → ``may_sign`` → format-specific signing (HSM thread for the key, worker threads
-for document CPU work) → one atomic commit of the sealing receipt and its audit event.
+grant check → ``may_sign`` → format-specific signing (the HSM layer for the key, a thread for
+document CPU work) → one atomic commit of the sealing receipt and its audit event.
 A request under an idempotency key signs at most once per key (seals/once.py).
 What does not change per document — the seal's key material and its image — is cached per
 process, keyed so that a new certificate or image can never hit a stale entry.
