@@ -47,6 +47,8 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 INLINE_SIGNING = ("auto", "on", "off")
+_OPEN_ATTEMPTS = 3
+_OPEN_PAUSE_SECONDS = 0.05
 
 
 class TokenSession:
@@ -157,6 +159,19 @@ class TokenSession:
         return self._session
 
     def _open(self) -> Any:
+        attempt = 1
+        while True:
+            try:
+                return self._open_once()
+            except p11e.GeneralError:
+                # Seen when several processes log in to one token at the same moment
+                # (workers starting together); a moment later the same call succeeds.
+                if attempt == _OPEN_ATTEMPTS:
+                    raise
+                time.sleep(_OPEN_PAUSE_SECONDS * attempt)
+                attempt += 1
+
+    def _open_once(self) -> Any:
         if self._settings.softhsm_conf:
             os.environ["SOFTHSM2_CONF"] = self._settings.softhsm_conf
         pin = self._settings.pin.reveal()
