@@ -320,10 +320,8 @@ class Gateway:
         raise RuntimeError(f"the gateway did not become ready in {timeout:g} s; see {self._log}")
 
     def _all_ready(self, answers: int = 8 * 4) -> bool:
-        """Ready on fresh connections many times in a row, so that every worker (each with
-        its own SO_REUSEPORT socket) has opened its HSM session: SoftHSM has been seen to
-        refuse a session now and then while several processes open theirs at once, and a
-        worker then waits its retry interval before it tries again."""
+        """Ready on fresh connections many times in a row, so that every worker (the master
+        deals each new connection to the next one) has opened its HSM session."""
         return all(self._ready() for _ in range(answers))
 
     def _ready(self) -> bool:

@@ -12,9 +12,8 @@ JSON result on stdout. Two modes:
 
 Each client (closed loop) or each of ``max_outstanding`` connections (open loop) is a session
 with one keep-alive connection of its own, and the open loop takes the connection idle the
-longest: the gateway's workers each listen with SO_REUSEPORT, so the kernel spreads
-connections, not requests, and a pool that reused its few most recent connections would
-send nearly all requests to one worker.
+longest: the gateway deals connections, not requests, to its workers, so a pool that
+reused its few most recent connections would send nearly all requests to one worker.
 
 Every run is bounded twice, by ``max_requests`` and by ``duration`` seconds (plus a per-request
 timeout), and only ever talks to the loopback address it is given.

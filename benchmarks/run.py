@@ -159,7 +159,7 @@ def drive(gateway: Gateway, spec: dict[str, Any]) -> dict[str, Any]:
         "workers": len(after),
         "cpu_seconds": round(sum(after[p].cpu_seconds - before[p].cpu_seconds
                                  for p in after if p in before), 3),
-        # How evenly the kernel spread the connections (SO_REUSEPORT hashes them).
+        # How evenly the work was spread (the master deals connections, not requests).
         "cpu_seconds_per_worker": [round(after[p].cpu_seconds - before[p].cpu_seconds, 3)
                                    for p in sorted(after) if p in before],
         "peak_rss_bytes_per_worker": [after[p].peak_rss_bytes for p in sorted(after)],
@@ -495,8 +495,8 @@ def why_missed(missed: Ratio, results: dict[str, Any], raw_cpu: dict[str, float]
         return (f"{by}. {cost}. Open loop at {run['rate']}/s: p50 {lat['p50']} ms, p90 "
                 f"{lat['p90']} ms, p99 {lat['p99']} ms, the load generator itself late by p99 "
                 f"{run['send_lag_ms']['p99']} ms; worker CPU seconds "
-                f"{run['server']['cpu_seconds_per_worker']} (SO_REUSEPORT spreads connections, "
-                f"not requests); {run['machine']['cores_busy']} cores busy, load average "
+                f"{run['server']['cpu_seconds_per_worker']} (connections are dealt in turn, "
+                f"requests are not); {run['machine']['cores_busy']} cores busy, load average "
                 f"{run['machine']['load_average'][0]}. Tails at half load come from queueing "
                 f"behind bursts, the workers' garbage-collection pauses and other processes "
                 f"on the same cores.")

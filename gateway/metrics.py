@@ -76,6 +76,11 @@ HSM_UP = Gauge(
     # live: a dead worker's last value must not hold the minimum down after its replacement.
     multiprocess_mode="livemin",
 )
+WORKERS_UP = Gauge(
+    "sealgate_workers_up",
+    "Worker processes that take connections (each counts 1 from start-up to shutdown).",
+    multiprocess_mode="livesum",
+)
 SIGNING_IN_FLIGHT = Gauge(
     "sealgate_signing_in_flight",
     "Signing operations currently in progress.",

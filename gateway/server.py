@@ -1,37 +1,47 @@
-"""The process model: a master that supervises N worker processes on one port.
+"""The process model: a master that accepts connections and deals them to N worker processes.
 
 Each worker is a fresh interpreter (fork, then exec of ``python -m gateway.server``) that
-reads its settings from a pipe and listens on the port itself with ``SO_REUSEPORT``.
+reads its settings from a pipe and takes connections from the master over a Unix socket.
 
 - Fresh interpreters, not bare forks: the command line has imported plugins, and with them
   prometheus_client, before ``serve`` could set ``PROMETHEUS_MULTIPROC_DIR``; prometheus_client
   fixes its value storage at import, so a forked worker would count in private memory that
   /metrics never sees. The master never touches PKCS#11; each worker loads the library and
   logs in itself (DOMAIN.md §5).
-- One listening socket per worker, not one shared socket: asyncio accepts greedily, so with
-  a shared socket the first worker to wake takes a whole burst of connections while the
-  others idle. With SO_REUSEPORT the kernel spreads connections over the workers' sockets.
-  The master binds the port without listening, which reserves it and reports a port in use
-  at start, while receiving no connections itself.
+- The master accepts and hands each connection to the next ready worker in turn (the socket
+  travels as SCM_RIGHTS over a SOCK_SEQPACKET pair), so that N workers hold N-th shares of
+  the connections. Two other designs were measured and dropped: one shared listening
+  socket (asyncio accepts greedily, so the first worker to wake took whole bursts while the
+  others idled), and a SO_REUSEPORT socket per worker (the kernel hashes connections, so a
+  client with a few keep-alive connections, a pool of 8 say, or a benchmark's 64, often
+  lands mostly on one worker: a 37/63 split doubled the tail latency at half load).
+  Connections are long-lived; the hand-over costs the master a few tens of microseconds each.
 
-A worker that dies is replaced (a crashing one after a growing pause); SIGTERM/SIGINT stop
-them all.
+A worker that dies is replaced (a crashing one after a growing pause); its connections die
+with it. SIGTERM/SIGINT close the listening socket and stop the workers, which finish the
+requests in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import gc
 import logging
 import os
 import pickle
+import selectors
 import shutil
 import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 from gateway.settings import Settings
 
@@ -43,6 +53,9 @@ MAX_RESTART_BACKOFF_SECONDS = 30.0
 # replacement waits twice as long as the last one did, so a broken setup does not spin.
 STABLE_WORKER_SECONDS = 10.0
 LISTEN_BACKLOG = 1024
+_READY = b"ready"
+_TICK_SECONDS = 0.2  # how often the master looks for dead workers and due restarts
+_ACCEPTS_PER_TICK = 64  # then the master looks at its workers again
 
 
 def prepare_metrics_dir(settings: Settings) -> None:
@@ -57,31 +70,67 @@ def prepare_metrics_dir(settings: Settings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
-def bind_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
-    """A TCP socket on ``host:port`` that other sockets of this user may share."""
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    if listen:
-        sock.listen(LISTEN_BACKLOG)
+    sock.listen(LISTEN_BACKLOG)
     return sock
 
 
-def run_worker(settings: Settings) -> None:
-    """Body of one worker process: its own socket, event loop, app, HSM session and metrics."""
-    from aiohttp import web
-
+def run_worker(settings: Settings, channel: socket.socket) -> None:
+    """Body of one worker process: its event loop, app, HSM session and metrics, serving the
+    connections the master sends over ``channel``."""
     from gateway.app import create_app
 
-    sock = bind_socket(settings.server.host, settings.server.port)
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_heap)
-    web.run_app(
-        app, sock=sock, print=None, access_log=None,
-        shutdown_timeout=settings.server.shutdown_timeout_seconds, handle_signals=True,
-    )
+    asyncio.run(_serve_connections(app, settings, channel))
+
+
+async def _serve_connections(
+    app: web.Application, settings: Settings, channel: socket.socket
+) -> None:
+    from gateway import metrics
+
+    runner = web.AppRunner(app, access_log=None,
+                           shutdown_timeout=settings.server.shutdown_timeout_seconds)
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    handovers: set[asyncio.Task[Any]] = set()
+
+    def take() -> None:
+        try:
+            _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+        except BlockingIOError:
+            return
+        except OSError:
+            fds = []
+        if not fds:  # the master is gone: nobody will send connections again
+            stop.set()
+            return
+        connection = socket.socket(fileno=fds[0])
+        task = loop.create_task(loop.connect_accepted_socket(server, connection))
+        handovers.add(task)
+        task.add_done_callback(handovers.discard)
+
+    channel.setblocking(False)
+    loop.add_reader(channel.fileno(), take)
+    metrics.WORKERS_UP.inc()
+    channel.send(_READY)
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_reader(channel.fileno())
+        metrics.WORKERS_UP.dec()
+        await runner.cleanup()
 
 
 async def _freeze_startup_heap(app: object) -> None:
@@ -95,69 +144,177 @@ async def _freeze_startup_heap(app: object) -> None:
 def serve(settings: Settings, workers: int) -> None:
     """Run ``workers`` worker processes on one port until SIGTERM or SIGINT."""
     prepare_metrics_dir(settings)
-    reservation = bind_socket(settings.server.host, settings.server.port, listen=False)
+    listener = bind_socket(settings.server.host, settings.server.port)
     # Port 0 asks for any free port: every worker must then use the one the master got.
-    port = reservation.getsockname()[1]
+    port = listener.getsockname()[1]
     settings = settings.replace(server=dataclasses.replace(settings.server, port=port))
     log.info("listening on http://%s:%d with %d worker(s)", settings.server.host, port, workers)
-    children: dict[int, int] = {}
-    started: dict[int, float] = {}
-    backoff = [RESTART_BACKOFF_SECONDS] * workers
-    stopping = False
-
-    def spawn(slot: int) -> None:
-        pid = _start_worker(settings)
-        children[pid] = slot
-        started[slot] = time.monotonic()
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            _kill(pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for slot in range(workers):
-        spawn(slot)
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        if pid not in children:
-            continue
-        slot = children.pop(pid)
-        _forget_worker_metrics(pid)
-        if stopping:
-            continue
-        if time.monotonic() - started[slot] >= STABLE_WORKER_SECONDS:
-            backoff[slot] = RESTART_BACKOFF_SECONDS
-        log.warning("worker %d %s; starting a replacement in %.0f s", pid,
-                    _describe_exit(status), backoff[slot])
-        time.sleep(backoff[slot])
-        backoff[slot] = min(backoff[slot] * 2, MAX_RESTART_BACKOFF_SECONDS)
-        # SIGTERM may have come during the pause: a worker started now would never be told
-        # to stop, and the master would wait for it forever.
-        if not stopping:
-            spawn(slot)
-    reservation.close()
+    master = _Master(settings, workers, listener)
+    signal.signal(signal.SIGTERM, master.stop)
+    signal.signal(signal.SIGINT, master.stop)
+    master.run()
     sys.exit(0)
 
 
-def _start_worker(settings: Settings) -> int:
-    """Fork and exec one worker; hand it the settings through a pipe. Returns its pid."""
+@dataclass
+class _Worker:
+    slot: int
+    pid: int
+    channel: socket.socket  # the master's end
+    started: float
+    ready: bool = False
+
+
+class _Master:
+    """Supervises the workers and deals them the connections it accepts."""
+
+    def __init__(self, settings: Settings, workers: int, listener: socket.socket) -> None:
+        self.settings = settings
+        self.slots = workers
+        self.listener = listener
+        listener.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.workers: dict[int, _Worker] = {}  # by pid
+        self.restart_at: dict[int, float] = {}  # slot -> when its replacement starts
+        self.backoff = [RESTART_BACKOFF_SECONDS] * workers
+        self.turn = 0
+        self.accepting = False
+        self.stopping = False
+
+    def run(self) -> None:
+        for slot in range(self.slots):
+            self.spawn(slot)
+        while self.workers or (self.restart_at and not self.stopping):
+            for key, _ in self.selector.select(timeout=_TICK_SECONDS):
+                key.data()
+            self.reap()
+            self.restart_due()
+        self.selector.close()
+        self.listener.close()
+
+    def stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+        self.restart_at.clear()
+        self._accept_while(False)
+        for pid in list(self.workers):
+            _kill(pid, signal.SIGTERM)
+
+    # -- workers -------------------------------------------------------------------------
+
+    def spawn(self, slot: int) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = _start_worker(self.settings, theirs)
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        worker = _Worker(slot, pid, ours, time.monotonic())
+        self.workers[pid] = worker
+        self.selector.register(ours, selectors.EVENT_READ, lambda: self.hear(worker))
+
+    def hear(self, worker: _Worker) -> None:
+        """The worker says it is ready, or its end closed (it is exiting)."""
+        try:
+            message = worker.channel.recv(16)
+        except BlockingIOError:
+            return
+        except OSError:
+            message = b""
+        if message == _READY:
+            worker.ready = True
+        else:
+            worker.ready = False
+            self.selector.unregister(worker.channel)
+        self._accept_while(self._anyone_ready())
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(worker.channel)
+            worker.channel.close()
+            _forget_worker_metrics(pid)
+            self._accept_while(self._anyone_ready())
+            if self.stopping:
+                continue
+            slot = worker.slot
+            if time.monotonic() - worker.started >= STABLE_WORKER_SECONDS:
+                self.backoff[slot] = RESTART_BACKOFF_SECONDS
+            log.warning("worker %d %s; starting a replacement in %.0f s", pid,
+                        _describe_exit(status), self.backoff[slot])
+            self.restart_at[slot] = time.monotonic() + self.backoff[slot]
+            self.backoff[slot] = min(self.backoff[slot] * 2, MAX_RESTART_BACKOFF_SECONDS)
+
+    def restart_due(self) -> None:
+        now = time.monotonic()
+        for slot, at in list(self.restart_at.items()):
+            if at <= now and not self.stopping:
+                del self.restart_at[slot]
+                self.spawn(slot)
+
+    def _anyone_ready(self) -> bool:
+        return not self.stopping and any(w.ready for w in self.workers.values())
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _accept_while(self, ready: bool) -> None:
+        """Watch the listening socket only while a worker can take connections; until then
+        they wait in the kernel's backlog."""
+        if ready and not self.accepting:
+            self.selector.register(self.listener, selectors.EVENT_READ, self.accept)
+        elif not ready and self.accepting:
+            self.selector.unregister(self.listener)
+        self.accepting = ready
+
+    def accept(self) -> None:
+        for _ in range(_ACCEPTS_PER_TICK):
+            try:
+                connection, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors, say: try again later
+                log.warning("accept failed: %s", exc)
+                return
+            with connection:
+                self.deal(connection)
+
+    def deal(self, connection: socket.socket) -> None:
+        """Hand ``connection`` to the next ready worker; the master's copy is closed after."""
+        ready = [w for w in self.workers.values() if w.ready]
+        for _ in ready:
+            worker = ready[self.turn % len(ready)]
+            self.turn += 1
+            try:
+                socket.send_fds(worker.channel, [b"c"], [connection.fileno()])
+                return
+            except BlockingIOError:
+                continue  # this one is not keeping up: the next one
+            except OSError:
+                worker.ready = False  # exiting; reap() will replace it
+        log.warning("no worker could take a connection; it is closed")
+
+
+def _start_worker(settings: Settings, channel: socket.socket) -> int:
+    """Fork and exec one worker; hand it the settings through a pipe and its end of the
+    connection channel. Returns its pid."""
     settings_in, settings_out = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(settings_out)
             os.set_inheritable(settings_in, True)
+            channel.set_inheritable(True)
             # Our own interpreter and module, argument list only: no shell is involved.
             os.execv(sys.executable, [sys.executable, "-m", "gateway.server",  # noqa: S606
-                                      str(settings_in)])
+                                      str(settings_in), str(channel.fileno())])
         finally:
             os._exit(127)  # exec failed; never return into the master's loop
     os.close(settings_in)
@@ -167,13 +324,13 @@ def _start_worker(settings: Settings) -> int:
 
 
 def _worker_main(argv: list[str]) -> None:
-    """Entry of an exec'd worker: ``python -m gateway.server SETTINGS_FD``."""
+    """Entry of an exec'd worker: ``python -m gateway.server SETTINGS_FD CHANNEL_FD``."""
     with os.fdopen(int(argv[0]), "rb") as pipe:
         # The master wrote these a moment ago through a pipe only the two of them hold.
         settings: Settings = pickle.load(pipe)  # noqa: S301
     logging.basicConfig(level=settings.log.level,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    run_worker(settings)
+    run_worker(settings, socket.socket(fileno=int(argv[1])))
 
 
 def _describe_exit(status: int) -> str:

@@ -13,7 +13,6 @@ Everything runs as separate processes, as an operator would run it; nothing is m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import json
 import os
@@ -159,7 +158,7 @@ class GatewayProcess:
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        while not (len(self.listening_workers()) == self.workers and self.ready()):
+        while not (len(self.serving_workers()) == self.workers and self.ready()):
             if self.process.poll() is not None:
                 raise AssertionError(f"sealgate serve exited:\n{self.log()}")
             if time.monotonic() > deadline:
@@ -177,9 +176,11 @@ class GatewayProcess:
         finally:
             connection.close()
 
-    def listening_workers(self) -> set[int]:
-        """Workers that listen on the port already: only they get connections."""
-        return {pid for pid in self.worker_pids() if listens(pid, self.port)}
+    def serving_workers(self) -> set[int]:
+        """Live workers that take connections (each publishes sealgate_workers_up = 1 once
+        its app is up): only they are dealt connections by the master."""
+        up = worker_samples(self.metrics_dir, "sealgate_workers_up")
+        return {pid for pid in self.worker_pids() if up.get(pid) == 1}
 
     async def busy_worker(self) -> int:
         """A worker with a signing operation in flight right now."""
@@ -203,7 +204,7 @@ class GatewayProcess:
         """Wait until all workers run again and none of the ``gone`` pids is among them."""
         deadline = time.monotonic() + timeout
         while True:
-            pids = self.listening_workers()
+            pids = self.serving_workers()
             if len(pids) == self.workers and not pids & gone:
                 return pids
             if time.monotonic() > deadline:
@@ -250,22 +251,6 @@ def child_pids(parent: int) -> set[int]:
         if int(ppid) == parent and state != "Z":
             found.add(int(entry.name))
     return found
-
-
-def listens(pid: int, port: int) -> bool:
-    """Whether process ``pid`` holds a socket listening on TCP ``port`` (from /proc)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as lines:
-            for line in list(lines)[1:]:
-                fields = line.split()
-                # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; field 9 the inode.
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                    inodes.add(f"socket:[{fields[9]}]")
-    try:
-        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return False
 
 
 def worker_samples(metrics_dir: Path, sample: str, labels: dict[str, str] | None = None,

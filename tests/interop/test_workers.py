@@ -76,7 +76,7 @@ async def test_metrics_add_up_the_work_of_both_workers(
     gateway: GatewayProcess, deployment: Deployment
 ) -> None:
     """Concurrent sealings land on both workers, and /metrics reports their sum."""
-    # A new connection per request: the kernel spreads connections, not requests.
+    # A new connection per request: the master deals connections, not requests.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         before = sample_value(await metrics_text(http, gateway), SIGNATURES)
         sent = 0
@@ -96,6 +96,27 @@ async def test_metrics_add_up_the_work_of_both_workers(
     assert sample_value(text, "sealgate_hsm_up") == 1
     assert sample_value(text, "sealgate_storage_up") == 1
     assert f'sealgate_seal_valid_to_timestamp_seconds{{seal_id="{deployment.seal_id}"' in text
+
+
+async def test_connections_are_dealt_to_the_workers_in_turn(
+    gateway: GatewayProcess, deployment: Deployment
+) -> None:
+    """Ten clients with one keep-alive connection each: five land on each worker, where a
+    kernel hashing connections over per-worker sockets often splits them 7/3 or worse."""
+    before = worker_samples(gateway.metrics_dir, "sealgate_signatures_total")
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+                for _ in range(10)]
+    try:
+        for http in sessions:  # one after the other: connections arrive in a known order
+            for _ in range(2):  # the second request reuses the connection
+                status, _, _ = await sign(http, gateway, deployment)
+                assert status == 200
+    finally:
+        for http in sessions:
+            await http.close()
+    after = worker_samples(gateway.metrics_dir, "sealgate_signatures_total")
+    dealt = sorted(after.get(pid, 0) - before.get(pid, 0) for pid in gateway.worker_pids())
+    assert dealt == [10, 10]
 
 
 async def test_a_worker_killed_mid_request_is_replaced_and_nothing_is_half_done(
