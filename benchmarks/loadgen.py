@@ -86,6 +86,7 @@ class Driver:
         self.payloads = [] if spec.stream_body else [Path(p).read_bytes() for p in spec.bodies]
         self.prefix = bytes.fromhex(spec.expect_prefix)
         self.sent = 0
+        self.warmed = 0  # good answers to warm-up requests
 
     async def one(
         self, session: aiohttp.ClientSession, tally: Tally | None, started: float | None = None
@@ -112,6 +113,7 @@ class Driver:
             return
         elapsed = time.perf_counter() - begin
         if tally is None:
+            self.warmed += good
             return
         tally.statuses[status] += 1
         tally.bytes_in += length
@@ -163,7 +165,9 @@ class Driver:
 
 
 async def warm_up(driver: Driver, spec: Spec, sessions: list[aiohttp.ClientSession]) -> None:
-    """Uncounted requests first: connections opened, the server's per-seal caches filled."""
+    """Uncounted requests first, in the closed loop's way: connections opened, the server's
+    per-seal caches filled. The server's CPU for them is in its figures, so their number
+    goes into the result (``warmup_ok``)."""
     warm_until = time.perf_counter() + spec.warmup_seconds
     budget = spec.max_requests
 
@@ -198,12 +202,23 @@ async def closed_loop(
 async def open_loop(
     driver: Driver, spec: Spec, sessions: list[aiohttp.ClientSession]
 ) -> tuple[Tally, float]:
+    """Requests on a fixed schedule; the warm-up is the same schedule, uncounted, so that
+    the server warms up at the load it is then measured at (and every connection is open)."""
     assert spec.rate is not None and spec.rate > 0
-    await warm_up(driver, spec, sessions)
-    tally = Tally()
-    interval = 1.0 / spec.rate
-    total = min(spec.max_requests, int(spec.duration * spec.rate))
     idle = collections.deque(sessions)  # oldest idle first: every connection takes turns
+    await scheduled(driver, spec, idle, None, int(spec.warmup_seconds * spec.rate))
+    tally = Tally()
+    total = min(spec.max_requests, int(spec.duration * spec.rate))
+    elapsed = await scheduled(driver, spec, idle, tally, total)
+    return tally, elapsed
+
+
+async def scheduled(driver: Driver, spec: Spec, idle: collections.deque[aiohttp.ClientSession],
+                    tally: Tally | None, total: int) -> float:
+    """Send ``total`` requests at ``spec.rate`` on the longest-idle connections, whatever
+    the answers do; return the seconds it took until the last answer."""
+    assert spec.rate is not None
+    interval = 1.0 / spec.rate
     pending: set[asyncio.Task[None]] = set()
 
     async def send(session: aiohttp.ClientSession, due: float) -> None:
@@ -218,16 +233,18 @@ async def open_loop(
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tally.send_lag.append(time.perf_counter() - due)
+        if tally is not None:
+            tally.send_lag.append(time.perf_counter() - due)
         if not idle:
-            tally.dropped += 1
+            if tally is not None:
+                tally.dropped += 1
             continue
         task = asyncio.create_task(send(idle.popleft(), due))
         pending.add(task)
         task.add_done_callback(pending.discard)
     if pending:
         await asyncio.wait(pending, timeout=spec.request_timeout)
-    return tally, time.perf_counter() - begin
+    return time.perf_counter() - begin
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -279,6 +296,7 @@ async def run(spec: Spec) -> dict[str, Any]:
             "p99": _round(percentile([v * 1000 for v in tally.send_lag], 99)),
         } if spec.rate else None,
         "bytes_in": tally.bytes_in,
+        "warmup_ok": driver.warmed,
         "client_cpu_seconds": round(cpu, 3),
         "samples": tally.samples,
     }

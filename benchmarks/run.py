@@ -209,7 +209,7 @@ def run_scenario(
         # Throughput per CPU second of the workers: what the machine's noise and the load
         # generator's share of the cores do not change much.
         result["signatures_per_server_cpu_second"] = (
-            round(result["ok"] * scenario.signatures_per_request / server_cpu, 1)
+            round(answered(result) * scenario.signatures_per_request / server_cpu, 1)
             if server_cpu > 0 else None)
         levels.append(result)
         log(f"{scenario.name} c={concurrency}: {result['throughput_per_second']}/s "
@@ -456,6 +456,11 @@ def compute_ratios(results: dict[str, Any]) -> list[Ratio]:
             else r for r in found]
 
 
+def answered(result: dict[str, Any]) -> int:
+    """Good answers the workers' CPU figures cover: the measured ones and the warm-up's."""
+    return int(result["ok"]) + int(result.get("warmup_ok", 0))
+
+
 def why_missed(missed: Ratio, results: dict[str, Any], raw_cpu: dict[str, float]) -> str:
     """By how much a target was missed, and what the run's own figures say about why."""
     bound = missed.target.split()[1]
@@ -467,10 +472,10 @@ def why_missed(missed: Ratio, results: dict[str, Any], raw_cpu: dict[str, float]
         scenario = gw["rsa-hash-1" if name == "rsa-hash-1" else "ec-p256-hash-64"]
         best = max(scenario["levels"], key=lambda level: level["throughput_per_second"])
         per_request = scenario["signatures_per_request"]
-        signed = best["ok"] * per_request
+        signed = answered(best) * per_request
         worker = 1000 * best["server"]["cpu_seconds"] / signed
         raw = 1000 / raw_cpu["rsa-2048" if name == "rsa-hash-1" else "ec-p256"]
-        client = 1000 * best["client_cpu_seconds"] / best["ok"]
+        client = 1000 * best["client_cpu_seconds"] / answered(best)
         return (f"{by}. At its peak (c={best['concurrency']}) the workers spent {worker:.3f} ms "
                 f"of CPU per signature against {raw:.3f} ms for a raw C_Sign "
                 f"({worker / raw:.1f}x): each request also pays, in Python, HTTP parsing and "
@@ -485,8 +490,8 @@ def why_missed(missed: Ratio, results: dict[str, Any], raw_cpu: dict[str, float]
         run = results["half_peak"][name]
         lat = run["latency_ms"]
         best = max(gw[name]["levels"], key=lambda level: level["throughput_per_second"])
-        at_peak = 1000 * best["server"]["cpu_seconds"] / max(best["ok"], 1)
-        at_half = 1000 * run["server"]["cpu_seconds"] / max(run["ok"], 1)
+        at_peak = 1000 * best["server"]["cpu_seconds"] / max(answered(best), 1)
+        at_half = 1000 * run["server"]["cpu_seconds"] / max(answered(run), 1)
         cost = (f"Worker CPU per request was {at_half:.2f} ms at half the rate against "
                 f"{at_peak:.2f} ms at the peak")
         if at_half > 1.1 * at_peak:
