@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -95,9 +96,12 @@ CREATE TABLE IF NOT EXISTS token_buckets (
 
 # Primary result codes that mean "the database cannot serve now" rather than "this statement
 # is wrong": BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
+log = logging.getLogger(__name__)
+
 _OUTAGE_CODES = {5, 6, 8, 10, 13, 14, 15}
 _BUSY = 5
 BUSY_PAUSE_SECONDS = 0.0005
+LOCAL_WRITES_PER_CHECKPOINT = 500
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -115,6 +119,8 @@ class SqliteStorage:
         self._writer: asyncio.Task[None] | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_thread = 0
+        self._local_writes = 0
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -138,6 +144,8 @@ class SqliteStorage:
         reader, self._reader = self._reader, None
         if reader is not None and threading.get_ident() == self._reader_thread:
             reader.close()  # from another thread sqlite3 refuses; the collector closes it
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         try:
             await self._run(self._disconnect)
         finally:
@@ -323,7 +331,9 @@ class SqliteStorage:
         if local is not None:
             try:
                 with _write_transaction(local) as db:
-                    return take(db)
+                    wait = take(db)
+                self._count_local_write()
+                return wait
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _OUTAGE_CODES:
                     raise
@@ -456,6 +466,26 @@ class SqliteStorage:
         return CommitResult(tuple(records), tuple(appended))
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    def _count_local_write(self) -> None:
+        """The caller's-thread connection never checkpoints (that may take milliseconds);
+        every ``LOCAL_WRITES_PER_CHECKPOINT`` of its writes, the thread does, so that the WAL
+        stays bounded even when token buckets are all that is written. TRUNCATE, because
+        with writes from two connections interleaving, a passive checkpoint copied the
+        frames back but the WAL was never started over; one that finds a write in progress
+        reports busy and the next one tries again."""
+        self._local_writes += 1
+        if self._local_writes % LOCAL_WRITES_PER_CHECKPOINT == 0:
+            task = asyncio.get_running_loop().create_task(self._checkpoint())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._run(lambda: self._conn().execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        except (BackendUnavailable, sqlite3.Error) as exc:
+            log.info("WAL checkpoint skipped: %s", exc)
 
     def _local_connection(self) -> sqlite3.Connection | None:
         """The caller's-thread connection, when the caller is the thread that owns it."""

@@ -244,7 +244,9 @@ class Attempt:
     # -- everyone else -----------------------------------------------------------------------
 
     async def _replay(self, record: JSON) -> web.Response:
-        body = await get_expiring_bytes(self.storage, record["body"])
+        ref = record.get("body")
+        # Not a reference: an answer stored by an earlier version, in another layout.
+        body = await get_expiring_bytes(self.storage, ref) if isinstance(ref, dict) else None
         if body is None:
             raise answer_lost()
         headers = CIMultiDict((str(name), str(value)) for name, value in record["headers"])

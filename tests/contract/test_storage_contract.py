@@ -585,3 +585,29 @@ async def test_sqlite_token_bucket_waits_its_turn_behind_another_writer(tmp_path
     finally:
         blocker.close()
         await backend.close()
+
+
+@pytest.mark.parametrize(("every", "bounded"), [(5, True), (10_000, False)])
+async def test_sqlite_wal_stays_bounded_when_only_token_buckets_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int, bounded: bool
+) -> None:
+    """Token buckets written on the caller's connection never checkpoint there; the backend
+    has its thread checkpoint every so many of them, or the WAL would only grow."""
+    from plugins import sqlite_storage
+
+    monkeypatch.setattr(sqlite_storage, "LOCAL_WRITES_PER_CHECKPOINT", every)
+    base = load_settings(environ={})
+    settings = base.replace(storage=dataclasses.replace(
+        base.storage, backend="sqlite", sqlite_path=str(tmp_path / "wal.db")))
+    backend = create_storage(settings)
+    await backend.open()
+    try:
+        for n in range(300):
+            await backend.take_token(f"client:{n}", rate=1.0, burst=1, now=1000.0)
+            await asyncio.sleep(0)  # let a due checkpoint run between requests
+        await asyncio.sleep(0.1)
+        wal = (tmp_path / "wal.db-wal").stat().st_size
+    finally:
+        await backend.close()
+    # About one 4 KiB page a write: 300 writes without a checkpoint are over a megabyte.
+    assert (wal < 200_000) is bounded, wal
