@@ -29,6 +29,7 @@ from gateway.api import (
     verify,
 )
 from gateway.api.context import SERVICES, SETTINGS
+from gateway.api.remote import trusted_networks
 from gateway.clock import parse, utcnow
 from gateway.errors import SealGateError
 from gateway.hsm import Hsm
@@ -48,6 +49,7 @@ ROUTE_TABLES = (health.routes, openapi.routes, keys.routes, seals.routes, signin
 def create_app(
     settings: Settings, *, hsm: Hsm | None = None, extra_plugins: tuple[object, ...] = ()
 ) -> web.Application:
+    trusted_networks(settings.server.trusted_proxies)  # a wrong entry stops the start here
     # JSON bodies go through request.read(); documents are streamed with their own limit.
     app = web.Application(
         middlewares=csc.with_csc_errors(middlewares.ALL),

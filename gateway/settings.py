@@ -74,6 +74,8 @@ class ServerSettings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_in_flight: int = 64
     shutdown_timeout_seconds: float = 10.0
+    # Addresses or networks of reverse proxies whose X-Forwarded-For names the client.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from gateway.api.context import (
 )
 from gateway.api.idempotency import idempotency_middleware
 from gateway.api.limits import rate_limit_middleware
+from gateway.api.remote import client_address
 from gateway.errors import (
     Forbidden,
     SealGateError,
@@ -124,7 +125,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def _failed_authentication(request: web.Request) -> SealGateError:
-    """Audit a refused token (never the token itself), within a limit per remote address.
+    """Audit a refused token (never the token itself), within a limit per client address
+    (api/remote.py: the peer, or the client named by a trusted proxy).
 
     Each failure takes one token from the address's bucket in storage, shared by every
     worker; an empty bucket turns the answer into 429 and stops auditing each attempt, so a
@@ -134,7 +136,7 @@ async def _failed_authentication(request: web.Request) -> SealGateError:
     """
     svc = services(request)
     limits = request.app[SETTINGS].auth
-    remote = request.remote or "unknown"
+    remote = client_address(request)
     wait = await svc.storage.take_token(
         f"auth-failures/{remote}", rate=limits.failures_per_minute / 60,
         burst=limits.failure_burst, now=time.time())

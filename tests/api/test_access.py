@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from gateway.app import create_app
 from gateway.auth import ROLES
+from gateway.errors import ConfigError
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
@@ -196,3 +198,50 @@ async def test_missing_token_is_401_without_an_audit_event(world: World) -> None
     response = await world.http.get("/v1/keys")
     await assert_problem(response, 401, "unauthorized")
     assert len(await world.services.storage.events()) == before
+
+
+def with_proxies(settings: Settings, *proxies: str, burst: int = 1) -> Settings:
+    return settings.replace(
+        server=dataclasses.replace(settings.server, trusted_proxies=proxies),
+        auth=dataclasses.replace(settings.auth, failure_burst=burst, failures_per_minute=1.0))
+
+
+async def failed_from(world: World, forwarded: str | None) -> int:
+    headers = {"Authorization": f"Bearer sg_wrong-{uuid.uuid4().hex}"}
+    if forwarded is not None:
+        headers["X-Forwarded-For"] = forwarded
+    return (await world.http.get("/v1/keys", headers=headers)).status
+
+
+async def audited_remotes(world: World) -> list[object]:
+    return [e["details"]["remote"]  # type: ignore[index]
+            for e in await world.services.storage.events() if e["action"] == "auth.failed"]
+
+
+async def test_behind_a_trusted_proxy_failures_count_per_forwarded_client(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA
+) -> None:
+    """Through a trusted proxy, each client behind it has its own failure budget, and the
+    audit names the client; hops left of the first untrusted one are not believed."""
+    async with World.running(with_proxies(settings, "127.0.0.0/8"), hsm, dev_ca) as world:
+        assert await failed_from(world, "203.0.113.7") == 401
+        assert await failed_from(world, "203.0.113.7") == 429
+        assert await failed_from(world, "203.0.113.8") == 401
+        # A client that prepends a made-up hop still counts as itself.
+        assert await failed_from(world, "198.51.100.1, 203.0.113.8") == 429
+        assert await audited_remotes(world) == ["203.0.113.7", "203.0.113.8"]
+
+
+async def test_without_trusted_proxies_x_forwarded_for_is_ignored(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA
+) -> None:
+    """Anyone can send X-Forwarded-For: unless the peer is a trusted proxy, the peer counts."""
+    async with World.running(with_proxies(settings), hsm, dev_ca) as world:
+        assert await failed_from(world, "203.0.113.7") == 401
+        assert await failed_from(world, "203.0.113.8") == 429
+        assert await audited_remotes(world) == ["127.0.0.1"]
+
+
+def test_a_trusted_proxy_that_is_no_address_stops_the_start(settings: Settings) -> None:
+    with pytest.raises(ConfigError, match=r"server\.trusted_proxies"):
+        create_app(with_proxies(settings, "proxy.internal"))
