@@ -119,7 +119,13 @@ async def _serve_connections(
         connection = socket.socket(fileno=fds[0])
         task = loop.create_task(loop.connect_accepted_socket(server, connection))
         handovers.add(task)
-        task.add_done_callback(handovers.discard)
+        task.add_done_callback(handed_over)
+
+    def handed_over(task: asyncio.Task[Any]) -> None:
+        handovers.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # The client hung up before the worker got its connection: nothing to serve.
+            log.debug("a connection could not be taken over: %s", error)
 
     channel.setblocking(False)
     loop.add_reader(channel.fileno(), take)
