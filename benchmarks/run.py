@@ -53,14 +53,15 @@ class Plan:
     warmup_seconds: float
     baseline_seconds: float
     half_peak_seconds: float
+    half_peak_runs: int
     big_pdf_requests: int
     max_requests: int = 200_000
 
     @classmethod
     def make(cls, quick: bool, workers: int, levels: tuple[int, ...] | None) -> Plan:
         if quick:
-            return cls(True, workers, levels or (1, 8), 2.0, 0.5, 1.5, 3.0, 1)
-        return cls(False, workers, levels or (1, 8, 32), 8.0, 1.0, 6.0, 12.0, 2)
+            return cls(True, workers, levels or (1, 8), 2.0, 0.5, 1.5, 3.0, 1, 1)
+        return cls(False, workers, levels or (1, 8, 32), 8.0, 1.0, 6.0, 8.0, 3, 2)
 
 
 @dataclass(frozen=True)
@@ -235,20 +236,41 @@ def run_scenario(
 def half_peak(
     plan: Plan, gateway: Gateway, material: Material, scenario: Scenario, peak: float
 ) -> dict[str, Any]:
-    """An open loop at half the measured peak: how p99 compares with p50 below saturation."""
+    """An open loop at half the measured peak: how p99 compares with p50 below saturation.
+
+    Tails are what a shared machine's noise moves most (single runs minutes apart gave
+    p99/p50 from 2.4 to 7.7), so the loop runs ``plan.half_peak_runs`` times; the run with
+    the median ratio is the one reported, and every run is kept in ``runs``.
+    """
     rate = round(peak / 2, 2)
-    result = drive(gateway, {
-        "url": url(gateway, material, scenario), "bodies": [str(p) for p in scenario.bodies],
-        "headers": {"Authorization": f"Bearer {material.token}",
-                    "Content-Type": scenario.content_type},
-        "rate": rate, "duration": plan.half_peak_seconds, "warmup_seconds": plan.warmup_seconds,
-        "concurrency": 4, "max_outstanding": 64, "max_requests": plan.max_requests,
-        "expect_prefix": scenario.expect_prefix.hex(),
-    })
+    runs = []
+    for _ in range(plan.half_peak_runs):
+        result = drive(gateway, {
+            "url": url(gateway, material, scenario),
+            "bodies": [str(p) for p in scenario.bodies],
+            "headers": {"Authorization": f"Bearer {material.token}",
+                        "Content-Type": scenario.content_type},
+            "rate": rate, "duration": plan.half_peak_seconds,
+            "warmup_seconds": plan.warmup_seconds, "concurrency": 4, "max_outstanding": 64,
+            "max_requests": plan.max_requests, "expect_prefix": scenario.expect_prefix.hex(),
+        })
+        latency = result["latency_ms"]
+        log(f"{scenario.name} open loop at {rate}/s: p50 {latency['p50']} ms p99 "
+            f"{latency['p99']} ms (load generator late by p99 {result['send_lag_ms']['p99']} ms)")
+        runs.append(result)
+    ordered = sorted(runs, key=_tail_ratio)
+    median = ordered[len(ordered) // 2]
+    return {"scenario": scenario.name, "peak_per_second": peak, **median,
+            "runs": [{"latency_ms": r["latency_ms"], "p99_over_p50": _tail_ratio(r),
+                      "cpu_seconds_per_worker": r["server"]["cpu_seconds_per_worker"],
+                      "load_average": r["machine"]["load_average"]} for r in runs]}
+
+
+def _tail_ratio(result: dict[str, Any]) -> float:
     latency = result["latency_ms"]
-    log(f"{scenario.name} open loop at {rate}/s: p50 {latency['p50']} ms p99 {latency['p99']} ms"
-        f" (load generator late by p99 {result['send_lag_ms']['p99']} ms)")
-    return {"scenario": scenario.name, "peak_per_second": peak, **result}
+    if not latency["p50"] or latency["p99"] is None:
+        return float("inf")
+    return round(float(latency["p99"]) / float(latency["p50"]), 3)
 
 
 def big_document(plan: Plan, gateway: Gateway, material: Material, work: Path) -> dict[str, Any]:
