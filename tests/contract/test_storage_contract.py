@@ -385,15 +385,15 @@ async def test_expiring_bytes_round_trip_inline_and_in_chunks(
 
 async def test_a_lease_has_one_holder_until_it_lapses(storage: Storage) -> None:
     """The holder renews its lease; others are refused until it stops renewing."""
-    assert await hold_lease(storage, "lease:job", "one", 0.4)
-    assert not await hold_lease(storage, "lease:job", "two", 0.4)
-    await asyncio.sleep(0.25)
-    assert await hold_lease(storage, "lease:job", "one", 0.4)  # renewed: 0.4 s from now
-    await asyncio.sleep(0.25)
-    assert not await hold_lease(storage, "lease:job", "two", 0.4)
-    await asyncio.sleep(0.3)
-    assert await hold_lease(storage, "lease:job", "two", 0.4)
-    assert not await hold_lease(storage, "lease:job", "one", 0.4)
+    assert await hold_lease(storage, "lease:job", "one", 1.0)
+    assert not await hold_lease(storage, "lease:job", "two", 1.0)
+    await asyncio.sleep(0.5)
+    assert await hold_lease(storage, "lease:job", "one", 1.0)  # renewed: 1 s from now
+    await asyncio.sleep(0.5)
+    assert not await hold_lease(storage, "lease:job", "two", 1.0)  # past the first 1 s
+    await asyncio.sleep(1.1)
+    assert await hold_lease(storage, "lease:job", "two", 1.0)
+    assert not await hold_lease(storage, "lease:job", "one", 1.0)
 
 
 async def test_token_bucket_allows_burst_then_asks_to_wait(storage: Storage) -> None:

@@ -126,8 +126,14 @@ async def test_a_single_signature_runs_on_the_callers_thread_when_the_token_is_f
 
     assert await hsm.token.run("probe", where, short=True) == threading.current_thread().name
     assert await hsm.token.run("probe", where) == "hsm"
-    slow = asyncio.create_task(hsm.token.run("probe", lambda _s: time.sleep(0.3)))
-    await asyncio.sleep(0.05)
+    started = threading.Event()
+
+    def long_call(_session: object) -> None:
+        started.set()
+        time.sleep(1.0)
+
+    slow = asyncio.create_task(hsm.token.run("probe", long_call))
+    assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
     assert await hsm.token.run("probe", where, short=True) == "hsm"
     assert slow.done()  # it ran after the long call, not beside it
     await slow
