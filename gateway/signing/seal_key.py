@@ -9,6 +9,7 @@ through the gateway's one HSM thread anyway (DOMAIN.md §5).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -125,8 +126,6 @@ class SealKey:
     chain: tuple[x509.Certificate, ...]
     signer: HsmSigner = field(repr=False, compare=False)
     cms: CmsTemplate = field(repr=False, compare=False)
-    # DER of the certificate and its chain, leaf first, as a hash-signing answer lists them.
-    chain_der: tuple[bytes, ...] = field(repr=False, compare=False, default=())
 
     @classmethod
     def create(
@@ -150,8 +149,13 @@ class SealKey:
             signer.get_signature_mechanism_for_digest(None),
             max_signature_size(algorithm),
         )
-        return cls(key_id, algorithm, leaf, issuers, signer, template,
-                   tuple(c.dump() for c in (leaf, *issuers)))
+        return cls(key_id, algorithm, leaf, issuers, signer, template)
+
+    @functools.cached_property
+    def chain_der(self) -> tuple[bytes, ...]:
+        """DER of the certificate and its chain, leaf first, as a hash-signing answer lists
+        them; encoded once per key, not per request."""
+        return tuple(c.dump() for c in (self.certificate, *self.chain))
 
     @property
     def hash_name(self) -> str:
