@@ -2,7 +2,10 @@
 
 - the ceiling: python-pkcs11 calling ``C_Sign`` on the same token and key in a tight loop, one
   logged-in session per process (RSA-2048 PKCS#1 v1.5 over a SHA-256 DigestInfo, EC P-256
-  raw ECDSA over a SHA-256 digest);
+  raw ECDSA over a SHA-256 digest), signing with the key's token object as a script would;
+  EC is measured once more signing with a session copy of the key, as the gateway signs
+  batches with SoftHSM (``hsm.session_key_copies``), so that batches are also compared like
+  for like;
 - the alternative: a script sealing PDFs with pyHanko's own ``PdfSigner`` at its default
   settings (signature size estimated by a dry run, stamp drawn by pyHanko from the same
   seal picture), over the same HSM key through the gateway's ``HsmSigner``.
@@ -81,17 +84,20 @@ def _run_workers(target: Any, args: tuple[Any, ...], spec: LoopSpec) -> dict[str
 # -- the ceiling: raw python-pkcs11 ---------------------------------------------------------------
 
 
-def raw_pkcs11(material: Material, algorithm: str, spec: LoopSpec) -> dict[str, Any]:
+def raw_pkcs11(
+    material: Material, algorithm: str, spec: LoopSpec, *, session_copy: bool = False
+) -> dict[str, Any]:
     key_id = (material.rsa if algorithm.startswith("rsa") else material.ec).key_id
-    result = _run_workers(_raw_worker, (material, key_id, algorithm), spec)
-    return {"algorithm": algorithm, **result}
+    result = _run_workers(_raw_worker, (material, key_id, algorithm, session_copy), spec)
+    return {"algorithm": algorithm, "key_object": "session copy" if session_copy else "token",
+            **result}
 
 
-def _raw_worker(material: Material, key_id: str, algorithm: str, spec: LoopSpec,
-                barrier: Any, results: Any) -> None:
+def _raw_worker(material: Material, key_id: str, algorithm: str, session_copy: bool,
+                spec: LoopSpec, barrier: Any, results: Any) -> None:
     try:
         import pkcs11
-        from pkcs11 import Mechanism, ObjectClass
+        from pkcs11 import Attribute, Mechanism, ObjectClass
 
         from gateway.hsm import HASHES
 
@@ -102,6 +108,8 @@ def _raw_worker(material: Material, key_id: str, algorithm: str, spec: LoopSpec,
         with token.open(user_pin=pin) as session:
             key: Any = session.get_key(object_class=ObjectClass.PRIVATE_KEY,
                                        id=uuid.UUID(key_id).bytes)
+            if session_copy:
+                key = key.copy({Attribute.TOKEN: False})
             digests = [os.urandom(32) for _ in range(64)]
             if algorithm.startswith("rsa"):
                 prefix = HASHES["sha256"].digest_info_prefix

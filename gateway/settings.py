@@ -89,6 +89,9 @@ class HsmSettings:
     # "auto": single signatures run on the calling thread when the module is SoftHSM (local
     # CPU work), never for another module (a network HSM's calls wait on the network).
     inline_signing: str = "auto"
+    # "auto": sign batches with a copy of the key held in the session when the module is
+    # SoftHSM, whose token objects re-check their file on every use (see gateway/hsm/keys.py).
+    session_key_copies: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     p11e.UserNotLoggedIn,
 )
 
-INLINE_SIGNING = ("auto", "on", "off")
+SWITCH_VALUES = ("auto", "on", "off")
 _OPEN_ATTEMPTS = 3
 _OPEN_PAUSE_SECONDS = 0.05
 
@@ -203,10 +203,14 @@ class TokenSession:
 
 def inline_signing_enabled(settings: HsmSettings) -> bool:
     """Whether single signatures may run on the calling thread (``hsm.inline_signing``)."""
-    if settings.inline_signing not in INLINE_SIGNING:
-        raise ConfigError(f"hsm.inline_signing must be one of {', '.join(INLINE_SIGNING)}, "
-                          f"not {settings.inline_signing!r}")
-    if settings.inline_signing == "auto":
-        return "softhsm" in os.path.basename(settings.module).lower()
-    return settings.inline_signing == "on"
+    return softhsm_switch(settings, "inline_signing", settings.inline_signing)
 
+
+def softhsm_switch(settings: HsmSettings, name: str, value: str) -> bool:
+    """Read an ``auto``/``on``/``off`` setting whose ``auto`` means "on when the module is
+    SoftHSM": the switches that only pay off for a local software token."""
+    if value not in SWITCH_VALUES:
+        raise ConfigError(f"hsm.{name} must be one of {', '.join(SWITCH_VALUES)}, not {value!r}")
+    if value == "auto":
+        return "softhsm" in os.path.basename(settings.module).lower()
+    return value == "on"

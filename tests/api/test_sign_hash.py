@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,6 +92,31 @@ async def test_a_batch_is_one_hop_to_the_hsm(signer_world: SignerWorld) -> None:
         "hash_algorithm": "sha256", "hashes": [b64(d) for d in digests_of("sha256", 8)]})
     assert response.status == 200, await response.text()
     assert hsm_sign_hops() - before == 1
+
+
+async def test_a_batch_while_the_token_is_gone_is_503_and_recovers(
+    signer_world: SignerWorld, token_dir: Path
+) -> None:
+    """Batches sign with a session copy of the key (SoftHSM); the copy outlives the token's
+    files, but the batch checks the token first, so a token that is gone is an outage for
+    batches as for single signatures, and after it returns batches sign again."""
+    world, seal, headers = signer_world
+    batch = {"hash_algorithm": "sha256", "hashes": [b64(d) for d in digests_of("sha256", 4)]}
+    assert (await world.http.post(sign_path(seal["id"]), headers=headers, json=batch)).status \
+        == 200
+    tokens, away = token_dir / "tokens", token_dir / "tokens.away"
+    tokens.rename(away)
+    try:
+        response = await world.http.post(sign_path(seal["id"]), headers=headers, json=batch)
+        await assert_problem(response, 503, "hsm-unavailable")
+    finally:
+        away.rename(tokens)
+    for _ in range(50):
+        response = await world.http.post(sign_path(seal["id"]), headers=headers, json=batch)
+        if response.status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert response.status == 200, await response.text()
 
 
 async def test_receipt_lists_the_digests(signer_world: SignerWorld) -> None:

@@ -7,16 +7,19 @@ import hashlib
 import os
 import threading
 import time
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_der_public_key
+from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11.util.ec import encode_named_curve_parameters
 
 from gateway.errors import ConfigError, HsmError, NotFound
 from gateway.hsm import Hsm, KeyAlgorithm, SignatureScheme, ecdsa_raw_to_der
-from gateway.hsm.token import inline_signing_enabled
+from gateway.hsm.token import inline_signing_enabled, softhsm_switch
 from gateway.settings import HsmSettings
 from tests.conftest import new_key_id
 
@@ -108,6 +111,96 @@ async def test_destroyed_key_is_gone(hsm: Hsm) -> None:
         await hsm.public_key(key_id)
 
 
+async def _private_key_objects(hsm: Hsm, key_id: bytes) -> list[dict[str, bool]]:
+    """Every private key object with this id the session sees: token objects and copies."""
+
+    def read(session: Any) -> list[dict[str, bool]]:
+        found = session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                     Attribute.ID: key_id})
+        return [{"token": bool(o[Attribute.TOKEN]), "sensitive": bool(o[Attribute.SENSITIVE]),
+                 "extractable": bool(o[Attribute.EXTRACTABLE])} for o in found]
+
+    return await hsm.token.run("probe", read)
+
+
+async def _sign_and_verify(hsm: Hsm, key_id: bytes, public: Any, count: int = 2) -> None:
+    """Sign ``count`` digests in one call (a batch when more than one) and verify each."""
+    messages = [MESSAGE + bytes([n]) for n in range(count)]
+    signatures = await hsm.sign_digests(
+        key_id, KeyAlgorithm.EC_P256, [hashlib.sha256(m).digest() for m in messages], "sha256",
+        SignatureScheme.ECDSA)
+    for message, signature in zip(messages, signatures, strict=True):
+        public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+
+
+TOKEN_OBJECT = {"token": True, "sensitive": True, "extractable": False}
+SESSION_COPY = {"token": False, "sensitive": True, "extractable": False}
+
+
+async def test_batches_sign_with_a_session_copy_as_protected_as_the_key(hsm: Hsm) -> None:
+    """With SoftHSM, a batch makes one in-session copy of the private key, as sensitive and
+    non-extractable as the token object; a single signature uses the token object."""
+    key_id = new_key_id()
+    public = load_der_public_key(await hsm.generate_key(KeyAlgorithm.EC_P256, "copy", key_id))
+    await _sign_and_verify(hsm, key_id, public, count=1)
+    assert await _private_key_objects(hsm, key_id) == [TOKEN_OBJECT]
+    for _ in range(3):
+        await _sign_and_verify(hsm, key_id, public)
+    objects = await _private_key_objects(hsm, key_id)
+    assert sorted(objects, key=lambda o: o["token"]) == [SESSION_COPY, TOKEN_OBJECT]
+
+
+async def test_destroying_a_key_destroys_its_session_copy(hsm: Hsm) -> None:
+    key_id = new_key_id()
+    public = load_der_public_key(await hsm.generate_key(KeyAlgorithm.EC_P256, "copy", key_id))
+    await _sign_and_verify(hsm, key_id, public)
+    await hsm.destroy_key(key_id)
+    assert await _private_key_objects(hsm, key_id) == []
+    with pytest.raises(NotFound):
+        await _sign_and_verify(hsm, key_id, public)
+
+
+async def test_a_key_destroyed_by_another_process_signs_no_further_batch(hsm: Hsm) -> None:
+    """Another worker destroying the token object leaves this worker's copy in its session;
+    the next batch finds the token object gone, says NotFound and destroys the copy."""
+    key_id = new_key_id()
+    public = load_der_public_key(await hsm.generate_key(KeyAlgorithm.EC_P256, "copy", key_id))
+    await _sign_and_verify(hsm, key_id, public)
+
+    def destroy_token_object(session: Any) -> None:
+        for found in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                          Attribute.ID: key_id, Attribute.TOKEN: True}):
+            found.destroy()
+
+    await hsm.token.run("probe", destroy_token_object)
+    assert await _private_key_objects(hsm, key_id) == [SESSION_COPY]
+    with pytest.raises(NotFound):
+        await _sign_and_verify(hsm, key_id, public)
+    assert await _private_key_objects(hsm, key_id) == []
+
+
+async def test_a_key_that_may_not_be_copied_signs_with_its_token_object(hsm: Hsm) -> None:
+    """A key made with CKA_COPYABLE false (or an HSM that refuses copies) still signs."""
+    key_id = new_key_id()
+
+    def generate(session: Any) -> None:
+        params = session.create_domain_parameters(
+            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            local=True)
+        params.generate_keypair(
+            store=True, label="no-copy", id=key_id,
+            public_template={Attribute.VERIFY: True, Attribute.TOKEN: True},
+            private_template={Attribute.SIGN: True, Attribute.TOKEN: True,
+                              Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                              Attribute.COPYABLE: False})
+
+    await hsm.token.run("probe", generate)
+    public = load_der_public_key(await hsm.public_key(key_id))
+    await _sign_and_verify(hsm, key_id, public)
+    await _sign_and_verify(hsm, key_id, public)
+    assert await _private_key_objects(hsm, key_id) == [TOKEN_OBJECT]
+
+
 async def test_data_encryption_round_trip(hsm: Hsm) -> None:
     """encrypt/decrypt under the token's wrapping key returns the plaintext, never equal to it."""
     ciphertext = await hsm.encrypt(b"11010519491231002X")
@@ -160,6 +253,24 @@ def test_inline_signing_is_for_local_software_tokens_unless_set(
 def test_an_unknown_inline_signing_value_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"hsm\.inline_signing"):
         inline_signing_enabled(HsmSettings(inline_signing="sometimes"))
+
+
+@pytest.mark.parametrize(
+    ("module", "setting", "copies"),
+    [
+        ("/usr/lib/softhsm/libsofthsm2.so", "auto", True),
+        ("/opt/vendor/lib/libnethsm-pkcs11.so", "auto", False),
+        ("/opt/vendor/lib/libnethsm-pkcs11.so", "on", True),
+        ("/usr/lib/softhsm/libsofthsm2.so", "off", False),
+    ],
+)
+def test_session_key_copies_are_for_softhsm_unless_set(
+    module: str, setting: str, copies: bool
+) -> None:
+    settings = HsmSettings(module=module, session_key_copies=setting)
+    assert softhsm_switch(settings, "session_key_copies", setting) is copies
+    with pytest.raises(ConfigError, match=r"hsm\.session_key_copies"):
+        Hsm(HsmSettings(module=module, session_key_copies="always"))
 
 
 @pytest.mark.parametrize("size", [32, 48])
