@@ -298,6 +298,8 @@ class PdfSealer:
             raise BadDocument(f"the PDF cannot be sealed: {exc}") from exc
         except Exception as exc:
             raise _damaged(exc) from exc
+        finally:
+            _discard(writer)
         signed_attributes = key.cms.signed_attributes(byte_range.document_digest)
         return _PreparedSeal(
             byte_range, output, signed_attributes, key.cms.digest_to_sign(signed_attributes)
@@ -365,6 +367,21 @@ def _open(document: bytes | BinaryIO) -> IncrementalPdfFileWriter:
             type_slug="encrypted-document",
         )
     return writer
+
+
+def _discard(writer: IncrementalPdfFileWriter) -> None:
+    """Drop what pyHanko's writer and its reader hold, once the document is written.
+
+    Both sit in reference cycles with the objects they hold (each object's IndirectObject
+    points back at them), so nothing of a document is freed when the sealing returns: a
+    1-page document leaves hundreds of objects to Python's cyclic collector. In a worker
+    sealing a few hundred documents a second, each young-generation pass then found about
+    20,000 of them at once and held the GIL for about 10 ms, which every request in flight
+    waited out. Cleared here, the objects are freed by reference counting as the sealing ends.
+    """
+    reader = writer.prev
+    vars(writer).clear()
+    vars(reader).clear()
 
 
 def _page_index(writer: IncrementalPdfFileWriter, page: int | None) -> int:
