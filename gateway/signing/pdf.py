@@ -11,6 +11,16 @@ work:
 3. in a worker thread, the CMS structure is joined from the template and written into the
    placeholder.
 
+A small document (at most ``INLINE_MAX_OBJECTS`` objects in ``INLINE_MAX_BYTES``) does steps
+1 and 3 on the event loop instead. pyHanko holds the GIL, so the worker thread never ran beside
+the loop anyway: it held it for up to a switch interval (5 ms) at a time, and the two hops
+cost a thread wake-up and a loop wake-up each. A 1-page document takes about 1 ms. At half
+the 1-page peak rate, three alternating runs each: p50 5.2-5.8 ms against 8.4-15.4 ms, p99
+13-15 ms against 32-39 ms, and 15 % less worker CPU per document. pyHanko's work grows with
+the objects it reads (about 7 ms for a flat 50-page document), which the trailer's ``/Size``
+bounds, so larger documents keep to the worker thread. The byte limit bounds what a document
+whose trailer understates its objects can cost the loop.
+
 A document too large to hold in memory arrives as a file and is sealed where it lies
 (:meth:`PdfSealer.seal_file`): the same steps, with the update appended to that file.
 
@@ -33,6 +43,7 @@ import enum
 import functools
 import io
 import logging
+import re
 import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -61,6 +72,14 @@ _HEADER_WINDOW = 1024
 _FILE_CHUNK = 1024 * 1024
 _LEADING_BYTES = b"\xef\xbb\xbf \t\r\n\f\x00"
 _INVISIBLE = SealStampStyle()
+# Documents with at most this many objects are sealed on the event loop (module docstring):
+# up to about 3 ms of pyHanko work, less than the GIL switch interval.
+INLINE_MAX_OBJECTS = 64
+INLINE_MAX_BYTES = 64 * 1024
+# The trailer (or cross-reference stream) that ends a PDF is within its last few hundred
+# bytes; its /Size is one more than the highest object number in the file.
+_TRAILER_WINDOW = 2048
+_SIZE_ENTRY = re.compile(rb"/Size\s+(\d{1,10})")
 
 
 class SignatureLevel(enum.StrEnum):
@@ -149,6 +168,9 @@ class PdfSealer:
         level, long_term = self._checked(options, image_png)
         check_pdf_header(document)
         loop = asyncio.get_running_loop()
+        if long_term is None and is_small(document):
+            prepared = self._prepare(document, key, image_png, options, level, 0)
+            return prepared.finish(key, await key.sign_digest(prepared.digest_to_sign))
         if long_term is None:
             prepared = await loop.run_in_executor(
                 self._executor, self._prepare, document, key, image_png, options, level, 0
@@ -331,6 +353,16 @@ class _PreparedSeal:
         assert isinstance(self.output, io.BytesIO)
         self.fill(key, signature, timestamp)
         return self.output.getvalue()
+
+
+def is_small(document: bytes) -> bool:
+    """Whether the document is within ``INLINE_MAX_BYTES`` and declares at most
+    ``INLINE_MAX_OBJECTS`` objects. A trailer that is not found or misread only moves the
+    work to the worker thread; it decides nothing else."""
+    if len(document) > INLINE_MAX_BYTES:
+        return False
+    sizes = _SIZE_ENTRY.findall(document[-_TRAILER_WINDOW:])
+    return bool(sizes) and int(sizes[-1]) <= INLINE_MAX_OBJECTS
 
 
 def _damaged(exc: Exception) -> BadDocument:

@@ -238,8 +238,11 @@ async def test_concurrent_seals_are_all_valid(
     assert after.misses - before.misses <= 8 and after.hits - before.hits >= 1
 
 
-async def test_pdf_work_runs_in_the_given_executor(seal_key: SealKey, dev_ca: DevCA) -> None:
-    """Reading, writing and CMS assembly go to the sealer's executor, twice per seal."""
+async def test_pdf_work_runs_in_the_given_executor_unless_the_document_is_small(
+    seal_key: SealKey, dev_ca: DevCA
+) -> None:
+    """Reading, writing and CMS assembly go to the sealer's executor, twice per seal; a
+    document of at most INLINE_MAX_OBJECTS objects is sealed on the loop. Both validate."""
 
     class CountingExecutor(ThreadPoolExecutor):
         submitted = 0
@@ -249,10 +252,13 @@ async def test_pdf_work_runs_in_the_given_executor(seal_key: SealKey, dev_ca: De
             return super().submit(fn, *args, **kwargs)
 
     with CountingExecutor(max_workers=2, thread_name_prefix="pdf") as executor:
-        sealed = await PdfSealer(executor).seal(pdf_samples.one_page_pdf(), seal_key, PNG)
-    assert CountingExecutor.submitted == 2
-    [(_signature, status)] = await validate(sealed, dev_ca)
-    assert status.bottom_line
+        small = await PdfSealer(executor).seal(pdf_samples.one_page_pdf(), seal_key, PNG)
+        assert CountingExecutor.submitted == 0
+        large = await PdfSealer(executor).seal(pdf_samples.multi_page_pdf(50), seal_key, PNG)
+        assert CountingExecutor.submitted == 2
+    for sealed in (small, large):
+        [(_signature, status)] = await validate(sealed, dev_ca)
+        assert status.bottom_line
 
 
 async def test_dry_run_signature_is_sized_without_the_hsm(

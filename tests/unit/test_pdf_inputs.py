@@ -18,6 +18,7 @@ from gateway.errors import (
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
 from gateway.signing import PdfSealer, PdfSealOptions, Placement, SealKey, check_pdf_header
+from gateway.signing.pdf import INLINE_MAX_BYTES, is_small
 from tests import pdf_samples
 
 PNG = pdf_samples.seal_png()
@@ -198,3 +199,19 @@ async def test_a_sealed_documents_objects_are_freed_without_the_cyclic_collector
     finally:
         gc.enable()
     assert left_per_document < 40
+
+
+@pytest.mark.parametrize(
+    ("tail", "small"),
+    [
+        (b"trailer\n<< /Size 7 /Root 1 0 R >>\nstartxref\n9\n%%EOF\n", True),
+        (b"trailer\n<< /Size 64 >>\nstartxref\n9\n%%EOF\n", True),
+        (b"trailer\n<< /Size 65 >>\nstartxref\n9\n%%EOF\n", False),
+        (b"<< /Type /XRef /Size 12 /W [1 2 1] >>\nstream\n...\nendstream\n%%EOF\n", True),
+        (b"trailer\n<< /Root 1 0 R >>\n%%EOF\n", False),
+    ],
+    ids=["trailer", "at-limit", "over-limit", "xref-stream", "no-size"],
+)
+def test_small_means_a_declared_size_within_the_limits(tail: bytes, small: bool) -> None:
+    assert is_small(b"%PDF-1.7\n" + tail) is small
+    assert not is_small(b"%PDF-1.7\n" + b" " * INLINE_MAX_BYTES + tail)
