@@ -232,8 +232,12 @@ async def test_a_single_signature_runs_on_the_callers_thread_when_the_token_is_f
     await slow
 
 
+SWITCHES = ["inline_signing", "session_key_copies"]
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
 @pytest.mark.parametrize(
-    ("module", "setting", "inline"),
+    ("module", "setting", "on"),
     [
         ("/usr/lib/softhsm/libsofthsm2.so", "auto", True),
         ("/opt/vendor/lib/libnethsm-pkcs11.so", "auto", False),
@@ -241,36 +245,21 @@ async def test_a_single_signature_runs_on_the_callers_thread_when_the_token_is_f
         ("/usr/lib/softhsm/libsofthsm2.so", "off", False),
     ],
 )
-def test_inline_signing_is_for_local_software_tokens_unless_set(
-    module: str, setting: str, inline: bool
+def test_softhsm_switches_are_for_local_software_tokens_unless_set(
+    switch: str, module: str, setting: str, on: bool
 ) -> None:
-    """A network HSM's calls wait on the network, so they never run on the event loop unless
-    the operator says so."""
-    settings = HsmSettings(module=module, inline_signing=setting)
-    assert inline_signing_enabled(settings) is inline
+    """Inline signing and session copies only pay off with a local software token (a network
+    HSM's calls wait on the network), so elsewhere they are off unless the operator says so."""
+    settings = HsmSettings(module=module, **{switch: setting})
+    assert softhsm_switch(settings, switch, setting) is on
+    if switch == "inline_signing":
+        assert inline_signing_enabled(settings) is on
 
 
-def test_an_unknown_inline_signing_value_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"hsm\.inline_signing"):
-        inline_signing_enabled(HsmSettings(inline_signing="sometimes"))
-
-
-@pytest.mark.parametrize(
-    ("module", "setting", "copies"),
-    [
-        ("/usr/lib/softhsm/libsofthsm2.so", "auto", True),
-        ("/opt/vendor/lib/libnethsm-pkcs11.so", "auto", False),
-        ("/opt/vendor/lib/libnethsm-pkcs11.so", "on", True),
-        ("/usr/lib/softhsm/libsofthsm2.so", "off", False),
-    ],
-)
-def test_session_key_copies_are_for_softhsm_unless_set(
-    module: str, setting: str, copies: bool
-) -> None:
-    settings = HsmSettings(module=module, session_key_copies=setting)
-    assert softhsm_switch(settings, "session_key_copies", setting) is copies
-    with pytest.raises(ConfigError, match=r"hsm\.session_key_copies"):
-        Hsm(HsmSettings(module=module, session_key_copies="always"))
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_an_unknown_switch_value_is_a_config_error(switch: str) -> None:
+    with pytest.raises(ConfigError, match=rf"hsm\.{switch}"):
+        Hsm(HsmSettings(**{switch: "sometimes"}))
 
 
 @pytest.mark.parametrize("size", [32, 48])
