@@ -7,8 +7,9 @@ imports this module, and ``/metrics`` aggregates every worker's files.
 
 from __future__ import annotations
 
+import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +20,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -146,8 +148,43 @@ def render_latest() -> bytes:
     """The text exposition of every collector, aggregated over worker processes when needed."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        registry = CollectorRegistry()
-        # prometheus_client ships this collector without annotations.
-        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        return generate_latest(worker_files_registry(directory))
     return generate_latest()
+
+
+# A metric file starts with its used length (4 bytes) and padding (4 bytes).
+_FILE_HEADER_BYTES = 8
+
+
+def worker_files_registry(directory: str) -> CollectorRegistry:
+    """A registry that merges the worker metric files in ``directory`` when collected."""
+    registry = CollectorRegistry()
+    registry.register(_WorkerFiles(directory))
+    return registry
+
+
+class _WorkerFiles:
+    """prometheus_client's multiprocess merge, over the files that are ready to be read.
+
+    A worker that is starting creates its file empty and sizes it a moment later; read in
+    that moment, the file failed the whole scrape (``struct.error``). It has no samples yet,
+    so it is left out. A file removed between listing and reading is prometheus_client's to
+    skip (live gauges of a dead worker).
+    """
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        ready = []
+        for path in glob.glob(os.path.join(self._directory, "*.db")):
+            try:
+                if os.path.getsize(path) >= _FILE_HEADER_BYTES:
+                    ready.append(path)
+            except FileNotFoundError:
+                continue
+        # prometheus_client ships the merge without annotations.
+        metrics: Iterable[Metric] = multiprocess.MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
+            ready, accumulate=True)
+        return metrics
+

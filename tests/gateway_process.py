@@ -28,9 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
-
+from gateway.metrics import worker_files_registry
 from tests.redis_server import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -266,10 +264,9 @@ def worker_samples(metrics_dir: Path, sample: str, labels: dict[str, str] | None
         with tempfile.TemporaryDirectory() as one_worker:
             for path in paths:
                 shutil.copy(path, one_worker)
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=one_worker)  # type: ignore[no-untyped-call]
             values[pid] = sum(
-                s.value for metric in registry.collect() for s in metric.samples
+                s.value for metric in worker_files_registry(one_worker).collect()
+                for s in metric.samples
                 if s.name == sample and all(s.labels.get(k) == v
                                             for k, v in (labels or {}).items())
             )
