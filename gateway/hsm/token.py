@@ -59,7 +59,7 @@ class TokenSession:
         self._thread = SerialThread("hsm")
         # Held around every PKCS#11 call, on whichever thread makes it: calls never overlap.
         self._lock = threading.Lock()
-        self._inline = inline_signing_enabled(settings)
+        self._inline = softhsm_switch(settings, "inline_signing", settings.inline_signing)
         self._lib: Any = None
         self._session: Any = None
         self._pid = 0
@@ -199,11 +199,6 @@ class TokenSession:
         if session is not None:
             with contextlib.suppress(p11e.PKCS11Error):
                 session.close()
-
-
-def inline_signing_enabled(settings: HsmSettings) -> bool:
-    """Whether single signatures may run on the calling thread (``hsm.inline_signing``)."""
-    return softhsm_switch(settings, "inline_signing", settings.inline_signing)
 
 
 def softhsm_switch(settings: HsmSettings, name: str, value: str) -> bool:

@@ -45,9 +45,10 @@ import io
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO, TypeVar
 
 from asn1crypto import cms
 from pyhanko.pdf_utils import generic
@@ -64,6 +65,7 @@ from gateway.signing.pdf_stamp import Placement, Rect, SealImage, SealStampStyle
 from gateway.signing.seal_key import SealKey
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # PDF readers look for the header within the first 1024 bytes (ISO 32000-2 §7.5.2 note).
 _HEADER_WINDOW = 1024
@@ -167,16 +169,11 @@ class PdfSealer:
         options = options or PdfSealOptions()
         level, long_term = self._checked(options, image_png)
         check_pdf_header(document)
-        loop = asyncio.get_running_loop()
-        if long_term is None and is_small(document):
-            prepared = self._prepare(document, key, image_png, options, level, 0)
-            return prepared.finish(key, await key.sign_digest(prepared.digest_to_sign))
         if long_term is None:
-            prepared = await loop.run_in_executor(
-                self._executor, self._prepare, document, key, image_png, options, level, 0
-            )
+            run = _here if is_small(document) else self._in_executor
+            prepared = await run(self._prepare, document, key, image_png, options, level, 0)
             signature = await key.sign_digest(prepared.digest_to_sign)
-            return await loop.run_in_executor(self._executor, prepared.finish, key, signature)
+            return await run(prepared.finish, key, signature)
         return await self._seal_long_term(document, key, image_png, options, level, long_term)
 
     async def seal_file(
@@ -195,24 +192,26 @@ class PdfSealer:
         """
         options = options or PdfSealOptions()
         level, long_term = self._checked(options, image_png)
-        loop = asyncio.get_running_loop()
         if level in (SignatureLevel.B_LT, SignatureLevel.B_LTA):
-            document = await loop.run_in_executor(self._executor, _read_all, file)
+            document = await self._in_executor(_read_all, file)
             sealed = await self.seal(document, key, image_png, options)
-            await loop.run_in_executor(self._executor, _append, file, sealed[len(document):])
+            await self._in_executor(_append, file, sealed[len(document):])
             return
         timestamp_size = (
             0 if long_term is None else await long_term.signature_timestamp_size(key.hash_name)
         )
-        prepared = await loop.run_in_executor(
-            self._executor, self._prepare, file, key, image_png, options, level, timestamp_size
+        prepared = await self._in_executor(
+            self._prepare, file, key, image_png, options, level, timestamp_size
         )
         signature = await key.sign_digest(prepared.digest_to_sign)
         token = (
             None if long_term is None
             else await long_term.signature_timestamp(signature, key.hash_name)
         )
-        await loop.run_in_executor(self._executor, prepared.fill, key, signature, token)
+        await self._in_executor(prepared.fill, key, signature, token)
+
+    async def _in_executor(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _checked(
         self, options: PdfSealOptions, image_png: bytes | None
@@ -239,17 +238,13 @@ class PdfSealer:
         level: SignatureLevel,
         long_term: LongTermSigning,
     ) -> bytes:
-        loop = asyncio.get_running_loop()
         timestamp_size = await long_term.signature_timestamp_size(key.hash_name)
-        prepared = await loop.run_in_executor(
-            self._executor, self._prepare, document, key, image_png, options, level,
-            timestamp_size,
+        prepared = await self._in_executor(
+            self._prepare, document, key, image_png, options, level, timestamp_size
         )
         signature = await key.sign_digest(prepared.digest_to_sign)
         token = await long_term.signature_timestamp(signature, key.hash_name)
-        sealed = await loop.run_in_executor(
-            self._executor, prepared.finish, key, signature, token
-        )
+        sealed = await self._in_executor(prepared.finish, key, signature, token)
         if level is SignatureLevel.B_T:
             return sealed
         sealed = await long_term.add_validation_data(
@@ -353,6 +348,11 @@ class _PreparedSeal:
         assert isinstance(self.output, io.BytesIO)
         self.fill(key, signature, timestamp)
         return self.output.getvalue()
+
+
+async def _here(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` on the calling thread (the event loop), for small documents."""
+    return fn(*args)
 
 
 def is_small(document: bytes) -> bool:

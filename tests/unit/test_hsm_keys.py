@@ -19,7 +19,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 
 from gateway.errors import ConfigError, HsmError, NotFound
 from gateway.hsm import Hsm, KeyAlgorithm, SignatureScheme, ecdsa_raw_to_der
-from gateway.hsm.token import inline_signing_enabled, softhsm_switch
+from gateway.hsm.token import softhsm_switch
 from gateway.settings import HsmSettings
 from tests.conftest import new_key_id
 
@@ -252,8 +252,6 @@ def test_softhsm_switches_are_for_local_software_tokens_unless_set(
     HSM's calls wait on the network), so elsewhere they are off unless the operator says so."""
     settings = HsmSettings(module=module, **{switch: setting})
     assert softhsm_switch(settings, switch, setting) is on
-    if switch == "inline_signing":
-        assert inline_signing_enabled(settings) is on
 
 
 @pytest.mark.parametrize("switch", SWITCHES)
