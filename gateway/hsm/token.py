@@ -47,7 +47,7 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 SWITCH_VALUES = ("auto", "on", "off")
-_OPEN_ATTEMPTS = 3
+_OPEN_ATTEMPTS = 5  # pauses of 50, 100, 150, 200 ms: half a second in all
 _OPEN_PAUSE_SECONDS = 0.05
 
 
@@ -163,9 +163,11 @@ class TokenSession:
         while True:
             try:
                 return self._open_once()
-            except p11e.GeneralError:
-                # Seen when several processes log in to one token at the same moment
-                # (workers starting together); a moment later the same call succeeds.
+            except (p11e.GeneralError, p11e.NoSuchToken):
+                # SoftHSM rewrites the token's file on every login, and a process that reads
+                # the token list during that write fails with a general error or does not see
+                # the token at all. Workers starting (or recovering) together log in at the
+                # same moment; a moment later the same call succeeds.
                 if attempt == _OPEN_ATTEMPTS:
                     raise
                 time.sleep(_OPEN_PAUSE_SECONDS * attempt)

@@ -213,7 +213,10 @@ def test_serials_keep_increasing_across_worker_processes(tmp_path: Path) -> None
             try:
                 connection.request("POST", "/tsa", body=query.read_bytes(), headers={
                     **QUERY, "Authorization": f"Bearer {deployment.token}"})
-                answer = tsp.TimeStampResp.load(connection.getresponse().read())
+                response = connection.getresponse()
+                body = response.read()
+                assert response.status == 200, (response.status, body)
+                answer = tsp.TimeStampResp.load(body)
             finally:
                 connection.close()
             info = answer["time_stamp_token"]["content"]["encap_content_info"]["content"].parsed
