@@ -136,8 +136,9 @@ def _raw_worker(material: Material, key_id: str, algorithm: str, session_copy: b
 
 
 def _find_token(lib: Any, label: str) -> Any:
-    """The token, asked for again briefly: SoftHSM rescans its object store on each call and
-    has been seen to miss a token for a moment right after another process let go of it."""
+    """The token, asked for again briefly: SoftHSM rewrites the token's file on every login,
+    and a process listing tokens during another's login does not see it (as in
+    gateway/hsm/token.py)."""
     import pkcs11.exceptions
 
     for attempt in range(10):
