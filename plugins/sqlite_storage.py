@@ -102,6 +102,9 @@ _OUTAGE_CODES = {5, 6, 8, 10, 13, 14, 15}
 _BUSY = 5
 BUSY_PAUSE_SECONDS = 0.0005
 LOCAL_WRITES_PER_CHECKPOINT = 500
+# A checkpoint that meets a reader or writer tries again after 10, 20, 30 … ms.
+CHECKPOINT_PAUSE_SECONDS = 0.01
+CHECKPOINT_ATTEMPTS = 20
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -120,7 +123,7 @@ class SqliteStorage:
         self._reader: sqlite3.Connection | None = None
         self._reader_thread = 0
         self._local_writes = 0
-        self._background: set[asyncio.Task[None]] = set()
+        self._checkpointing: asyncio.Task[None] | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -144,8 +147,11 @@ class SqliteStorage:
         reader, self._reader = self._reader, None
         if reader is not None and threading.get_ident() == self._reader_thread:
             reader.close()  # from another thread sqlite3 refuses; the collector closes it
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._checkpointing is not None:
+            # A checkpoint waiting for its next try is dropped: the last connection to close
+            # checkpoints the WAL anyway.
+            self._checkpointing.cancel()
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
         try:
             await self._run(self._disconnect)
         finally:
@@ -469,23 +475,33 @@ class SqliteStorage:
 
     def _count_local_write(self) -> None:
         """The caller's-thread connection never checkpoints (that may take milliseconds);
-        every ``LOCAL_WRITES_PER_CHECKPOINT`` of its writes, the thread does, so that the WAL
-        stays bounded even when token buckets are all that is written. TRUNCATE, because
-        with writes from two connections interleaving, a passive checkpoint copied the
-        frames back but the WAL was never started over; one that finds a write in progress
-        reports busy and the next one tries again."""
+        after ``LOCAL_WRITES_PER_CHECKPOINT`` of its writes, the thread does, so that the WAL
+        stays bounded even when token buckets are all that is written. One checkpoint at a
+        time: while it runs, more writes only add to the next one's count."""
         self._local_writes += 1
-        if self._local_writes % LOCAL_WRITES_PER_CHECKPOINT == 0:
-            task = asyncio.get_running_loop().create_task(self._checkpoint())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        if self._local_writes >= LOCAL_WRITES_PER_CHECKPOINT and self._checkpointing is None:
+            self._local_writes = 0
+            self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
 
     async def _checkpoint(self) -> None:
+        """TRUNCATE, because with writes from two connections interleaving, a passive
+        checkpoint copied the frames back but the WAL was never started over. It reports busy
+        (without raising) while a read or write is in progress, as it was for every one of a
+        burst of writes; it is tried again shortly, or the WAL would keep the burst's size
+        until the next checkpoint is due."""
         try:
-            await self._run(lambda: self._conn().execute(
-                "PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+            for attempt in range(1, CHECKPOINT_ATTEMPTS + 1):
+                busy, _, _ = await self._run(lambda: self._conn().execute(
+                    "PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+                if not busy:
+                    return
+                await asyncio.sleep(CHECKPOINT_PAUSE_SECONDS * attempt)
+            log.info("WAL checkpoint kept meeting readers; the next one is due in %d writes",
+                     LOCAL_WRITES_PER_CHECKPOINT)
         except (BackendUnavailable, sqlite3.Error) as exc:
             log.info("WAL checkpoint skipped: %s", exc)
+        finally:
+            self._checkpointing = None
 
     def _local_connection(self) -> sqlite3.Connection | None:
         """The caller's-thread connection, when the caller is the thread that owns it."""

@@ -605,8 +605,8 @@ async def test_sqlite_wal_stays_bounded_when_only_token_buckets_are_written(
         for n in range(300):
             await backend.take_token(f"client:{n}", rate=1.0, burst=1, now=1000.0)
             await asyncio.sleep(0)  # let a due checkpoint run between requests
-        # Checkpoints that met a write in progress were skipped; the ones queued after the
-        # last write find none. On a busy machine they may take a while to get their turn.
+        # A checkpoint that met a write in progress tries again shortly, and after the last
+        # write it finds none. On a busy machine that may take a while.
         wal = (tmp_path / "wal.db-wal").stat().st_size
         for _ in range(60):
             if wal < 200_000:
@@ -617,3 +617,35 @@ async def test_sqlite_wal_stays_bounded_when_only_token_buckets_are_written(
         await backend.close()
     # About one 4 KiB page a write: 300 writes without a checkpoint are over a megabyte.
     assert (wal < 200_000) is bounded, wal
+
+
+async def test_sqlite_checkpoint_that_meets_a_reader_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint due while another process reads reports busy; once the read is over, the
+    WAL is started over without waiting for the next checkpoint to fall due."""
+    from plugins import sqlite_storage
+
+    monkeypatch.setattr(sqlite_storage, "LOCAL_WRITES_PER_CHECKPOINT", 5)
+    base = load_settings(environ={})
+    path = tmp_path / "wal.db"
+    backend = create_storage(base.replace(storage=dataclasses.replace(
+        base.storage, backend="sqlite", sqlite_path=str(path))))
+    await backend.open()
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM token_buckets").fetchall()
+        for n in range(5):
+            await backend.take_token(f"client:{n}", rate=1.0, burst=1, now=1000.0)
+        await asyncio.sleep(0.1)
+        assert (tmp_path / "wal.db-wal").stat().st_size > 0  # the reader holds it
+        reader.execute("COMMIT")
+        for _ in range(60):
+            if (tmp_path / "wal.db-wal").stat().st_size == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (tmp_path / "wal.db-wal").stat().st_size == 0
+    finally:
+        reader.close()
+        await backend.close()
