@@ -496,8 +496,8 @@ class SqliteStorage:
                 if not busy:
                     return
                 await asyncio.sleep(CHECKPOINT_PAUSE_SECONDS * attempt)
-            log.info("WAL checkpoint kept meeting readers; the next one is due in %d writes",
-                     LOCAL_WRITES_PER_CHECKPOINT)
+            log.info("WAL checkpoint kept finding the database in use; the next one is due "
+                     "in %d writes", LOCAL_WRITES_PER_CHECKPOINT)
         except (BackendUnavailable, sqlite3.Error) as exc:
             log.info("WAL checkpoint skipped: %s", exc)
         finally:
