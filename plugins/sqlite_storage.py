@@ -102,9 +102,10 @@ _OUTAGE_CODES = {5, 6, 8, 10, 13, 14, 15}
 _BUSY = 5
 BUSY_PAUSE_SECONDS = 0.0005
 LOCAL_WRITES_PER_CHECKPOINT = 500
-# A checkpoint that meets a reader or writer tries again after 10, 20, 30 … ms.
-CHECKPOINT_PAUSE_SECONDS = 0.01
-CHECKPOINT_ATTEMPTS = 20
+# A checkpoint that met a reader or writer tries again after 0.5, 1 and 1.5 s: each try
+# copies what it can and syncs the database file, a few milliseconds in which commits wait.
+CHECKPOINT_PAUSE_SECONDS = 0.5
+CHECKPOINT_ATTEMPTS = 4
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -487,8 +488,8 @@ class SqliteStorage:
         """TRUNCATE, because with writes from two connections interleaving, a passive
         checkpoint copied the frames back but the WAL was never started over. It reports busy
         (without raising) while a read or write is in progress, as it was for every one of a
-        burst of writes; it is tried again shortly, or the WAL would keep the burst's size
-        until the next checkpoint is due."""
+        burst of writes; it is tried again a little later, or the WAL would keep the burst's
+        size until the next checkpoint is due."""
         try:
             for attempt in range(1, CHECKPOINT_ATTEMPTS + 1):
                 busy, _, _ = await self._run(lambda: self._conn().execute(

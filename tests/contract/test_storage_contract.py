@@ -596,6 +596,7 @@ async def test_sqlite_wal_stays_bounded_when_only_token_buckets_are_written(
     from plugins import sqlite_storage
 
     monkeypatch.setattr(sqlite_storage, "LOCAL_WRITES_PER_CHECKPOINT", every)
+    monkeypatch.setattr(sqlite_storage, "CHECKPOINT_PAUSE_SECONDS", 0.05)
     base = load_settings(environ={})
     settings = base.replace(storage=dataclasses.replace(
         base.storage, backend="sqlite", sqlite_path=str(tmp_path / "wal.db")))
@@ -605,8 +606,8 @@ async def test_sqlite_wal_stays_bounded_when_only_token_buckets_are_written(
         for n in range(300):
             await backend.take_token(f"client:{n}", rate=1.0, burst=1, now=1000.0)
             await asyncio.sleep(0)  # let a due checkpoint run between requests
-        # A checkpoint that met a write in progress tries again shortly, and after the last
-        # write it finds none. On a busy machine that may take a while.
+        # A checkpoint that met a write in progress tries again a little later, and after the
+        # last write it finds none. On a busy machine that may take a while.
         wal = (tmp_path / "wal.db-wal").stat().st_size
         for _ in range(60):
             if wal < 200_000:
@@ -627,6 +628,7 @@ async def test_sqlite_checkpoint_that_meets_a_reader_tries_again(
     from plugins import sqlite_storage
 
     monkeypatch.setattr(sqlite_storage, "LOCAL_WRITES_PER_CHECKPOINT", 5)
+    monkeypatch.setattr(sqlite_storage, "CHECKPOINT_PAUSE_SECONDS", 0.05)
     base = load_settings(environ={})
     path = tmp_path / "wal.db"
     backend = create_storage(base.replace(storage=dataclasses.replace(
