@@ -187,4 +187,3 @@ class _WorkerFiles:
         metrics: Iterable[Metric] = multiprocess.MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
             ready, accumulate=True)
         return metrics
-

@@ -94,10 +94,10 @@ CREATE TABLE IF NOT EXISTS token_buckets (
 );
 """
 
-# Primary result codes that mean "the database cannot serve now" rather than "this statement
-# is wrong": BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
 log = logging.getLogger(__name__)
 
+# Primary result codes that mean "the database cannot serve now" rather than "this statement
+# is wrong": BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
 _OUTAGE_CODES = {5, 6, 8, 10, 13, 14, 15}
 _BUSY = 5
 BUSY_PAUSE_SECONDS = 0.0005

@@ -19,19 +19,21 @@ from gateway.api.context import SETTINGS
 from gateway.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def client_address(request: web.Request) -> str:
     """The address the request came from, through trusted proxies; "unknown" if none."""
     peer = request.remote or ""
     proxies = trusted_networks(request.app[SETTINGS].server.trusted_proxies)
-    if not proxies or not _within(peer, proxies):
+    if not proxies or not _within(_address(peer), proxies):
         return peer or "unknown"
     hops = [hop.strip() for header in request.headers.getall("X-Forwarded-For", [])
             for hop in header.split(",")]
     for hop in reversed(hops):
-        if not _within(hop, proxies):
-            return hop if _is_address(hop) else "unknown"
+        address = _address(hop)
+        if not _within(address, proxies):
+            return hop if address is not None else "unknown"
     return peer
 
 
@@ -49,17 +51,12 @@ def trusted_networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _within(address: str, networks: tuple[Network, ...]) -> bool:
+def _address(text: str) -> Address | None:
     try:
-        parsed = ipaddress.ip_address(address)
+        return ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return any(parsed in network for network in networks)
+        return None
 
 
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+def _within(address: Address | None, networks: tuple[Network, ...]) -> bool:
+    return address is not None and any(address in network for network in networks)
