@@ -484,6 +484,12 @@ async def test_audit_log_on_backend_verifies_after_concurrent_appends(
 # -- backend-specific failure modes --------------------------------------------------------
 
 
+def sqlite_settings(path: Path, **storage: Any) -> Settings:
+    base = load_settings(environ={})
+    return base.replace(storage=dataclasses.replace(
+        base.storage, backend="sqlite", sqlite_path=str(path), **storage))
+
+
 def redis_settings(url: str, timeout: float) -> Settings:
     base = load_settings(environ={})
     return base.replace(storage=dataclasses.replace(
@@ -541,12 +547,7 @@ async def test_unresponsive_redis_times_out_within_timeout(tmp_path: Path) -> No
 
 async def test_locked_sqlite_database_is_backend_unavailable(tmp_path: Path) -> None:
     """A writer that cannot get SQLite's write lock in time gets BackendUnavailable."""
-    base = load_settings(environ={})
-    settings = base.replace(storage=dataclasses.replace(
-        base.storage, backend="sqlite", sqlite_path=str(tmp_path / "locked.db"),
-        timeout_seconds=0.3,
-    ))
-    backend = create_storage(settings)
+    backend = create_storage(sqlite_settings(tmp_path / "locked.db", timeout_seconds=0.3))
     await backend.open()
     blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
     try:
@@ -564,10 +565,7 @@ async def test_locked_sqlite_database_is_backend_unavailable(tmp_path: Path) -> 
 async def test_sqlite_token_bucket_waits_its_turn_behind_another_writer(tmp_path: Path) -> None:
     """With the write lock held elsewhere, a token is taken (on the backend's thread) as soon
     as the lock is free, not refused and not taken twice."""
-    base = load_settings(environ={})
-    settings = base.replace(storage=dataclasses.replace(
-        base.storage, backend="sqlite", sqlite_path=str(tmp_path / "bucket.db")))
-    backend = create_storage(settings)
+    backend = create_storage(sqlite_settings(tmp_path / "bucket.db"))
     await backend.open()
     blocker = sqlite3.connect(tmp_path / "bucket.db", isolation_level=None,
                               check_same_thread=False)
@@ -597,10 +595,7 @@ async def test_sqlite_wal_stays_bounded_when_only_token_buckets_are_written(
 
     monkeypatch.setattr(sqlite_storage, "LOCAL_WRITES_PER_CHECKPOINT", every)
     monkeypatch.setattr(sqlite_storage, "CHECKPOINT_PAUSE_SECONDS", 0.05)
-    base = load_settings(environ={})
-    settings = base.replace(storage=dataclasses.replace(
-        base.storage, backend="sqlite", sqlite_path=str(tmp_path / "wal.db")))
-    backend = create_storage(settings)
+    backend = create_storage(sqlite_settings(tmp_path / "wal.db"))
     await backend.open()
     try:
         for n in range(300):
@@ -629,10 +624,8 @@ async def test_sqlite_checkpoint_that_meets_a_reader_tries_again(
 
     monkeypatch.setattr(sqlite_storage, "LOCAL_WRITES_PER_CHECKPOINT", 5)
     monkeypatch.setattr(sqlite_storage, "CHECKPOINT_PAUSE_SECONDS", 0.05)
-    base = load_settings(environ={})
     path = tmp_path / "wal.db"
-    backend = create_storage(base.replace(storage=dataclasses.replace(
-        base.storage, backend="sqlite", sqlite_path=str(path))))
+    backend = create_storage(sqlite_settings(path))
     await backend.open()
     reader = sqlite3.connect(path, isolation_level=None)
     try:
