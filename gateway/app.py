@@ -29,6 +29,7 @@ from gateway.api import (
     verify,
 )
 from gateway.api.context import SERVICES, SETTINGS
+from gateway.api.limits import BUCKETS, LeasedBuckets
 from gateway.api.remote import trusted_networks
 from gateway.clock import parse, utcnow
 from gateway.errors import SealGateError
@@ -56,6 +57,7 @@ def create_app(
         client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[BUCKETS] = LeasedBuckets(settings.limits)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(settings, hsm=hsm, extra_plugins=extra_plugins)

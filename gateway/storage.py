@@ -14,7 +14,7 @@ import builtins
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 JSON = dict[str, Any]
 
@@ -29,6 +29,13 @@ class Record:
     key: str
     version: int
     data: JSON
+
+
+class Tokens(NamedTuple):
+    """What :meth:`Storage.take_tokens` took: ``taken`` tokens, or none and the ``wait``."""
+
+    taken: int
+    wait: float
 
 
 WriteData = dict[str, Any] | None | Callable[[Sequence[dict[str, Any]]], dict[str, Any]]
@@ -151,10 +158,11 @@ class Storage(Protocol):
 
     async def get_blob(self, key: str) -> bytes | None: ...
 
-    async def take_token(
-        self, bucket: str, *, rate: float, burst: int, now: float
-    ) -> float:
-        """Token bucket: 0 when a token was taken, else seconds until one is available."""
+    async def take_tokens(
+        self, bucket: str, *, rate: float, burst: int, now: float, want: int = 1
+    ) -> Tokens:
+        """Token bucket: take up to ``want`` whole tokens; when not even one is there, take
+        none and say how many seconds until one is."""
 
     async def put_expiring(self, key: str, value: JSON, ttl_seconds: float) -> bool:
         """Store ``value`` under ``key`` unless present; True when stored (idempotency, SAD)."""

@@ -54,6 +54,7 @@ from gateway.storage import (
     EventSealer,
     Record,
     StaleWrite,
+    Tokens,
     Write,
     check_writes,
     resolve_writes,
@@ -99,20 +100,23 @@ end
 return {'ok'}
 """
 
-# KEYS: the bucket. ARGV: rate, burst, now. Returns the wait in seconds as a string, because
-# Redis truncates Lua numbers to integers in replies.
+# KEYS: the bucket. ARGV: rate, burst, now, want. Returns the tokens taken and the wait in
+# seconds, the wait as a string because Redis truncates Lua numbers to integers in replies.
 _BUCKET_SCRIPT = """
 local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local want = tonumber(ARGV[4])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens, ts = tonumber(state[1]), tonumber(state[2])
 if tokens == nil then tokens, ts = burst, now end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local taken = math.min(want, math.floor(tokens))
+tokens = tokens - taken
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+if taken == 0 then wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
            'ts', string.format('%.17g', math.max(now, ts)))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return string.format('%.17g', wait)
+return {taken, string.format('%.17g', wait)}
 """
 
 # Replies that mean "Redis cannot serve writes now", not "this command is wrong".
@@ -300,14 +304,17 @@ class RedisStorage:
             value: int = await client.incrby(self._key(f"ctr:{key}"), amount)
         return value
 
-    async def take_token(self, bucket: str, *, rate: float, burst: int, now: float) -> float:
-        if rate <= 0 or burst < 1:
-            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
+    async def take_tokens(
+        self, bucket: str, *, rate: float, burst: int, now: float, want: int = 1
+    ) -> Tokens:
+        if rate <= 0 or burst < 1 or want < 1:
+            raise ValueError("a token bucket needs rate > 0 and burst >= 1, and want >= 1")
         async with self._available():
-            wait = await self._token_script(
-                keys=[self._key(f"bucket:{bucket}")], args=[repr(rate), burst, repr(now)]
+            taken, wait = await self._token_script(
+                keys=[self._key(f"bucket:{bucket}")],
+                args=[repr(rate), burst, repr(now), want],
             )
-        return float(wait)
+        return Tokens(int(taken), float(wait))
 
     # -- plumbing ----------------------------------------------------------------------------
 

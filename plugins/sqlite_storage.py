@@ -55,6 +55,7 @@ from gateway.storage import (
     EventSealer,
     Record,
     StaleWrite,
+    Tokens,
     Write,
     check_writes,
     resolve_writes,
@@ -310,43 +311,42 @@ class SqliteStorage:
         value: int = rows[0][0]
         return value
 
-    async def take_token(self, bucket: str, *, rate: float, burst: int, now: float) -> float:
-        if rate <= 0 or burst < 1:
-            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
+    async def take_tokens(
+        self, bucket: str, *, rate: float, burst: int, now: float, want: int = 1
+    ) -> Tokens:
+        if rate <= 0 or burst < 1 or want < 1:
+            raise ValueError("a token bucket needs rate > 0 and burst >= 1, and want >= 1")
 
-        def take(db: sqlite3.Connection) -> float:
+        def take(db: sqlite3.Connection) -> Tokens:
             row = db.execute(
                 "SELECT tokens, updated FROM token_buckets WHERE bucket = ?", (bucket,)
             ).fetchone()
             tokens, updated = row if row else (float(burst), now)
             # Clocks of several processes disagree a little; never refill backwards.
             tokens = min(float(burst), tokens + max(0.0, now - updated) * rate)
-            wait = 0.0
-            if tokens >= 1:
-                tokens -= 1
-            else:
-                wait = (1 - tokens) / rate
+            taken = min(want, int(tokens))
+            tokens -= taken
             db.execute(
                 "INSERT INTO token_buckets (bucket, tokens, updated) VALUES (?, ?, ?) "
                 "ON CONFLICT (bucket) DO UPDATE SET tokens = excluded.tokens, "
                 "updated = excluded.updated",
                 (bucket, tokens, max(now, updated)),
             )
-            return wait
+            return Tokens(taken, 0.0 if taken else (1 - tokens) / rate)
 
         local = self._local_connection()
         if local is not None:
             try:
                 with _write_transaction(local) as db:
-                    wait = take(db)
+                    tokens = take(db)
                 self._count_local_write()
-                return wait
+                return tokens
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _OUTAGE_CODES:
                     raise
                 # Busy: another writer holds the lock; the thread waits for it instead.
 
-        def take_on_thread() -> float:
+        def take_on_thread() -> Tokens:
             with self._transaction(durable=False) as db:
                 return take(db)
 

@@ -137,7 +137,7 @@ async def _failed_authentication(request: web.Request) -> SealGateError:
     svc = services(request)
     limits = request.app[SETTINGS].auth
     remote = client_address(request)
-    wait = await svc.storage.take_token(
+    _, wait = await svc.storage.take_tokens(
         f"auth-failures/{remote}", rate=limits.failures_per_minute / 60,
         burst=limits.failure_burst, now=time.time())
     if wait > 0:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
+import pytest
+
+from gateway.api.limits import LeasedBuckets, lease_size
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
-from gateway.settings import Settings
+from gateway.plugins import plugin_manager, storage_backend
+from gateway.settings import LimitsSettings, Settings
 from tests.api.conftest import World
 from tests.api.test_sign_pdf import assert_problem
 from tests.conftest import on_redis
@@ -83,3 +88,49 @@ async def test_the_bucket_is_shared_by_two_instances_on_one_redis(
         for gateway in (other, one):
             await assert_problem(await gateway.http.get("/v1/seals", headers=headers), 429,
                                  "rate-limited")
+
+
+@pytest.mark.parametrize(("rate", "burst", "lease"), [
+    (100.0, 200, 1),  # the defaults: a token at a time, the plain bucket
+    (1000.0, 2000, 10),  # 10 ms of the rate
+    (5000.0, 30, 3),  # a tenth of the burst
+    (1e6, 1_000_000, 100),  # never more than a hundred
+    (0.01, 3, 1),
+])
+def test_a_lease_is_10_ms_of_the_rate_and_a_tenth_of_the_burst_at_most(
+    rate: float, burst: int, lease: int
+) -> None:
+    assert lease_size(LimitsSettings(requests_per_second=rate, burst=burst)) == lease
+
+
+async def test_workers_leasing_from_one_bucket_share_it_exactly(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers taking leases of ten from a bucket of 100 admit exactly 100 requests
+    between them, with one storage write per lease instead of one per request."""
+    storage = storage_backend(plugin_manager(), settings)
+    await storage.open()
+    writes = 0
+    take_tokens = storage.take_tokens
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        return await take_tokens(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "take_tokens", counted)
+    limits = LimitsSettings(requests_per_second=1000.0, burst=100)
+    # The clock stands still, so no token comes back during the test.
+    workers = [LeasedBuckets(limits, clock=lambda: 5000.0) for _ in range(2)]
+    try:
+        admitted = 0
+        for turn in range(150):
+            if await workers[turn % 2].take(storage, "rate:client:one") == 0:
+                admitted += 1
+        assert admitted == 100
+        assert writes - 10 == 150 - 100  # ten leases, then one refused take per refusal
+        # Each worker knows when to come back: one token takes 1 ms at 1000 per second.
+        assert await workers[0].take(storage, "rate:client:one") == pytest.approx(0.001)
+        assert await workers[1].take(storage, "rate:client:other") == 0
+    finally:
+        await storage.close()

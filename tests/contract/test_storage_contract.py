@@ -398,25 +398,39 @@ async def test_a_lease_has_one_holder_until_it_lapses(storage: Storage) -> None:
 
 async def test_token_bucket_allows_burst_then_asks_to_wait(storage: Storage) -> None:
     """A full bucket gives ``burst`` tokens at once, then a positive wait of 1/rate."""
-    taken = [await storage.take_token("client:a", rate=2.0, burst=3, now=1000.0)
+    taken = [await storage.take_tokens("client:a", rate=2.0, burst=3, now=1000.0)
              for _ in range(3)]
-    assert taken == [0, 0, 0]
-    wait = await storage.take_token("client:a", rate=2.0, burst=3, now=1000.0)
-    assert wait == pytest.approx(0.5)
-    assert await storage.take_token("client:b", rate=2.0, burst=3, now=1000.0) == 0
+    assert taken == [(1, 0), (1, 0), (1, 0)]
+    assert await storage.take_tokens("client:a", rate=2.0, burst=3, now=1000.0) \
+        == (0, pytest.approx(0.5))
+    assert await storage.take_tokens("client:b", rate=2.0, burst=3, now=1000.0) == (1, 0)
 
 
 async def test_token_bucket_refills_at_rate(storage: Storage) -> None:
     """After the wait it named, the bucket has a token again, and never more than burst."""
     for _ in range(2):
-        await storage.take_token("c", rate=4.0, burst=2, now=50.0)
-    wait = await storage.take_token("c", rate=4.0, burst=2, now=50.0)
-    assert wait == pytest.approx(0.25)
-    assert await storage.take_token("c", rate=4.0, burst=2, now=50.0 + wait) == 0
+        await storage.take_tokens("c", rate=4.0, burst=2, now=50.0)
+    taken, wait = await storage.take_tokens("c", rate=4.0, burst=2, now=50.0)
+    assert (taken, wait) == (0, pytest.approx(0.25))
+    assert await storage.take_tokens("c", rate=4.0, burst=2, now=50.0 + wait) == (1, 0)
     later = 50.0 + wait + 100
-    assert [await storage.take_token("c", rate=4.0, burst=2, now=later) for _ in range(2)] \
-        == [0, 0]
-    assert await storage.take_token("c", rate=4.0, burst=2, now=later) > 0
+    assert [await storage.take_tokens("c", rate=4.0, burst=2, now=later) for _ in range(2)] \
+        == [(1, 0), (1, 0)]
+    assert (await storage.take_tokens("c", rate=4.0, burst=2, now=later)).wait > 0
+
+
+async def test_token_bucket_gives_several_tokens_up_to_what_it_holds(storage: Storage) -> None:
+    """Asking for several takes that many, then what is left (whole tokens only), then none."""
+    bucket = {"rate": 10.0, "burst": 25}
+    assert await storage.take_tokens("lease", **bucket, now=7.0, want=10) == (10, 0)
+    assert await storage.take_tokens("lease", **bucket, now=7.0, want=10) == (10, 0)
+    assert await storage.take_tokens("lease", **bucket, now=7.0, want=10) == (5, 0)
+    assert await storage.take_tokens("lease", **bucket, now=7.0, want=10) \
+        == (0, pytest.approx(0.1))
+    # 0.25 s later 2.5 tokens came back: two whole ones are given, the half stays.
+    assert await storage.take_tokens("lease", **bucket, now=7.25, want=10) == (2, 0)
+    assert await storage.take_tokens("lease", **bucket, now=7.25, want=10) \
+        == (0, pytest.approx(0.05))
 
 
 async def test_counters_count_from_concurrent_tasks(storage: Storage) -> None:
@@ -572,14 +586,15 @@ async def test_sqlite_token_bucket_waits_its_turn_behind_another_writer(tmp_path
     try:
         blocker.execute("BEGIN IMMEDIATE")
         taking = asyncio.create_task(
-            backend.take_token("client:busy", rate=1.0, burst=2, now=1000.0))
+            backend.take_tokens("client:busy", rate=1.0, burst=2, now=1000.0))
         await asyncio.sleep(0.2)
         assert not taking.done()
         blocker.execute("ROLLBACK")
-        assert await taking == 0
-        assert await backend.take_token("client:busy", rate=1.0, burst=2, now=1000.0) == 0
-        assert await backend.take_token("client:busy", rate=1.0, burst=2,
-                                        now=1000.0) == pytest.approx(1.0)
+        assert await taking == (1, 0)
+        assert await backend.take_tokens("client:busy", rate=1.0, burst=2, now=1000.0) \
+            == (1, 0)
+        assert await backend.take_tokens("client:busy", rate=1.0, burst=2, now=1000.0) \
+            == (0, pytest.approx(1.0))
     finally:
         blocker.close()
         await backend.close()
@@ -599,7 +614,7 @@ async def test_sqlite_wal_stays_bounded_when_only_token_buckets_are_written(
     await backend.open()
     try:
         for n in range(300):
-            await backend.take_token(f"client:{n}", rate=1.0, burst=1, now=1000.0)
+            await backend.take_tokens(f"client:{n}", rate=1.0, burst=1, now=1000.0)
             await asyncio.sleep(0)  # let a due checkpoint run between requests
         # A checkpoint that met a write in progress tries again a little later, and after the
         # last write it finds none. On a busy machine that may take a while.
@@ -632,7 +647,7 @@ async def test_sqlite_checkpoint_that_meets_a_reader_tries_again(
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM token_buckets").fetchall()
         for n in range(5):
-            await backend.take_token(f"client:{n}", rate=1.0, burst=1, now=1000.0)
+            await backend.take_tokens(f"client:{n}", rate=1.0, burst=1, now=1000.0)
         await asyncio.sleep(0.1)
         assert (tmp_path / "wal.db-wal").stat().st_size > 0  # the reader holds it
         reader.execute("COMMIT")
