@@ -10,8 +10,8 @@ JSON result on stdout. Two modes:
   queueing (no coordinated omission); at most ``max_outstanding`` in flight, the rest counted
   as dropped.
 
-Each client (closed loop) or each of ``max_outstanding`` connections (open loop) is a session
-with one keep-alive connection of its own, and the open loop takes the connection idle the
+Each client (closed loop) or each of ``max_outstanding`` slots (open loop) has one keep-alive
+connection of its own (benchmarks/http1.py), and the open loop takes the connection idle the
 longest: the gateway deals connections, not requests, to its workers, so a pool that
 reused its few most recent connections would send nearly all requests to one worker.
 
@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
 import json
+import os
 import resource
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-import aiohttp
+from benchmarks.http1 import Http1Connection, HttpError
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 _READ_CHUNK = 1 << 20
@@ -89,25 +89,26 @@ class Driver:
         self.warmed = 0  # good answers to warm-up requests
 
     async def one(
-        self, session: aiohttp.ClientSession, tally: Tally | None, started: float | None = None
+        self, connection: Http1Connection, tally: Tally | None, started: float | None = None
     ) -> None:
-        """Send the next request on ``session``; record it in ``tally`` (None: warm-up)."""
+        """Send the next request on ``connection``; record it in ``tally`` (None: warm-up)."""
         index = self.sent % len(self.spec.bodies)
         self.sent += 1
         if tally is not None:
             tally.attempted += 1
         begin = time.perf_counter() if started is None else started
         try:
-            if self.spec.stream_body:
-                fh = await asyncio.get_running_loop().run_in_executor(
-                    None, Path(self.spec.bodies[index]).open, "rb")
-                with fh:
+            async with asyncio.timeout(self.spec.request_timeout):
+                if self.spec.stream_body:
+                    fh = await asyncio.get_running_loop().run_in_executor(
+                        None, Path(self.spec.bodies[index]).open, "rb")
+                    with fh:
+                        status, length, good, sample = await self._exchange(
+                            connection, fh, index, tally)
+                else:
                     status, length, good, sample = await self._exchange(
-                        session, fh, index, tally)
-            else:
-                status, length, good, sample = await self._exchange(
-                    session, self.payloads[index], index, tally)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                        connection, self.payloads[index], index, tally)
+        except (HttpError, TimeoutError, OSError) as exc:
             if tally is not None:
                 tally.problem(type(exc).__name__, f"{type(exc).__name__}: {exc}")
             return
@@ -124,88 +125,95 @@ class Driver:
                 tally.samples.append(sample)
 
     async def _exchange(
-        self, session: aiohttp.ClientSession, body: Any, index: int, tally: Tally | None
+        self, connection: Http1Connection, body: bytes | BinaryIO, index: int,
+        tally: Tally | None,
     ) -> tuple[int, int, bool, dict[str, Any] | None]:
         keep = (
             tally is not None and self.spec.samples_dir is not None
             and len(tally.samples) < self.spec.max_samples
             and tally.ok % self.spec.sample_every == 0
         )
-        async with session.post(self.spec.url, data=body, headers=self.spec.headers) as resp:
-            status = resp.status
-            digest = hashlib.sha256()
-            head = b""
-            length = 0
-            out = None
-            if keep and status == 200:
-                assert self.spec.samples_dir is not None
-                path = Path(self.spec.samples_dir) / f"sample-{index}-{self.sent}.bin"
-                out = path.open("wb")
-            try:
-                async for chunk in resp.content.iter_chunked(_READ_CHUNK):
-                    if len(head) < 64:
-                        head += chunk[: 64 - len(head)]
-                    length += len(chunk)
-                    if out is not None:
-                        out.write(chunk)
-                        digest.update(chunk)
-            finally:
-                if out is not None:
-                    out.close()
+        digest = hashlib.sha256()
+        head = bytearray()
+        length = 0
+        out = None
+        if keep:
+            assert self.spec.samples_dir is not None
+            out = (Path(self.spec.samples_dir) / f"sample-{index}-{self.sent}.bin").open("wb")
+
+        def received(chunk: bytes) -> None:
+            nonlocal length
+            if len(head) < 64:
+                head.extend(chunk[: 64 - len(head)])
+            length += len(chunk)
+            if out is not None:
+                out.write(chunk)
+                digest.update(chunk)
+
+        size = None if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
+        try:
+            answer = await connection.post(body, size, received)
+        finally:
+            if out is not None:
+                out.close()
+        status = answer.status
         good = status == 200 and head.startswith(self.prefix)
         if status != 200 and tally is not None:
-            tally.problem(f"http-{status}", f"HTTP {status}: {head!r}")
+            tally.problem(f"http-{status}", f"HTTP {status}: {bytes(head)!r}")
         elif status == 200 and not good and tally is not None:
-            tally.problem("unexpected-body", f"answer starts with {head[:16]!r}")
+            tally.problem("unexpected-body", f"answer starts with {bytes(head[:16])!r}")
         sample = None
-        if out is not None and good:
-            sample = {"path": out.name, "body_index": index, "bytes": length,
-                      "sha256": digest.hexdigest(), "headers": dict(resp.headers)}
+        if out is not None:
+            if good:
+                sample = {"path": out.name, "body_index": index, "bytes": length,
+                          "sha256": digest.hexdigest(), "headers": answer.headers}
+            else:
+                os.unlink(out.name)  # not a good answer: nothing to keep
         return status, length, good, sample
 
 
-async def warm_up(driver: Driver, spec: Spec, sessions: list[aiohttp.ClientSession]) -> None:
+async def warm_up(driver: Driver, spec: Spec, connections: list[Http1Connection]) -> None:
     """Uncounted requests first, in the closed loop's way: connections opened, the server's
     per-seal caches filled. The server's CPU for them is in its figures, so their number
     goes into the result (``warmup_ok``)."""
     warm_until = time.perf_counter() + spec.warmup_seconds
     budget = spec.max_requests
 
-    async def warm(session: aiohttp.ClientSession) -> None:
+    async def warm(connection: Http1Connection) -> None:
         nonlocal budget
         while budget > 0 and time.perf_counter() < warm_until:
             budget -= 1
-            await driver.one(session, None)
+            await driver.one(connection, None)
 
-    await asyncio.gather(*(warm(session) for session in sessions))
+    await asyncio.gather(*(warm(connection) for connection in connections))
 
 
 async def closed_loop(
-    driver: Driver, spec: Spec, sessions: list[aiohttp.ClientSession]
+    driver: Driver, spec: Spec, connections: list[Http1Connection]
 ) -> tuple[Tally, float]:
-    await warm_up(driver, spec, sessions)
+    await warm_up(driver, spec, connections)
     tally = Tally()
     begin = time.perf_counter()
     deadline = begin + spec.duration
     budget = spec.max_requests
 
-    async def client(session: aiohttp.ClientSession) -> None:
+    async def client(connection: Http1Connection) -> None:
         nonlocal budget
         while budget > 0 and time.perf_counter() < deadline:
             budget -= 1
-            await driver.one(session, tally)
+            await driver.one(connection, tally)
 
-    await asyncio.gather(*(client(session) for session in sessions))
+    await asyncio.gather(*(client(connection) for connection in connections))
     return tally, time.perf_counter() - begin
 
 
 async def open_loop(
-    driver: Driver, spec: Spec, sessions: list[aiohttp.ClientSession]
+    driver: Driver, spec: Spec, connections: list[Http1Connection]
 ) -> tuple[Tally, float]:
     """Requests on a fixed schedule; the warm-up is the same schedule, uncounted, so that
     the server warms up at the load it is then measured at (and every connection is open)."""
     assert spec.rate is not None and spec.rate > 0
-    idle = collections.deque(sessions)  # oldest idle first: every connection takes turns
+    idle = collections.deque(connections)  # oldest idle first: every connection takes turns
     await scheduled(driver, spec, idle, None, int(spec.warmup_seconds * spec.rate))
     tally = Tally()
     total = min(spec.max_requests, int(spec.duration * spec.rate))
@@ -213,7 +221,7 @@ async def open_loop(
     return tally, elapsed
 
 
-async def scheduled(driver: Driver, spec: Spec, idle: collections.deque[aiohttp.ClientSession],
+async def scheduled(driver: Driver, spec: Spec, idle: collections.deque[Http1Connection],
                     tally: Tally | None, total: int) -> float:
     """Send ``total`` requests at ``spec.rate`` on the longest-idle connections, whatever
     the answers do; return the seconds it took until the last answer."""
@@ -221,11 +229,11 @@ async def scheduled(driver: Driver, spec: Spec, idle: collections.deque[aiohttp.
     interval = 1.0 / spec.rate
     pending: set[asyncio.Task[None]] = set()
 
-    async def send(session: aiohttp.ClientSession, due: float) -> None:
+    async def send(connection: Http1Connection, due: float) -> None:
         try:
-            await driver.one(session, tally, started=due)
+            await driver.one(connection, tally, started=due)
         finally:
-            idle.append(session)
+            idle.append(connection)
 
     begin = time.perf_counter()
     for n in range(total):
@@ -260,17 +268,19 @@ async def run(spec: Spec) -> dict[str, Any]:
     host = urlsplit(spec.url).hostname or ""
     if host not in LOOPBACK:
         raise SystemExit(f"the load generator only talks to loopback, not {host}")
-    connections = spec.max_outstanding if spec.rate else spec.concurrency
-    timeout = aiohttp.ClientTimeout(total=spec.request_timeout)
+    parts = urlsplit(spec.url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    port = parts.port or 80
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-    async with contextlib.AsyncExitStack() as stack:
-        sessions = [
-            await stack.enter_async_context(aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=1), timeout=timeout))
-            for _ in range(connections)
-        ]
+    connections = [Http1Connection(host, port, path, spec.headers)
+                   for _ in range(spec.max_outstanding if spec.rate else spec.concurrency)]
+    try:
         driver = Driver(spec)
-        tally, elapsed = await (open_loop if spec.rate else closed_loop)(driver, spec, sessions)
+        tally, elapsed = await (open_loop if spec.rate else closed_loop)(
+            driver, spec, connections)
+    finally:
+        for connection in connections:
+            connection.close()
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     ms = [v * 1000 for v in tally.latencies]
