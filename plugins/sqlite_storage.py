@@ -23,9 +23,10 @@ hop to that thread: they run on the caller's thread on a connection of their own
 reader never waits for a writer and sees every transaction committed before it began, so
 such a read takes a few microseconds where the hop alone costs tens. Should that connection
 ever be busy (WAL recovery after a crash), the read falls back to the thread. The token
-bucket, one small write per request, is tried there too: when the write lock is free at that
-moment it is taken and released within tens of microseconds, without an ``fsync``; when
-another writer holds it, the update goes to the thread, which waits its turn.
+bucket, a small write each time a worker takes tokens, is tried there too: when the write
+lock is free at that moment it is taken and released within tens of microseconds, without
+an ``fsync``; when another writer holds it, the update goes to the thread, which waits its
+turn.
 """
 
 from __future__ import annotations
