@@ -37,7 +37,6 @@ from urllib.parse import urlsplit
 from benchmarks.http1 import Http1Connection, HttpError
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-_READ_CHUNK = 1 << 20
 
 
 @dataclass
@@ -153,6 +152,10 @@ class Driver:
         size = None if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
         try:
             answer = await connection.post(body, size, received)
+        except BaseException:
+            if out is not None:
+                os.unlink(out.name)  # a cut-off answer is no sample
+            raise
         finally:
             if out is not None:
                 out.close()
