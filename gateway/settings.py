@@ -145,11 +145,13 @@ class LimitsSettings:
 
 @dataclass(frozen=True)
 class IdempotencySettings:
-    """How long answers to ``Idempotency-Key`` requests are kept, and how claims behave."""
+    """How long answers to ``Idempotency-Key`` requests are kept, how claims behave, and how
+    large a keyed body may be (it is held in memory, and its answer kept for the TTL)."""
 
     ttl_seconds: float = 86400.0
     lock_seconds: float = 30.0
     wait_seconds: float = 10.0
+    max_body_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,13 @@ A request whose key is claimed already gets, when the claim holds
   by then, 409 ``idempotency-key-in-progress`` with ``Retry-After``. It never runs the handler.
 
 The body of a keyed request is read whole before the handler runs, to fingerprint it and
-hand it back, so a keyed ``sign/cms`` holds its content in memory (up to
-``server.max_body_bytes``) where an unkeyed one streams it, and a keyed ``sign/pdf`` is
-sealed in memory where an unkeyed large one is spooled to disk.
+hand it back, so a keyed ``sign/cms`` holds its content in memory where an unkeyed one
+streams it, and a keyed ``sign/pdf`` is sealed in memory where an unkeyed large one is
+spooled to disk. That is why a keyed body may have at most ``idempotency.max_body_bytes``
+(16 MiB by default, against 64 MiB for any body): with ``max_in_flight`` requests per worker
+all keyed, memory stays bounded, and so does what a TTL of stored answers holds. A larger
+keyed body gets 413 before anything is claimed, and the same document sent without the key
+is streamed as usual.
 
 A worker killed after its sealing commit but before it stored the answer leaves only its
 claim; once that expires, a retry runs the handler again, and the sealing service hands back
@@ -52,9 +56,14 @@ from multidict import CIMultiDict
 
 from gateway import metrics
 from gateway.api import problems
-from gateway.api.bodies import BUFFERED_BODY, read_limited
+from gateway.api.bodies import BUFFERED_BODY, body_limit, read_limited
 from gateway.api.context import CLIENT, SETTINGS, Handler, request_id, services
-from gateway.errors import IdempotencyConflict, IdempotencyInProgress, ValidationFailed
+from gateway.errors import (
+    IdempotencyConflict,
+    IdempotencyInProgress,
+    PayloadTooLarge,
+    ValidationFailed,
+)
 from gateway.idempotency_scope import CURRENT_SCOPE, IdempotencyScope
 from gateway.seals.once import answer_lost
 from gateway.settings import IdempotencySettings
@@ -123,9 +132,9 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         return await handler(request)
     if not _KEY.match(key):
         raise ValidationFailed.one(HEADER, "must be 1 to 255 visible ASCII characters")
-    body = await read_limited(request)
-    _put_back(request, body)
     settings = request.app[SETTINGS].idempotency
+    body = await _read_keyed(request, settings.max_body_bytes)
+    _put_back(request, body)
     scope = IdempotencyScope(
         record_key(caller.id, key), fingerprint(request.method, request.raw_path, caller.id, body),
         uuid.uuid4().hex, settings.ttl_seconds,
@@ -285,6 +294,21 @@ def _in_progress(request: web.Request) -> web.Response:
     response = problems.from_error(error, request_id(request))
     response.headers["Retry-After"] = str(math.ceil(error.retry_after))
     return response
+
+
+async def _read_keyed(request: web.Request, keyed_limit: int) -> bytes:
+    """The whole body of a keyed request, or 413 naming the keyed limit when it is the one
+    passed: the client can send the document without a key and have it streamed."""
+    limit = min(keyed_limit, body_limit(request))
+    try:
+        return await read_limited(request, limit)
+    except PayloadTooLarge:
+        if limit == body_limit(request):
+            raise
+        raise PayloadTooLarge(
+            f"a request with {HEADER} may carry at most {limit} bytes, because its body is "
+            f"held in memory and its answer kept for replay; send a larger document without "
+            f"the key") from None
 
 
 def _put_back(request: web.Request, body: bytes) -> None:

@@ -414,6 +414,35 @@ async def test_a_retry_through_another_instance_replays_the_answer(
         assert len(await events(one, "seal.signed")) == 1
 
 
+async def test_a_keyed_body_past_the_keyed_limit_gets_413_and_claims_nothing(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA
+) -> None:
+    """A keyed body is held in memory, so it has a lower limit than any body. Past it the
+    answer is 413 naming the key; nothing is signed and the key is not claimed, and the same
+    document sent without the key is sealed."""
+    document = one_page_pdf()
+    limited = with_idempotency(settings, max_body_bytes=len(document) - 1)
+    async with World.running(limited, hsm, dev_ca) as world:
+        seal = await world.active_seal()
+        _, headers = await world.client("signer", [seal["id"]])
+        refused = await world.http.post(sign_path(seal["id"]), data=document,
+                                        headers=keyed(headers, "too-large"))
+        problem = await assert_problem(refused, 413, "payload-too-large")
+        assert "Idempotency-Key" in problem["detail"]
+        assert await events(world, "seal.signed") == []
+        # The key is free: a small request under it runs (a claim would make this a 409).
+        digest = base64.b64encode(hashlib.sha256(b"a document").digest()).decode()
+        small = await world.http.post(
+            f"/v1/seals/{seal['id']}/sign/hash", json={"hash_algorithm": "sha256",
+                                                      "hashes": [digest]},
+            headers={**headers, "Idempotency-Key": "too-large"})
+        assert small.status == 200, await small.text()
+        unkeyed = await world.http.post(sign_path(seal["id"]), data=document,
+                                        headers={**headers, **PDF})
+        assert unkeyed.status == 200, await unkeyed.text()
+        assert len(await events(world, "seal.signed")) == 2
+
+
 async def test_a_keyed_document_above_the_spool_size_replays(
     signer_world: SignerWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
