@@ -2,8 +2,11 @@
 
 A token is 32 random bytes shown once at creation; only its SHA-256 is stored. A fast hash is
 enough here (unlike passwords) because the token has 256 bits of entropy: there is nothing to
-guess, and a slow hash would tax every request. Lookups read storage on every request, with
-no cache, so that a revocation takes effect on the next request in every worker and instance.
+guess, and a slow hash would tax every request. The client record is read on every request,
+with no cache, so that a revocation or rotation takes effect on the next request in every
+worker and instance. Only the link from a token's hash to its client is kept once seen: it
+never changes (a link is only ever created or deleted, and a token is never issued twice),
+and it grants nothing alone, because the client record must still hold that hash.
 
 Every change is committed together with its audit event. Changes that need dual control
 (granting a seal, making or unmaking a key officer) are executed by ``gateway.custody`` once
@@ -34,6 +37,8 @@ SIGNING_FORMATS = ("pdf", "cms", "hash", "csc")
 TOKEN_PREFIX = "sg_"
 CLIENT = "client"
 TOKEN = "client_token"
+# Token links a worker keeps (a few MB at most); past that it starts over.
+LINKS_KEPT = 10_000
 
 
 def hash_token(token: str) -> str:
@@ -105,6 +110,7 @@ class ClientRegistry:
     def __init__(self, storage: Storage, audit: AuditLog) -> None:
         self._storage = storage
         self._audit = audit
+        self._links: dict[str, str] = {}  # token hash -> client id, as seen in storage
 
     async def create(
         self,
@@ -149,10 +155,16 @@ class ClientRegistry:
     async def authenticate(self, token: str) -> ApiClient | None:
         """The active client holding this token, or None."""
         digest = hash_token(token)
-        link = await self._storage.get(TOKEN, digest)
-        if link is None:
-            return None
-        record = await self._storage.get(CLIENT, str(link.data["client_id"]))
+        client_id = self._links.get(digest)
+        if client_id is None:
+            link = await self._storage.get(TOKEN, digest)
+            if link is None:
+                return None  # unknown tokens are not remembered: there may be any number
+            client_id = str(link.data["client_id"])
+            if len(self._links) >= LINKS_KEPT:
+                self._links.clear()
+            self._links[digest] = client_id
+        record = await self._storage.get(CLIENT, client_id)
         if record is None or record.data.get("status") != "active":
             return None
         # The index lookup already matched; compare again in constant time against the

@@ -3,6 +3,7 @@ token rotation and revocation seen at once by every instance, failed logins limi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 import uuid
@@ -158,6 +159,25 @@ async def test_rotation_and_revocation_apply_to_the_next_request_in_every_instan
             await assert_problem(refused, 401, "unauthorized")
     actions = [e["action"] for e in await world.services.storage.events()]
     assert {"client.rotated", "client.revoked"} <= set(actions)
+
+
+async def test_a_worker_reads_a_token_link_once_and_the_client_on_every_request(
+    signer_world: tuple[World, dict[str, Any], dict[str, str]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The link from a token to its client never changes, so a worker keeps it; the client
+    record, where a revocation or rotation shows, is read for every request."""
+    world, seal, headers = signer_world
+    reads: collections.Counter[str] = collections.Counter()
+    get = world.services.storage.get
+
+    async def counted(kind: str, key: str) -> Any:
+        reads[kind] += 1
+        return await get(kind, key)
+
+    monkeypatch.setattr(world.services.storage, "get", counted)
+    for _ in range(3):
+        assert (await world.http.get(f"/v1/seals/{seal['id']}", headers=headers)).status == 200
+    assert (reads["client_token"], reads["client"]) == (1, 3)
 
 
 async def test_failed_authentication_is_limited_per_address_and_audited(
