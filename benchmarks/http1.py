@@ -19,6 +19,7 @@ Sink = Callable[[bytes], None]
 
 _HEAD_END = b"\r\n\r\n"
 _FILE_CHUNK = 1 << 20
+_REQUESTS_KEPT = 64
 
 
 class HttpError(Exception):
@@ -39,7 +40,7 @@ class Http1Connection:
         lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}",
                  *(f"{name}: {value}" for name, value in headers.items())]
         self._head = "\r\n".join(lines).encode("latin-1") + b"\r\n"
-        self._requests: dict[int, bytes] = {}  # id(body) -> the whole request
+        self._requests: dict[bytes, bytes] = {}  # body -> the whole request
         self._link: _Link | None = None
         self._transport: asyncio.Transport | None = None
         self._writable: asyncio.Future[None] | None = None
@@ -123,10 +124,13 @@ class Http1Connection:
         self._link, self._transport = link, transport
 
     def _request(self, body: bytes) -> bytes:
-        request = self._requests.get(id(body))
+        """The request for ``body``, built once for each of the few bodies a run sends."""
+        request = self._requests.get(body)
         if request is None:
             request = self._head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
-            self._requests[id(body)] = request
+            if len(self._requests) >= _REQUESTS_KEPT:
+                self._requests.clear()
+            self._requests[body] = request
         return request
 
     async def _stream(self, file: BinaryIO, size: int) -> None:
