@@ -103,7 +103,7 @@ def _raw_worker(material: Material, key_id: str, algorithm: str, session_copy: b
 
         os.environ["SOFTHSM2_CONF"] = material.softhsm_conf
         lib = pkcs11.lib(material.module)
-        token = _find_token(lib, material.token_label)
+        token = find_token(lib, material.token_label)
         pin = Path(material.pin_file).read_text().strip()
         with token.open(user_pin=pin) as session:
             key: Any = session.get_key(object_class=ObjectClass.PRIVATE_KEY,
@@ -135,7 +135,7 @@ def _raw_worker(material: Material, key_id: str, algorithm: str, session_copy: b
         _failed(exc, barrier, results)
 
 
-def _find_token(lib: Any, label: str) -> Any:
+def find_token(lib: Any, label: str) -> Any:
     """The token, asked for again briefly: SoftHSM rewrites the token's file on every login,
     and a process listing tokens during another's login does not see it (as in
     gateway/hsm/token.py)."""

@@ -4,9 +4,11 @@ In order: the benchmark's own var dir (``var/bench/``) is prepared; raw PKCS#11 
 pyHanko's default sealing are measured in-process with as many processes as the gateway has
 workers; the gateway is started with those workers and each scenario is driven by the load
 generator (a separate process) at fixed concurrency levels, then at half of the 1-page peak
-in an open loop, then with one 100 MB document; the gateway is stopped and the raw ceiling is
-measured once more, so that a change of machine load during the run shows. Sampled answers
-are verified by outside verifiers (``benchmarks.checks``) before any figure is trusted.
+in an open loop, then with one 100 MB document; the gateway is stopped, the floor of the
+one-hash path is measured (``benchmarks.floor``: aiohttp and ``C_Sign`` alone), and the raw
+ceiling is measured once more, so that a change of machine load during the run shows.
+Sampled answers are verified by outside verifiers (``benchmarks.checks``) before any figure
+is trusted.
 
     .venv/bin/python -m benchmarks.run [--quick] [--workers N] [--name NAME]
 """
@@ -34,9 +36,11 @@ from benchmarks.environment import (
     PROJECT_ROOT,
     Gateway,
     Material,
+    free_port,
     load_average,
     machine_busy_ticks,
     prepare,
+    sample_process,
 )
 from benchmarks.report import Ratio, ratio
 
@@ -338,6 +342,60 @@ def alternative_pass(plan: Plan, material: Material, work: Path) -> dict[str, An
     return found
 
 
+def floor_pass(plan: Plan, material: Material, work: Path) -> dict[str, Any]:
+    """The one-hash scenario against ``benchmarks/floor.py`` (aiohttp, JSON and ``C_Sign``
+    alone), with the gateway's number of processes, at the highest concurrency level."""
+    port = free_port()
+    config = json.dumps({
+        "module": material.module, "softhsm_conf": material.softhsm_conf,
+        "token_label": material.token_label, "pin_file": material.pin_file,
+        "key_id": material.rsa.key_id, "chain_pem": material.rsa.chain_pem,
+    })
+    bodies = documents.hash_bodies(work / "bodies", 1)
+    samples_dir = work / "samples" / "floor-rsa-hash-1"
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(plan.workers):
+            process = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.floor", str(port)], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+            processes.append(process)
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(config)
+            process.stdin.close()
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError("the floor server did not start")
+        before = [sample_process(p.pid) for p in processes]
+        result = loadgen({
+            "url": f"http://127.0.0.1:{port}/v1/seals/{material.rsa.seal_id}/sign/hash",
+            "bodies": [str(b) for b in bodies], "headers": {"Content-Type": "application/json"},
+            "concurrency": max(plan.levels), "duration": plan.level_seconds,
+            "warmup_seconds": plan.warmup_seconds, "max_requests": plan.max_requests,
+            "samples_dir": str(samples_dir), "max_samples": 2, "expect_prefix": b"{".hex(),
+        })
+        after = [sample_process(p.pid) for p in processes]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    cpu = sum(a.cpu_seconds - b.cpu_seconds for a, b in zip(after, before, strict=True)
+              if a is not None and b is not None)
+    result["server_cpu_seconds"] = round(cpu, 3)
+    result["verification"] = [
+        {"sample": Path(s["path"]).name, "signatures": checks.hash_signatures(
+            Path(s["path"]).read_bytes(), bodies[s["body_index"]].read_bytes(),
+            material.rsa.chain_pem)}
+        for s in result.pop("samples", [])]
+    log(f"floor (aiohttp + C_Sign) rsa-hash-1 c={max(plan.levels)}: "
+        f"{result['throughput_per_second']}/s with {plan.workers} process(es)")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run (under 2 min)")
@@ -387,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         memory = big_document(plan, gateway, material, work)
     finally:
         gateway.stop()
+    floor = floor_pass(plan, material, work)
     ceiling_after = baseline_pass(plan, material)
     alternative_after = alternative_pass(plan, material, work)
 
@@ -403,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "after": alternative_after,
                                          "used_per_second": alternative},
         "gateway": measured,
+        "floor_aiohttp_sign": floor,
         "half_peak": half,
         "memory_100mb": memory,
     })
@@ -461,6 +521,16 @@ def compute_ratios(results: dict[str, Any]) -> list[Ratio]:
         ratio("rsa-cms / raw RSA", ("gateway sign/cms RSA-2048 signatures/s", peak("rsa-cms")),
               rsa, note=note("rsa-cms")),
     ]
+    # How near any aiohttp service gets to raw PKCS#11 here, and the gateway to that.
+    floor = results.get("floor_aiohttp_sign") or {}
+    floor_ok = bool(floor.get("verification")) and all(
+        v["signatures"]["ok"] for v in floor["verification"])
+    floor_rate = ("aiohttp + JSON + C_Sign alone, RSA-2048 signatures/s",
+                  floor.get("throughput_per_second") if floor_ok else None)
+    found.append(ratio("floor (aiohttp + C_Sign) / raw RSA", floor_rate, rsa))
+    found.append(ratio("rsa-hash-1 / floor", ("gateway sign/hash RSA-2048 signatures/s",
+                                               peak("rsa-hash-1")), floor_rate,
+                       note=note("rsa-hash-1")))
     # Like for like: the ceiling signing with a session copy of the key, as batches do.
     found.append(ratio("ec-hash-64 / raw EC on a session copy",
                        ("gateway sign/hash EC P-256 batch-64 signatures/s",
@@ -492,6 +562,18 @@ def compute_ratios(results: dict[str, Any]) -> list[Ratio]:
             else r for r in found]
 
 
+def _floor_note(name: str, results: dict[str, Any]) -> str:
+    """What the floor server reached in the same run, for the one-hash ratio."""
+    floor = results.get("floor_aiohttp_sign")
+    if name != "rsa-hash-1" or not floor:
+        return ""
+    raw = results["ceiling_raw_pkcs11"]["used_per_second"]["rsa-2048"]
+    return (f" An aiohttp server that only parses the request, signs and answers "
+            f"(benchmarks/floor.py, same processes and load generator) reached "
+            f"{floor['throughput_per_second']}/s, {floor['throughput_per_second'] / raw:.2f} "
+            f"of raw: the bound for any service built this way on this machine.")
+
+
 def answered(result: dict[str, Any]) -> int:
     """Good answers the workers' CPU figures cover: the measured ones and the warm-up's."""
     return int(result["ok"]) + int(result.get("warmup_ok", 0))
@@ -521,7 +603,8 @@ def why_missed(missed: Ratio, results: dict[str, Any], raw_cpu: dict[str, float]
                 f"generator took {client:.3f} ms "
                 f"per request on the same cores; the machine had "
                 f"{best['machine']['cores_busy']} cores busy (load average "
-                f"{best['machine']['load_average'][0]}, other users included).")
+                f"{best['machine']['load_average'][0]}, other users included)."
+                + _floor_note(name, results))
     if "p99" in missed.name and name in results["half_peak"]:
         run = results["half_peak"][name]
         lat = run["latency_ms"]
