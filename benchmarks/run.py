@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ from benchmarks.report import Ratio, ratio
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BIG_PDF_BYTES = 100 * 1000 * 1000
+FLOOR_START_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -364,8 +366,9 @@ def floor_pass(plan: Plan, material: Material, work: Path) -> dict[str, Any]:
             assert process.stdin is not None and process.stdout is not None
             process.stdin.write(config)
             process.stdin.close()
-            if process.stdout.readline().strip() != "ready":
-                raise RuntimeError("the floor server did not start")
+            started, _, _ = select.select([process.stdout], [], [], FLOOR_START_SECONDS)
+            if not started or process.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the floor server did not start in {FLOOR_START_SECONDS} s")
         before = [sample_process(p.pid) for p in processes]
         result = loadgen({
             "url": f"http://127.0.0.1:{port}/v1/seals/{material.rsa.seal_id}/sign/hash",
