@@ -394,6 +394,9 @@ def floor_pass(plan: Plan, material: Material, work: Path) -> dict[str, Any]:
             Path(s["path"]).read_bytes(), bodies[s["body_index"]].read_bytes(),
             material.rsa.chain_pem)}
         for s in result.pop("samples", [])]
+    verified = bool(result["verification"]) and all(
+        v["signatures"]["ok"] for v in result["verification"])
+    result["status"] = "measured" if verified else "wrong-answers"
     log(f"floor (aiohttp + C_Sign) rsa-hash-1 c={max(plan.levels)}: "
         f"{result['throughput_per_second']}/s with {plan.workers} process(es)")
     return result
@@ -481,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nload average at start {results['machine']['load_average_at_start']}, "
           f"at end {results['machine']['load_average_at_end']}; results in "
           f"{out.relative_to(PROJECT_ROOT)}")
-    wrong = [n for n, s in measured.items() if s.get("status") == "wrong-answers"]
+    wrong = [n for n, s in {**measured, "floor": floor}.items()
+             if s.get("status") == "wrong-answers"]
     if wrong or any(not c.get("ok") for c in memory.get("pdfsig", [])):
         print(f"WRONG ANSWERS in: {', '.join(wrong) or 'pdf-100mb'}", file=sys.stderr)
         return 1
@@ -526,10 +530,9 @@ def compute_ratios(results: dict[str, Any]) -> list[Ratio]:
     ]
     # How near any aiohttp service gets to raw PKCS#11 here, and the gateway to that.
     floor = results.get("floor_aiohttp_sign") or {}
-    floor_ok = bool(floor.get("verification")) and all(
-        v["signatures"]["ok"] for v in floor["verification"])
     floor_rate = ("aiohttp + JSON + C_Sign alone, RSA-2048 signatures/s",
-                  floor.get("throughput_per_second") if floor_ok else None)
+                  floor.get("throughput_per_second")
+                  if floor.get("status") == "measured" else None)
     found.append(ratio("floor (aiohttp + C_Sign) / raw RSA", floor_rate, rsa))
     found.append(ratio("rsa-hash-1 / floor", ("gateway sign/hash RSA-2048 signatures/s",
                                                peak("rsa-hash-1")), floor_rate,
@@ -568,7 +571,7 @@ def compute_ratios(results: dict[str, Any]) -> list[Ratio]:
 def _floor_note(name: str, results: dict[str, Any]) -> str:
     """What the floor server reached in the same run, for the one-hash ratio."""
     floor = results.get("floor_aiohttp_sign")
-    if name != "rsa-hash-1" or not floor:
+    if name != "rsa-hash-1" or not floor or floor["status"] != "measured":
         return ""
     raw = results["ceiling_raw_pkcs11"]["used_per_second"]["rsa-2048"]
     return (f" An aiohttp server that only parses the request, signs and answers "
