@@ -451,7 +451,12 @@ def main(argv: list[str] | None = None) -> int:
         memory = big_document(plan, gateway, material, work)
     finally:
         gateway.stop()
-    floor = floor_pass(plan, material, work)
+    try:
+        floor = floor_pass(plan, material, work)
+    except (RuntimeError, OSError) as exc:
+        # A yardstick that fails must not cost the run its gateway figures.
+        log(f"floor: not measured ({exc})")
+        floor = {"status": "skipped", "note": str(exc)[:300]}
     ceiling_after = baseline_pass(plan, material)
     alternative_after = alternative_pass(plan, material, work)
 
@@ -571,7 +576,7 @@ def compute_ratios(results: dict[str, Any]) -> list[Ratio]:
 def _floor_note(name: str, results: dict[str, Any]) -> str:
     """What the floor server reached in the same run, for the one-hash ratio."""
     floor = results.get("floor_aiohttp_sign")
-    if name != "rsa-hash-1" or not floor or floor["status"] != "measured":
+    if name != "rsa-hash-1" or not floor or floor.get("status") != "measured":
         return ""
     raw = results["ceiling_raw_pkcs11"]["used_per_second"]["rsa-2048"]
     return (f" An aiohttp server that only parses the request, signs and answers "
