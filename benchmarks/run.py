@@ -222,10 +222,8 @@ def run_scenario(
         log(f"{scenario.name} c={concurrency}: {result['throughput_per_second']}/s "
             f"p50 {result['latency_ms']['p50']} ms p99 {result['latency_ms']['p99']} ms "
             f"errors {result['failures'] or '-'}")
-    samples = [s for level in levels for s in level["samples"]][:3]
-    verified = [{"sample": Path(s["path"]).name, **scenario.verify(s)} for s in samples]
-    all_ok = bool(verified) and all(v["ok"] for check in verified
-                                    for v in check.values() if isinstance(v, dict))
+    verified, all_ok = verify_samples(
+        scenario, [s for level in levels for s in level["samples"]][:3])
     best = max(levels, key=lambda level: level["throughput_per_second"])
     return {
         "status": "measured" if all_ok else "wrong-answers",
@@ -237,6 +235,17 @@ def run_scenario(
         "levels": levels,
         "verification": verified,
     }
+
+
+def verify_samples(
+    scenario: Scenario, samples: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], bool]:
+    """Each sample checked by the scenario's outside verifiers, and whether all passed (and
+    there was at least one)."""
+    verified = [{"sample": Path(s["path"]).name, **scenario.verify(s)} for s in samples]
+    all_ok = bool(verified) and all(v["ok"] for check in verified
+                                    for v in check.values() if isinstance(v, dict))
+    return verified, all_ok
 
 
 def half_peak(
@@ -344,17 +353,19 @@ def alternative_pass(plan: Plan, material: Material, work: Path) -> dict[str, An
     return found
 
 
-def floor_pass(plan: Plan, material: Material, work: Path) -> dict[str, Any]:
-    """The one-hash scenario against ``benchmarks/floor.py`` (aiohttp, JSON and ``C_Sign``
-    alone), with the gateway's number of processes, at the highest concurrency level."""
+def floor_pass(
+    plan: Plan, material: Material, scenario: Scenario, work: Path
+) -> dict[str, Any]:
+    """The one-hash ``scenario`` against ``benchmarks/floor.py`` (aiohttp, JSON and
+    ``C_Sign`` alone), with the gateway's number of processes, at the highest concurrency
+    level; its answers are checked by the scenario's own verifiers."""
     port = free_port()
     config = json.dumps({
         "module": material.module, "softhsm_conf": material.softhsm_conf,
         "token_label": material.token_label, "pin_file": material.pin_file,
         "key_id": material.rsa.key_id, "chain_pem": material.rsa.chain_pem,
     })
-    bodies = documents.hash_bodies(work / "bodies", 1)
-    samples_dir = work / "samples" / "floor-rsa-hash-1"
+    samples_dir = work / "samples" / f"floor-{scenario.name}"
     samples_dir.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen[str]] = []
     try:
@@ -371,11 +382,14 @@ def floor_pass(plan: Plan, material: Material, work: Path) -> dict[str, Any]:
                 raise RuntimeError(f"the floor server did not start in {FLOOR_START_SECONDS} s")
         before = [sample_process(p.pid) for p in processes]
         result = loadgen({
-            "url": f"http://127.0.0.1:{port}/v1/seals/{material.rsa.seal_id}/sign/hash",
-            "bodies": [str(b) for b in bodies], "headers": {"Content-Type": "application/json"},
+            "url": f"http://127.0.0.1:{port}/v1/seals/{material.rsa.seal_id}/"
+                   f"{scenario.operation}",
+            "bodies": [str(b) for b in scenario.bodies],
+            "headers": {"Content-Type": scenario.content_type},
             "concurrency": max(plan.levels), "duration": plan.level_seconds,
             "warmup_seconds": plan.warmup_seconds, "max_requests": plan.max_requests,
-            "samples_dir": str(samples_dir), "max_samples": 2, "expect_prefix": b"{".hex(),
+            "samples_dir": str(samples_dir), "max_samples": 2,
+            "expect_prefix": scenario.expect_prefix.hex(),
         })
         after = [sample_process(p.pid) for p in processes]
     finally:
@@ -389,15 +403,9 @@ def floor_pass(plan: Plan, material: Material, work: Path) -> dict[str, Any]:
     cpu = sum(a.cpu_seconds - b.cpu_seconds for a, b in zip(after, before, strict=True)
               if a is not None and b is not None)
     result["server_cpu_seconds"] = round(cpu, 3)
-    result["verification"] = [
-        {"sample": Path(s["path"]).name, "signatures": checks.hash_signatures(
-            Path(s["path"]).read_bytes(), bodies[s["body_index"]].read_bytes(),
-            material.rsa.chain_pem)}
-        for s in result.pop("samples", [])]
-    verified = bool(result["verification"]) and all(
-        v["signatures"]["ok"] for v in result["verification"])
-    result["status"] = "measured" if verified else "wrong-answers"
-    log(f"floor (aiohttp + C_Sign) rsa-hash-1 c={max(plan.levels)}: "
+    result["verification"], all_ok = verify_samples(scenario, result.pop("samples", [])[:3])
+    result["status"] = "measured" if all_ok else "wrong-answers"
+    log(f"floor (aiohttp + C_Sign) {scenario.name} c={max(plan.levels)}: "
         f"{result['throughput_per_second']}/s with {plan.workers} process(es)")
     return result
 
@@ -441,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results["gateway_rss_bytes_idle"] = [s.rss_bytes for s in gateway.samples().values()]
         every = scenarios(material, work)
+        one_hash = next(scenario for scenario in every if scenario.name == "rsa-hash-1")
         for scenario in every:
             measured[scenario.name] = run_scenario(plan, gateway, material, scenario, work)
         for scenario in every:
@@ -452,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         gateway.stop()
     try:
-        floor = floor_pass(plan, material, work)
+        floor = floor_pass(plan, material, one_hash, work)
     except (RuntimeError, OSError) as exc:
         # A yardstick that fails must not cost the run its gateway figures.
         log(f"floor: not measured ({exc})")
