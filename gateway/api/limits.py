@@ -22,7 +22,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway import metrics
-from gateway.api.context import CLIENT, SETTINGS, Handler, services
+from gateway.api.context import CLIENT, Handler, services
 from gateway.errors import TooManyRequests
 from gateway.settings import LimitsSettings
 from gateway.storage import Storage
@@ -79,10 +79,11 @@ BUCKETS = web.AppKey("rate_limit_buckets", LeasedBuckets)
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """429 with Retry-After when the authenticated client has used up its bucket."""
     caller = request.get(CLIENT)
-    limits = request.app[SETTINGS].limits
+    buckets = request.app[BUCKETS]
+    limits = buckets.limits
     if caller is None or limits.requests_per_second <= 0:
         return await handler(request)
-    wait = await request.app[BUCKETS].take(services(request).storage, bucket_name(caller.id))
+    wait = await buckets.take(services(request).storage, bucket_name(caller.id))
     if wait > 0:
         metrics.RATE_LIMITED.inc()
         raise TooManyRequests(
