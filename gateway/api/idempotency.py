@@ -299,11 +299,12 @@ def _in_progress(request: web.Request) -> web.Response:
 async def _read_keyed(request: web.Request, keyed_limit: int) -> bytes:
     """The whole body of a keyed request, or 413 naming the keyed limit when it is the one
     passed: the client can send the document without a key and have it streamed."""
-    limit = min(keyed_limit, body_limit(request))
+    any_body_limit = body_limit(request)
+    limit = min(keyed_limit, any_body_limit)
     try:
         return await read_limited(request, limit)
     except PayloadTooLarge:
-        if limit == body_limit(request):
+        if limit == any_body_limit:
             raise
         raise PayloadTooLarge(
             f"a request with {HEADER} may carry at most {limit} bytes, because its body is "
