@@ -72,6 +72,22 @@ class Tally:
     # in the latencies too, so it must stay small for them to be the server's).
     send_lag: list[float] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # Samples kept or being written. A request claims its turn when it is sent, so that
+    # clients sending at the same moment cannot all take the same one.
+    sampling: int = 0
+    next_sample: int = 0  # the count of good answers from which the next may be kept
+
+    def claim_sample(self, every: int, limit: int) -> bool:
+        if self.sampling >= limit or self.ok < self.next_sample:
+            return False
+        self.sampling += 1
+        self.next_sample = self.ok + every
+        return True
+
+    def release_sample(self) -> None:
+        """The claimed answer is no sample (cut off, or not good): the next request tries."""
+        self.sampling -= 1
+        self.next_sample = self.ok
 
     def problem(self, kind: str, detail: str) -> None:
         self.failures[kind] += 1
@@ -129,8 +145,7 @@ class Driver:
     ) -> tuple[int, int, bool, dict[str, Any] | None]:
         keep = (
             tally is not None and self.spec.samples_dir is not None
-            and len(tally.samples) < self.spec.max_samples
-            and tally.ok % self.spec.sample_every == 0
+            and tally.claim_sample(self.spec.sample_every, self.spec.max_samples)
         )
         digest = hashlib.sha256()
         head = bytearray()
@@ -155,6 +170,8 @@ class Driver:
         except BaseException:
             if out is not None:
                 os.unlink(out.name)  # a cut-off answer is no sample
+                assert tally is not None
+                tally.release_sample()
             raise
         finally:
             if out is not None:
@@ -172,6 +189,8 @@ class Driver:
                           "sha256": digest.hexdigest(), "headers": answer.headers}
             else:
                 os.unlink(out.name)  # not a good answer: nothing to keep
+                assert tally is not None
+                tally.release_sample()
         return status, length, good, sample
 
 
