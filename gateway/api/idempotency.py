@@ -92,7 +92,7 @@ IDEMPOTENT_ROUTES = frozenset({
 
 IN_PROGRESS_RETRY_SECONDS = 1
 
-_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+KEY_FORMAT = re.compile(r"^[\x21-\x7e]{1,255}$")
 # Headers of one transmission rather than of the answer: every response gets its own.
 _TRANSPORT_HEADERS = frozenset(
     {"content-length", "date", "server", "transfer-encoding", "connection", "x-request-id"}
@@ -130,7 +130,7 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     # repeat, so they simply run.
     if key is None or caller is None or (request.method, template) not in IDEMPOTENT_ROUTES:
         return await handler(request)
-    if not _KEY.match(key):
+    if not KEY_FORMAT.match(key):
         raise ValidationFailed.one(HEADER, "must be 1 to 255 visible ASCII characters")
     settings = request.app[SETTINGS].idempotency
     body = await _read_keyed(request, settings.max_body_bytes)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.api.bodies import json_response
 from gateway.api.context import ROLES_ATTR, roles
-from gateway.api.idempotency import IDEMPOTENT_ROUTES
+from gateway.api.idempotency import HEADER, IDEMPOTENT_ROUTES, KEY_FORMAT, REPLAYED_HEADER
 
 routes = web.RouteTableDef()
 
@@ -83,11 +83,17 @@ def _operation(route: web.AbstractRoute, path: str) -> dict[str, Any]:
     operation["responses"]["2XX"] = {"description": "Success"}
     if (route.method, route.resource.canonical if route.resource else "") in IDEMPOTENT_ROUTES:
         operation["parameters"].append({
-            "name": "Idempotency-Key", "in": "header", "required": False,
-            "schema": {"type": "string"},
+            "name": HEADER, "in": "header", "required": False,
+            "schema": {"type": "string", "pattern": KEY_FORMAT.pattern},
             "description": "A retry with the same key and body returns the same answer; "
-                           "the same key with another body is 409.",
+                           "the same key with another body is 409. A keyed body is held in "
+                           "memory, so it may have at most [idempotency] max_body_bytes "
+                           "(413 otherwise; without the key, a large document is streamed).",
         })
+        operation["responses"]["2XX"]["headers"] = {REPLAYED_HEADER: {
+            "description": "true when this is the answer stored under the key, replayed",
+            "schema": {"type": "string", "enum": ["true"]},
+        }}
     if allowed:
         operation["security"] = [{"bearer": []}]
         operation["x-roles"] = [*allowed, "admin"]

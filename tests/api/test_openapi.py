@@ -31,6 +31,8 @@ async def test_openapi_document_lists_served_operations(world: World) -> None:
     sign = document["paths"]["/v1/seals/{id}/sign/pdf"]["post"]
     assert "signer" in sign["x-roles"]
     assert [p["name"] for p in sign["parameters"]] == ["id", "Idempotency-Key"]
+    assert "Idempotent-Replayed" in sign["responses"]["2XX"]["headers"]
+    assert "headers" not in document["paths"]["/v1/keys"]["get"]["responses"]["2XX"]
     assert "security" not in document["paths"]["/healthz"]["get"]
 
 
