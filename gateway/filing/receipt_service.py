@@ -73,12 +73,15 @@ class ReceiptService:
         signatures = await asyncio.to_thread(
             validate_pdf_signatures, document, self._trust_roots_pem)
         platform_pem = await self._platform.certificate_pem()
-        ok = bool(signatures) and all(s.intact and s.trusted for s in signatures)
+        # Problems include a change after signing: an incremental update leaves the
+        # platform's signature intact while the page shows something else.
+        ok = bool(signatures) and all(s.intact and s.trusted and not s.problems
+                                      for s in signatures)
         signed_by_platform = any(s.signer_certificate_pem in platform_pem for s in signatures)
         checks = [Check("pdf_signature", ok and signed_by_platform,
                         "the PDF is PAdES-signed by the platform and unchanged" if ok
                         and signed_by_platform else "the PDF signature is missing, broken, "
-                        "untrusted or not the platform's")]
+                        "untrusted or not the platform's, or the PDF changed after it")]
         receipt = await asyncio.to_thread(_embedded_receipt, document)
         if receipt is None:
             checks.append(Check("embedded_receipt", False, "the PDF carries no receipt.json"))

@@ -83,14 +83,18 @@ async def verify_receipt(
     storage: Storage, platform: PlatformSigner, receipt: Mapping[str, Any], now: dt.datetime
 ) -> list[Check]:
     """Every check of ``POST /v1/receipts/verify``: authentic, trusted, current, in validity."""
-    checks = platform.verify(receipt, now)
+    checks = await platform.verify(receipt, now)
     if not all(c.ok for c in checks):
         return checks
     number = str(receipt.get("number"))
     stored = await storage.get(RECEIPT, number)
-    checks.append(Check("issued", stored is not None,
-                        "the platform issued this receipt" if stored
-                        else "the platform has no record of this receipt number"))
+    if stored is None:
+        checks.append(Check("issued", False, "the platform has no record of this receipt number"))
+    elif _content(stored.data) != _content(receipt):
+        checks.append(Check("issued", False, "the platform's record of this receipt number "
+                                             "differs from the receipt presented"))
+    else:
+        checks.append(Check("issued", True, "the platform issued this receipt"))
     seal_id = str((receipt.get("seal") or {}).get("id"))
     seal = await storage.get(SEAL, seal_id)
     if seal is None:
@@ -108,6 +112,10 @@ async def verify_receipt(
     checks.append(Check("validity", in_validity,
                         f"valid from {receipt.get('valid_from')} to {receipt.get('valid_to')}"))
     return checks
+
+
+def _content(receipt: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in receipt.items() if k != "signature"}
 
 
 def _mm(value: object) -> str | None:

@@ -7,7 +7,6 @@ its ``signature`` member. Anyone holding the platform certificate can check it o
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import itertools
 import uuid
@@ -93,18 +92,27 @@ class PlatformSigner:
             x5c=key.chain_der,
         )
 
-    def verify(self, document: Mapping[str, Any], now: dt.datetime) -> list[Check]:
-        """Check a signed document's JWS and the certificate chain in its header."""
+    async def verify(self, document: Mapping[str, Any], now: dt.datetime) -> list[Check]:
+        """Check a signed document's JWS with the platform's key, and the platform's chain.
+
+        The key is the platform's own, never the one the JWS header names: the same CA
+        certifies every seal, so a seal's holder could otherwise sign a receipt of their
+        own making, name their seal certificate in ``x5c`` and have it chain to a trusted
+        root. The platform key is made once and never replaced, so it verifies every
+        receipt the platform has issued.
+        """
         jws = document.get("signature")
         if not isinstance(jws, str):
             return [Check("signature", False, "the document has no 'signature' member")]
+        platform = await self.key()
         try:
-            header = verify_detached(jws, canonicalize(_unsigned(document)))
+            header = verify_detached(jws, canonicalize(_unsigned(document)),
+                                     certificate=platform.chain[0])
         except (JwsInvalid, ValueError, TypeError) as exc:
-            return [Check("signature", False, str(exc))]
-        checks = [Check("signature", True, f"{header['alg']} signature by key {header['kid']}")]
-        chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in header["x5c"]]
-        checks.append(self._check_chain(chain, now))
+            return [Check("signature", False, f"not a valid signature of the platform: {exc}")]
+        checks = [Check("signature", True,
+                        f"{header['alg']} signature by the platform key {platform.key_id}")]
+        checks.append(self._check_chain(list(platform.chain), now))
         return checks
 
     def _check_chain(self, chain: list[x509.Certificate], now: dt.datetime) -> Check:

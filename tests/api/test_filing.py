@@ -5,21 +5,28 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import hashlib
+import io
 import json
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from cryptography import x509
 from joserfc import jws
 from joserfc.jwk import ECKey
+from pyhanko.pdf_utils import generic
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
 from gateway.clock import isoformat, parse, utcnow
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
 from gateway.settings import SecretRef, Settings
+from gateway.signing.jcs import canonicalize
+from gateway.signing.jws import b64url_encode, protected_header
 from plugins.authority_simulator import Faults, OrganisationNameContains, running_simulator
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
 from tests.api.test_sign_pdf import assert_problem
@@ -163,6 +170,38 @@ async def test_receipt_verification_reports_each_check(filing: Filing) -> None:
     assert verdict["status"] == "invalid"
 
 
+async def test_a_receipt_signed_with_a_seal_key_is_not_the_platform_s(filing: Filing) -> None:
+    """The same CA certifies seals and the platform: a seal's holder who signs a receipt of
+    their own making and names their seal certificate in ``x5c`` gets "invalid"."""
+    seal = await filing.active()
+    receipt = await (await filing.world.http.get(f"/v1/receipts/{seal['receipt_number']}",
+                                                 headers=filing.filer)).json()
+    _, signer = await filing.world.client("signer", [seal["id"]])
+
+    async def sign_hash(digest: bytes) -> dict[str, Any]:
+        response = await filing.world.http.post(
+            f"/v1/seals/{seal['id']}/sign/hash", headers=signer,
+            json={"hash_algorithm": "sha256", "hashes": [base64.b64encode(digest).decode()]})
+        assert response.status == 200, await response.text()
+        return dict(await response.json())
+
+    chain = [base64.b64decode(c) for c in (await sign_hash(bytes(32)))["certificate_chain"]]
+    forged = {k: v for k, v in receipt.items() if k != "signature"}
+    forged["valid_to"] = "2099-01-01T00:00:00Z"
+    header = b64url_encode(protected_header("RS256", "forged", chain))
+    signing_input = f"{header}.{b64url_encode(canonicalize(forged))}".encode()
+    signed = await sign_hash(hashlib.sha256(signing_input).digest())
+    forged["signature"] = f"{header}..{b64url_encode(base64.b64decode(signed['signatures'][0]))}"
+
+    verdict = await (await filing.world.http.post("/v1/receipts/verify", json=forged)).json()
+
+    assert verdict["valid"] is False
+    assert verdict["status"] == "invalid"
+    signature = next(c for c in verdict["checks"] if c["name"] == "signature")
+    assert signature["ok"] is False
+    assert "platform" in signature["detail"]
+
+
 @pytest.mark.interop
 async def test_receipt_pdf_is_signed_readable_and_verifies(
     filing: Filing, tmp_path: Path, poppler: str
@@ -196,6 +235,17 @@ async def test_receipt_pdf_is_signed_readable_and_verifies(
     verdict = await response.json()
     assert verdict["valid"] is False
     assert verdict["status"] == "invalid"
+    # An incremental update after the platform's signature (new text painted on the page)
+    # leaves that signature intact, but the document is no longer what it signed.
+    writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+    writer.add_stream_to_page(0, writer.add_object(generic.StreamObject(
+        stream_data=b"q 1 1 1 rg 0 300 600 600 re f Q BT /F1 24 Tf 50 700 Td (FORGED) Tj ET")))
+    updated = io.BytesIO()
+    writer.write(updated)  # type: ignore[no-untyped-call]  # pyHanko's writer is unannotated
+    verdict = await (await filing.world.http.post("/v1/receipts/verify",
+                                                  data=updated.getvalue(), headers=PDF)).json()
+    assert verdict["status"] == "invalid"
+    assert verdict["checks"][0] == {"name": "pdf_signature", "ok": False, "detail": ANY}
 
 
 async def test_filing_through_the_simulator_authority(filing: Filing) -> None:
