@@ -381,12 +381,14 @@ class FilingService:
             details["receipt_number"] = receipt["number"]
         else:
             restored = states.seal_status_on_rejection(
-                filing["seal_status_before"], filing["action"]
+                seal.data["status"], filing["seal_status_before"], filing["action"]
             )
-            changes: dict[str, Any] = {"signing_stopped": None}
+            changes: dict[str, Any] = {}
             if restored != seal.data["status"]:
                 changes["status"] = restored.value
-            if seal.data.get("signing_stopped") or "status" in changes:
+            if _stopped_by(seal.data, filing["id"]):
+                changes["signing_stopped"] = None
+            if changes:
                 writes.append(self._seals.status_write(seal, changes))
         await self._audit.commit(
             writes,
@@ -434,10 +436,11 @@ class FilingService:
         changes = {
             "status": new_status.value,
             "receipt_number": number,
-            "signing_stopped": None,
             "valid_from": isoformat(valid_from) if valid_from else None,
             "valid_to": isoformat(valid_to) if valid_to else None,
         }
+        if _stopped_by(seal.data, filing["id"]):
+            changes["signing_stopped"] = None
         return receipt, changes
 
     async def file_and_approve_locally(
@@ -514,3 +517,10 @@ def _choice(body: Mapping[str, Any], field: str, allowed: list[str]) -> str:
     if value not in allowed:
         raise ValidationFailed.one(field, f"must be one of {', '.join(allowed)}")
     return str(value)
+
+
+def _stopped_by(seal: Mapping[str, Any], filing_id: str) -> bool:
+    """Whether the seal's signing stop is this filing's (a loss report under review): only
+    its own decision lifts it, not that of another filing for the same seal."""
+    stopped = seal.get("signing_stopped")
+    return isinstance(stopped, Mapping) and stopped.get("filing_id") == filing_id

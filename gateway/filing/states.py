@@ -240,11 +240,20 @@ def seal_status_on_approval(status: SealStatus | str, action: FilingAction | str
 
 
 def seal_status_on_rejection(
-    status_before_submission: SealStatus | str, action: FilingAction | str
+    status: SealStatus | str, status_before_submission: SealStatus | str,
+    action: FilingAction | str,
 ) -> SealStatus:
-    """The seal's status after a rejection: where it was before the filing was submitted."""
-    FilingAction(action)
-    return SealStatus(status_before_submission)
+    """The seal's status after a rejection; ``status`` is its status now.
+
+    A rejection undoes only what its own filing did: a seal still in the action's pending
+    status goes back to where it was before submission, and any other seal stays as it is.
+    Other filings for the same seal may have been decided meanwhile (a suspension still
+    under review when a cancellation was approved), and rejecting the older one must not
+    bring back the status the newer one ended.
+    """
+    status = SealStatus(status)
+    pending = ACTION_RULES[FilingAction(action)].while_pending
+    return SealStatus(status_before_submission) if status == pending else status
 
 
 def check_filing_transition(current: FilingStatus | str, target: FilingStatus | str) -> None:

@@ -323,6 +323,55 @@ async def test_suspend_resume_loss_and_cancel_each_refuse_with_their_reason(
     assert last["supersedes"]
 
 
+async def reject(filing: Filing, filing_id: str) -> None:
+    response = await filing.world.http.post(f"/v1/filings/{filing_id}/review",
+                                            headers=filing.reviewer,
+                                            json={"decision": "reject", "comment": "no"})
+    assert response.status == 200, await response.text()
+
+
+async def test_rejecting_an_older_filing_does_not_revive_a_cancelled_seal(
+    filing: Filing,
+) -> None:
+    """A suspension still under review when a cancellation is approved, then rejected:
+    the seal stays cancelled and refuses to sign."""
+    seal = await filing.active()
+    suspend = await filing.file(seal["id"], "suspend")
+    cancel = await filing.file(seal["id"], "cancel")
+    await filing.approve(cancel["id"])
+    await reject(filing, suspend["id"])
+    assert (await filing.world.services.seals.record(seal["id"])).data["status"] == "cancelled"
+    await assert_problem(await filing.sign(seal["id"]), 409, "seal-cancelled")
+
+
+@pytest.mark.parametrize("other", ["renew", "suspend"])
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+async def test_a_loss_report_under_review_stops_signing_whatever_else_is_decided(
+    filing: Filing, other: str, decision: str,
+) -> None:
+    """Only the loss report's own decision lifts its stop: approving or rejecting another
+    filing for the seal meanwhile leaves the seal refusing to sign."""
+    seal = await filing.active()
+    first = await filing.file(seal["id"], other)
+    loss = await filing.file(seal["id"], "report_loss")
+    if decision == "approve":
+        await filing.approve(first["id"])
+    else:
+        await reject(filing, first["id"])
+    record = (await filing.world.services.seals.record(seal["id"])).data
+    assert record["signing_stopped"] == {"reason": "loss-reported", "filing_id": loss["id"]}
+    suspended = other == "suspend" and decision == "approve"
+    refusal = "seal-suspended" if suspended else "seal-loss-reported"  # status is told first
+    await assert_problem(await filing.sign(seal["id"]), 409, refusal)
+    await reject(filing, loss["id"])
+    assert (await filing.world.services.seals.record(seal["id"])).data["signing_stopped"] is None
+    response = await filing.sign(seal["id"])
+    if suspended:
+        await assert_problem(response, 409, "seal-suspended")
+    else:
+        assert response.status == 200, await response.text()
+
+
 async def test_expired_seal_refuses_and_renewal_restores_it(filing: Filing) -> None:
     """Past its validity a seal is expired and refuses; an approved renewal signs again."""
     seal = await filing.active()

@@ -139,7 +139,7 @@ def test_new_filing_moves_draft_to_pending_and_back_on_rejection() -> None:
     """Submitting 'new' makes the seal pending_filing; approval activates, rejection drafts."""
     assert seal_status_while_pending(S.DRAFT, A.NEW) is S.PENDING_FILING
     assert seal_status_on_approval(S.PENDING_FILING, A.NEW) is S.ACTIVE
-    assert seal_status_on_rejection(S.DRAFT, A.NEW) is S.DRAFT
+    assert seal_status_on_rejection(S.PENDING_FILING, S.DRAFT, A.NEW) is S.DRAFT
 
 
 @pytest.mark.parametrize("action", [a for a in FilingAction if a is not A.NEW])
@@ -147,7 +147,18 @@ def test_other_actions_keep_the_seal_status_while_pending(action: FilingAction) 
     """Only 'new' moves the seal at submission; the others wait for the decision."""
     for status in ACTION_RULES[action].allowed_from:
         assert seal_status_while_pending(status, action) is status
-        assert seal_status_on_rejection(status, action) is status
+        assert seal_status_on_rejection(status, status, action) is status
+
+
+@pytest.mark.parametrize("action", list(FilingAction))
+def test_a_rejection_leaves_a_seal_another_filing_moved_where_it_is(
+    action: FilingAction,
+) -> None:
+    """Rejecting an older filing never undoes a newer one's decision (a cancelled seal stays
+    cancelled when a suspension filed before the cancellation is rejected)."""
+    for before in ACTION_RULES[action].allowed_from:
+        for now in (S.SUSPENDED, S.LOST, S.CANCELLED):
+            assert seal_status_on_rejection(now, before, action) is now
 
 
 def test_only_report_loss_stops_signing_before_the_decision() -> None:
