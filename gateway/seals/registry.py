@@ -23,9 +23,10 @@ from gateway.identifiers import validate_uscc
 from gateway.keys.registry import KEY, KeyRegistry
 from gateway.seals.image import SEAL_TYPES, render_round_seal, seal_type_name
 from gateway.seals.policy import effective_status, may_sign
-from gateway.storage import EventSealer, Record, Storage, Write
+from gateway.storage import EventSealer, Record, StaleWrite, Storage, Write
 
 SEAL = "seal"
+SEAL_KEY_CLAIM = "seal_key"
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
 MAX_IMAGE_MM = 100.0
 DEFAULT_DIAMETER_MM = 40.0
@@ -56,6 +57,7 @@ class SealRegistry:
         org_name = _required_text(org, "name", 100, prefix="organization.")
         uscc = validate_uscc(str(org.get("uscc", "")), field="organization.uscc")
         key = await self._keys.get(_required_text(body, "key_id", 64))
+        await self._check_key_is_free(str(key["id"]))
         seal_id = str(uuid.uuid4())
         seal_code = _seal_code()
         if body.get("image_png"):
@@ -81,17 +83,20 @@ class SealRegistry:
             "image_size_mm": {"width": size_mm[0], "height": size_mm[1]},
             "created_at": isoformat(utcnow()),
         }
-        await self._audit.commit(
-            [Write(SEAL, seal_id, 0, data)],
-            [
-                self._audit.event_sealer(
-                    actor,
-                    "seal.created",
-                    f"seal/{seal_id}",
-                    {"name": name, "type": seal_type, "key_id": key["id"]},
-                )
-            ],
-        )
+        try:
+            await self._audit.commit(
+                [Write(SEAL, seal_id, 0, data), _key_claim(str(key["id"]), seal_id)],
+                [
+                    self._audit.event_sealer(
+                        actor,
+                        "seal.created",
+                        f"seal/{seal_id}",
+                        {"name": name, "type": seal_type, "key_id": key["id"]},
+                    )
+                ],
+            )
+        except StaleWrite:
+            raise Conflict("the key was taken by another seal meanwhile") from None
         return data
 
     async def record(self, seal_id: str) -> Record:
@@ -153,24 +158,41 @@ class SealRegistry:
             raise ValidationFailed.one("key_id", f"the key is {key['status']}")
         if not_before is None or not_after is None or not not_before <= now < not_after:
             raise ValidationFailed.one("key_id", "the key has no certificate valid now")
-        # One key per seal (DOMAIN.md §1): a key that signs or signed for another seal, or
-        # for the platform itself, would make signatures of two identities indistinguishable.
-        if new_id in await self._keys.platform_key_ids():
-            raise Conflict("the platform's own keys sign no seal")
-        for other in await self._storage.list(SEAL, limit=1_000_000):
-            history = other.data.get("key_history") or []
-            if new_id in {other.data["key_id"], *(h["key_id"] for h in history)}:
-                raise Conflict(f"the key is or was the key of seal {other.key}")
+        await self._check_key_is_free(new_id)
         old_key = await self._keys.get(str(seal["key_id"]))
         retired = {"key_id": old_key["id"],
                    "certificate_sha256": (old_key.get("certificate") or {}).get("sha256"),
                    "replaced_at": isoformat(now)}
-        changes = {"key_id": new_id, "key_history": [*(seal.get("key_history") or []), retired]}
-        return await self.update(record, changes, [self._audit.event_sealer(
-            actor, "seal.key_rotated", f"seal/{seal_id}",
-            {"from_key": old_key["id"], "to_key": new_id,
-             "certificate_sha256": certificate.get("sha256")},
-        )])
+        data = {**seal, "key_id": new_id,
+                "key_history": [*(seal.get("key_history") or []), retired]}
+        try:
+            await self._audit.commit(
+                [Write(SEAL, record.key, record.version, data), _key_claim(new_id, seal_id)],
+                [self._audit.event_sealer(
+                    actor, "seal.key_rotated", f"seal/{seal_id}",
+                    {"from_key": old_key["id"], "to_key": new_id,
+                     "certificate_sha256": certificate.get("sha256")},
+                )])
+        except StaleWrite:
+            raise Conflict("the seal or the key changed meanwhile; read the seal again") from None
+        return data
+
+    async def _check_key_is_free(self, key_id: str) -> None:
+        """One key per seal (DOMAIN.md §1): a key that signs or signed for another seal, or for
+        the platform itself, would make signatures of two identities indistinguishable.
+
+        The claim record written with the seal makes this atomic; the scan also covers seals
+        stored before claims were written.
+        """
+        if key_id in await self._keys.platform_key_ids():
+            raise Conflict("the platform's own keys sign no seal")
+        claim = await self._storage.get(SEAL_KEY_CLAIM, key_id)
+        if claim is not None:
+            raise Conflict(f"the key is or was the key of seal {claim.data['seal_id']}")
+        for other in await self._storage.list(SEAL, limit=1_000_000):
+            history = other.data.get("key_history") or []
+            if key_id in {other.data["key_id"], *(h["key_id"] for h in history)}:
+                raise Conflict(f"the key is or was the key of seal {other.key}")
 
     def status_write(self, record: Record, changes: Mapping[str, Any]) -> Write:
         """A write that applies ``changes`` to a seal, for the caller's own atomic commit."""
@@ -182,6 +204,12 @@ class SealRegistry:
         data = {**record.data, **changes}
         await self._audit.commit([Write(SEAL, record.key, record.version, data)], events)
         return data
+
+
+def _key_claim(key_id: str, seal_id: str) -> Write:
+    """The record that a key belongs to a seal, for good: created once (version 0), so two
+    seals committing the same key at once cannot both succeed."""
+    return Write(SEAL_KEY_CLAIM, key_id, 0, {"seal_id": seal_id})
 
 
 def public_view(seal: Mapping[str, Any], now: dt.datetime) -> JSONRecord:

@@ -231,6 +231,29 @@ async def test_rotation_refuses_keys_that_cannot_sign_for_the_seal(world: World)
     await assert_problem(forbidden, 403, "forbidden")
 
 
+async def test_a_new_seal_takes_only_a_key_no_seal_or_platform_has(world: World) -> None:
+    """POST /v1/seals refuses the platform's keys and a key another seal has or had, and of
+    two seals created at once with one key, only one gets it."""
+    _, filer = await world.client("filer")
+    existing = await world.draft_seal(KeyAlgorithm.EC_P256)
+
+    async def create(key_id: str) -> Any:
+        return await world.http.post("/v1/seals", headers=filer, json={
+            "name": "合同专用章", "type": "04", "organization": ORGANIZATION, "key_id": key_id})
+
+    for key_id in sorted(await world.services.keys.platform_key_ids()):
+        body = await assert_problem(await create(key_id), 409, "conflict")
+        assert "platform" in body["detail"]
+    body = await assert_problem(await create(existing["key_id"]), 409, "conflict")
+    assert existing["id"] in body["detail"]
+
+    free = (await world.key(KeyAlgorithm.EC_P256))["id"]
+    answers = await asyncio.gather(create(free), create(free))
+    assert sorted(r.status for r in answers) == [201, 409]
+    seals = [s for s in await world.services.storage.list("seal") if s.data["key_id"] == free]
+    assert len(seals) == 1
+
+
 async def test_usage_limit_is_validated(world: World) -> None:
     """usage_limit must be a whole number above zero."""
     headers = await officer(world)
