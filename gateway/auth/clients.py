@@ -59,6 +59,9 @@ class ApiClient:
     created_at: str
     # seal id -> the only formats this client may sign with it; seals not listed: any format.
     formats: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    # The command line on the gateway's own machine, which holds the HSM PIN anyway; never
+    # set for a client that authenticates over HTTP.
+    local_operator: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -72,9 +75,15 @@ class ApiClient:
         return self.role != "signer" or seal_id in self.seals
 
     def may_sign_format(self, seal_id: str, fmt: str) -> bool:
-        """Whether the grant for ``seal_id`` covers ``fmt`` (only signers have narrowed grants)."""
+        """Whether this client holds a grant for ``seal_id`` that covers ``fmt``.
+
+        Signing needs the grant whatever the role: an admin sees every seal but signs with
+        none it was not granted, since granting a seal is what dual control guards.
+        """
+        if self.local_operator:
+            return True
         allowed = self.formats.get(seal_id)
-        return self.role != "signer" or allowed is None or fmt in allowed
+        return seal_id in self.seals and (allowed is None or fmt in allowed)
 
     def public(self) -> dict[str, object]:
         return {

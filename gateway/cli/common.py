@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # Commands run by an operator on the gateway's own machine act with full rights; their audit
 # events name the operator as "cli".
 OPERATOR = ApiClient(id="cli", name="cli", role="admin", seals=(), status="active",
-                     created_at="")
+                     created_at="", local_operator=True)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -120,6 +120,8 @@ class SealingService:
         ``signatures`` signatures, and the seal's cached key material."""
         seal, key = await self._seals.signing_material(client, seal_id, utcnow())
         if not client.may_sign_format(seal_id, fmt):
+            if seal_id not in client.seals:
+                raise Forbidden("this client holds no grant for the seal")
             raise Forbidden(f"the grant for this seal does not cover {fmt} signatures")
         await reserve_signatures(self._storage, key, signatures)
         return SealContext(seal, key, self._seal_key(key))

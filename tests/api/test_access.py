@@ -137,6 +137,30 @@ async def test_grant_narrowed_to_a_format_refuses_other_formats(world: World) ->
     assert again.status == 200
 
 
+async def test_an_admin_sees_every_seal_but_signs_only_with_granted_ones(world: World) -> None:
+    """Granting a seal is what dual control guards, so an admin token without a grant is
+    refused on every signing path, CSC included, and signs once granted."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    admin, headers = await world.client("admin")
+    assert (await world.http.get(f"/v1/seals/{seal['id']}", headers=headers)).status == 200
+    digest = {"hash_algorithm": "sha256", "hashes": ["A" * 43 + "="]}
+    for response in (
+        await world.http.post(sign_path(seal["id"]), data=one_page_pdf(),
+                              headers={**headers, **PDF}),
+        await world.http.post(f"/v1/seals/{seal['id']}/sign/hash", json=digest,
+                              headers=headers),
+    ):
+        body = await assert_problem(response, 403, "forbidden")
+        assert body["detail"] == "this client holds no grant for the seal"
+    listed = await world.http.post("/csc/v1/credentials/list", json={}, headers=headers)
+    assert (await listed.json())["credentialIDs"] == []
+
+    await world.services.clients.grant(admin.id, seal["id"], "test")
+    signed = await world.http.post(f"/v1/seals/{seal['id']}/sign/hash", json=digest,
+                                   headers=headers)
+    assert signed.status == 200, await signed.text()
+
+
 async def test_rotation_and_revocation_apply_to_the_next_request_in_every_instance(
     signer_world: tuple[World, dict[str, Any], dict[str, str]],
     settings: Settings, hsm: Hsm, dev_ca: DevCA,
