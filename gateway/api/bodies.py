@@ -140,14 +140,31 @@ def media_type(request: web.Request) -> str:
     return request.content_type.lower() if request.headers.get("Content-Type") else ""
 
 
+class UnreadableJson(ValueError):
+    """A request body that json.loads cannot turn into a value."""
+
+
+def parse_json(raw: bytes) -> Any:
+    """``json.loads`` for a request body; UnreadableJson for anything it cannot read.
+
+    Besides broken syntax and bad UTF-8 (ValueErrors), that is nesting deeper than the
+    decoder's recursion limit and integers longer than Python converts: well-formed JSON
+    that must still be a client's 4xx, not a server error.
+    """
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise UnreadableJson(str(exc)) from None
+
+
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object: 415 for another media type, 400 for broken JSON."""
     if media_type(request) not in ("application/json", ""):
         raise UnsupportedMediaType(f"send application/json, not {request.content_type}")
     raw = await read_limited(request)
     try:
-        value = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        value = parse_json(raw or b"null")
+    except UnreadableJson as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValidationFailed.one("body", "must be a JSON object")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
-from gateway.api.bodies import json_response, media_type, read_limited
+from gateway.api.bodies import (
+    UnreadableJson,
+    json_response,
+    media_type,
+    parse_json,
+    read_limited,
+)
 from gateway.api.context import roles, services
 from gateway.clock import utcnow
 from gateway.errors import UnsupportedMediaType, ValidationFailed
@@ -47,8 +51,8 @@ async def verify_receipt(request: web.Request) -> web.Response:
         result = await receipts.verify_pdf(body, utcnow())
     elif kind in ("application/json", ""):
         try:
-            document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            document = parse_json(body)
+        except UnreadableJson:
             raise ValidationFailed.one(
                 "body", "is neither a receipt PDF nor receipt JSON"
             ) from None

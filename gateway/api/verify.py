@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from aiohttp import web
 
-from gateway.api.bodies import json_response, media_type, read_limited
+from gateway.api.bodies import (
+    UnreadableJson,
+    json_response,
+    media_type,
+    parse_json,
+    read_limited,
+)
 from gateway.api.context import roles, services
 from gateway.errors import UnsupportedMediaType, ValidationFailed
 from gateway.signing import check_pdf_header
@@ -38,8 +43,8 @@ async def verify(request: web.Request) -> web.Response:
 
 def _cms_request(body: bytes) -> tuple[bytes, bytes | None]:
     try:
-        value: Any = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        value: Any = parse_json(body or b"null")
+    except UnreadableJson:
         raise ValidationFailed.one("body", "is not valid JSON") from None
     if not isinstance(value, dict):
         raise ValidationFailed.one("body", "must be a JSON object with cms and content")

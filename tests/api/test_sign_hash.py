@@ -197,3 +197,26 @@ async def test_seal_without_grant_is_404(signer_world: SignerWorld) -> None:
     response = await world.http.post(sign_path(seal["id"]), headers=stranger, json={
         "hash_algorithm": "sha256", "hashes": [b64(bytes(32))]})
     await assert_problem(response, 404, "not-found")
+
+
+@pytest.mark.parametrize(
+    "body", [b"[" * 100_000 + b"]" * 100_000, b'{"hashes": ' + b"9" * 5000 + b"}"],
+    ids=["nested-past-the-recursion-limit", "integer-past-the-conversion-limit"],
+)
+async def test_json_the_decoder_cannot_read_is_4xx_on_every_json_endpoint(
+    signer_world: SignerWorld, body: bytes
+) -> None:
+    """Well-formed JSON that json.loads still refuses is the client's problem everywhere,
+    anonymous verification endpoints included, never a 500."""
+    world, seal, headers = signer_world
+    json_type = {"Content-Type": "application/json"}
+    signed = await world.http.post(sign_path(seal["id"]), data=body,
+                                   headers={**headers, **json_type})
+    await assert_problem(signed, 400, "bad-request")
+    for path in ("/v1/verify", "/v1/receipts/verify"):
+        response = await world.http.post(path, data=body, headers=json_type)
+        await assert_problem(response, 422, "validation-failed")
+    csc = await world.http.post("/csc/v1/signatures/signHash", data=body,
+                                headers={**headers, **json_type})
+    assert csc.status == 400
+    assert (await csc.json())["error"] == "invalid_request"
