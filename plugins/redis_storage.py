@@ -39,8 +39,14 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -119,7 +125,11 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {taken, string.format('%.17g', wait)}
 """
 
-# Replies that mean "Redis cannot serve writes now", not "this command is wrong".
+# Replies that mean "Redis cannot serve writes now", not "this command is wrong". redis-py
+# raises its own class for most of them, and then strips the code word from the message
+# (a replica's READONLY, MASTERDOWN during a failover, OOM past maxmemory); the others are
+# recognised by the code word that still starts the message.
+_OUTAGE_ERRORS = (ReadOnlyError, ClusterDownError, TryAgainError, OutOfMemoryError)
 _OUTAGE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "MISCONF", "CLUSTERDOWN", "TRYAGAIN")
 _SCALARS = (str, int, float, bool, type(None))
 _LIST_CHUNK = 256
@@ -165,8 +175,10 @@ class RedisStorage:
             await client.aclose()
 
     async def ping(self) -> None:
+        """A write, not PING: a replica (after a failover, say) answers PING and every read
+        but refuses writes, and an instance that cannot write is not ready."""
         async with self._available() as client:
-            await client.ping()
+            await client.set(f"{self.prefix}ping", b"1", px=_milliseconds(self.timeout_seconds))
 
     # -- records and events ------------------------------------------------------------------
 
@@ -342,7 +354,7 @@ class RedisStorage:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise BackendUnavailable("Redis cannot be reached") from exc
         except ResponseError as exc:
-            if str(exc).startswith(_OUTAGE_REPLIES):
+            if isinstance(exc, _OUTAGE_ERRORS) or str(exc).startswith(_OUTAGE_REPLIES):
                 raise BackendUnavailable(f"Redis cannot serve now: {exc}") from exc
             raise
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.audit import AuditLog
 from gateway.settings import Settings, load_settings
@@ -30,7 +31,7 @@ from gateway.storage import (
     put_expiring_bytes,
 )
 from tests.contract.conftest import OpenStorage, create_storage
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -659,3 +660,43 @@ async def test_sqlite_checkpoint_that_meets_a_reader_tries_again(
     finally:
         reader.close()
         await backend.close()
+
+
+@pytest.mark.parametrize("condition", ["replica", "master-down", "out-of-memory"])
+async def test_redis_that_cannot_write_is_backend_unavailable_and_recovers(
+    tmp_path: Path, condition: str
+) -> None:
+    """A replica after a failover, a replica that lost its master, and a full Redis all
+    refuse writes with replies redis-py raises as classes of their own: each is an outage
+    (503, readiness down), and writes work again once the condition ends."""
+    with RedisServer(tmp_path / "redis") as server:
+        backend = create_storage(redis_settings(server.url, 1.0))
+        await backend.open()
+        admin = aioredis.from_url(server.url)
+        try:
+            await backend.commit([Write("seal", "s", 0, {"n": 1})], [chain_sealer(1)])
+            if condition == "out-of-memory":
+                await admin.config_set("maxmemory", 1)
+            else:
+                stale = "yes" if condition == "replica" else "no"
+                await admin.config_set("replica-serve-stale-data", stale)
+                await admin.replicaof("127.0.0.1", str(free_port()))  # a master that is not there
+            calls = (
+                backend.ping, lambda: backend.incr("c"),
+                lambda: backend.commit([], [chain_sealer(2)]),
+                lambda: backend.take_tokens("b", rate=1.0, burst=5, now=time.time()),
+                lambda: backend.put_expiring("k", {"v": 1}, 60.0),
+            )
+            for call in calls:
+                with pytest.raises(BackendUnavailable):
+                    await call()
+            if condition == "out-of-memory":
+                await admin.config_set("maxmemory", 0)
+            else:
+                await admin.replicaof("NO", "ONE")
+            await backend.ping()
+            await backend.commit([], [chain_sealer(3)])
+            assert [e["payload"] for e in await backend.events()] == [1, 3]
+        finally:
+            await admin.aclose()
+            await backend.close()
