@@ -202,8 +202,10 @@ class RedisStorage:
         chunk = min(limit, _LIST_CHUNK) if not where else _LIST_CHUNK
         found: builtins.list[Record] = []
         start = 0
-        async with self._available() as client:
-            while len(found) < limit:
+        while len(found) < limit:
+            # Each page has the timeout to itself: a long listing (every audit checkpoint,
+            # for one) is many quick answers, and must not fail because there are many.
+            async with self._available() as client:
                 members = cast(_Members, await client.zrange(index, start, start + chunk - 1))
                 keys = [member.decode() for member in members]
                 if not keys:
@@ -212,12 +214,13 @@ class RedisStorage:
                 pipe = client.pipeline(transaction=False)
                 for key in keys:
                     pipe.hmget(self._record_key(kind, key), ["v", "d"])
-                for key, (version, raw) in zip(keys, await pipe.execute(), strict=True):
-                    if version is None:
-                        continue  # deleted between reading the index and the record
-                    data = json.loads(raw)
-                    if all(data.get(f) == v for f, v in where.items()):
-                        found.append(Record(kind, key, int(version), data))
+                rows = await pipe.execute()
+            for key, (version, raw) in zip(keys, rows, strict=True):
+                if version is None:
+                    continue  # deleted between reading the index and the record
+                data = json.loads(raw)
+                if all(data.get(f) == v for f, v in where.items()):
+                    found.append(Record(kind, key, int(version), data))
         return found[:limit]
 
     async def commit(

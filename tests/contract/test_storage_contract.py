@@ -700,3 +700,30 @@ async def test_redis_that_cannot_write_is_backend_unavailable_and_recovers(
         finally:
             await admin.aclose()
             await backend.close()
+
+
+async def test_a_redis_listing_longer_than_the_timeout_completes(tmp_path: Path) -> None:
+    """The timeout bounds each page of a listing, not the whole of it: every audit
+    checkpoint of a long-lived log is one listing, and it only grows."""
+    count, timeout = 40_000, 0.25
+    with RedisServer(tmp_path / "redis") as server:
+        backend = create_storage(redis_settings(server.url, timeout))
+        await backend.open()
+        admin = aioredis.from_url(server.url)
+        try:
+            # Loaded in the layout the commit script writes, much faster than commits.
+            pipe = admin.pipeline(transaction=False)
+            for n in range(count):
+                key = f"{n:012d}"
+                pipe.hset(f"outage:rec:checkpoint:{key}", mapping={"v": 1, "d": '{"seq": 1}'})
+                pipe.zadd("outage:idx:checkpoint", {key: n})
+            await pipe.execute()
+            assert await backend.get("checkpoint", f"{count - 1:012d}") is not None
+            started = time.monotonic()
+            listed = await backend.list("checkpoint", limit=1_000_000)
+            elapsed = time.monotonic() - started
+            assert len(listed) == count
+            assert elapsed > timeout, "the listing was too quick to show anything"
+        finally:
+            await admin.aclose()
+            await backend.close()
