@@ -56,7 +56,12 @@ import aiohttp
 from yarl import URL
 
 from gateway.errors import ConfigError
-from gateway.filing.adapters import AuthorityRefused, AuthorityUnavailable, Decision
+from gateway.filing.adapters import (
+    MAX_VALID_DAYS,
+    AuthorityRefused,
+    AuthorityUnavailable,
+    Decision,
+)
 from gateway.hookspecs import hookimpl
 from gateway.identifiers import mask_id_number
 from gateway.settings import HttpAuthoritySettings, Settings
@@ -136,7 +141,8 @@ class HttpAuthorityAdapter:
             )
         valid_days = answer.get("valid_days")
         if status == "approved" and valid_days is not None and (
-            not isinstance(valid_days, int) or isinstance(valid_days, bool) or valid_days <= 0
+            not isinstance(valid_days, int) or isinstance(valid_days, bool)
+            or not 1 <= valid_days <= MAX_VALID_DAYS
         ):
             raise AuthorityUnavailable(
                 f"authority {self.name} granted an invalid validity {valid_days!r}"

@@ -16,6 +16,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 Outcome = Literal["approved", "rejected"]
 
 
+MAX_VALID_DAYS = 3650
+"""The longest validity a receipt may grant, whoever decides (ten years)."""
+
+
 class AuthorityUnavailable(Exception):
     """The authority cannot be reached or answered with a server error; try again later."""
 

@@ -26,11 +26,18 @@ from gateway.errors import (
     InvalidTransition,
     NotFound,
     PayloadTooLarge,
+    SealGateError,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from gateway.filing import states
-from gateway.filing.adapters import AuthorityRefused, AuthorityUnavailable, Decision, FilingAdapter
+from gateway.filing.adapters import (
+    MAX_VALID_DAYS,
+    AuthorityRefused,
+    AuthorityUnavailable,
+    Decision,
+    FilingAdapter,
+)
 from gateway.filing.receipts import build_receipt, receipt_number, receipt_write
 from gateway.idempotency_scope import CURRENT_SCOPE
 from gateway.identifiers import mask_id_number, validate_resident_id
@@ -314,9 +321,11 @@ class FilingService:
         outcome = _choice(body, "decision", ["approve", "reject"])
         valid_days = body.get("valid_days")
         if valid_days is not None and (
-            not isinstance(valid_days, int) or not 1 <= valid_days <= 3650
+            not isinstance(valid_days, int) or isinstance(valid_days, bool)
+            or not 1 <= valid_days <= MAX_VALID_DAYS
         ):
-            raise ValidationFailed.one("valid_days", "must be a whole number of days, 1 to 3650")
+            raise ValidationFailed.one(
+                "valid_days", f"must be a whole number of days, 1 to {MAX_VALID_DAYS}")
         decision = Decision(
             "approved" if outcome == "approve" else "rejected",
             str(body.get("comment") or ""),
@@ -336,6 +345,10 @@ class FilingService:
                     moved += await self._advance(record, adapter)
                 except (AuthorityUnavailable, StaleWrite) as exc:
                     log.info("filing %s not advanced now: %s", record.key, type(exc).__name__)
+                except (AuthorityRefused, SealGateError) as exc:
+                    # This filing needs a person (the authority lost it, or its decision no
+                    # longer fits the seal); the others in the pass still advance.
+                    log.warning("filing %s cannot advance: %s", record.key, exc)
         return moved
 
     async def _advance(self, record: Record, adapter: FilingAdapter) -> int:

@@ -295,6 +295,33 @@ async def test_authority_outage_leaves_filing_submitted_then_completes_once(
     assert len(state.filings_for(submitted["id"])) == 1
 
 
+async def test_a_filing_the_authority_refuses_to_show_does_not_hold_up_the_others(
+    filing: Filing,
+) -> None:
+    """One filing whose reference the authority no longer knows (404), and one granted a
+    validity past ten years, stay under review for a person to look at; the rest of the
+    pass still collects its decisions."""
+    state = filing.simulator.state
+    state.review_delay_seconds = 3600.0
+    submitted = [(await filing.file((await filing.seal())["id"], "new", authority="sim"))
+                 for _ in range(3)]
+    listed = [r.key for r in await filing.world.services.storage.list(
+        "filing", where={"status": "under_review"})]
+    lost = await filing.world.services.filings.get(listed[0])
+    del state.filings[lost["reference"]]
+    state.review_delay_seconds = 0.0
+    assert await filing.world.services.filings.process_pending() == 2
+    statuses = {f["id"]: (await filing.world.services.filings.get(f["id"]))["status"]
+                for f in submitted}
+    assert statuses.pop(lost["id"]) == "under_review"
+    assert set(statuses.values()) == {"approved"}
+
+    state.valid_days = 3651
+    too_long = await filing.file((await filing.seal())["id"], "new", authority="sim")
+    assert await filing.world.services.filings.process_pending() == 0
+    assert (await filing.world.services.filings.get(too_long["id"]))["status"] == "under_review"
+
+
 async def test_suspend_resume_loss_and_cancel_each_refuse_with_their_reason(
     filing: Filing,
 ) -> None:
