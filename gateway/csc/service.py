@@ -184,11 +184,15 @@ class CscService:
                 raise CscRequestError("Invalid parameter SAD")
             if not all(activation.allows(d) for d in digests):
                 raise CscRequestError("Hash is not authorized by the SAD")
+            # A signAlgo the key cannot make is refused before the SAD is spent: the
+            # corrected retry must not need a new authorization (for SCAL 2, the user again).
+            _, key = await self._credential(client, credential_id)
+            check_key_signs(KeyAlgorithm(key["algorithm"]), sign_oid)
             # The SAD is spent before the key's usage budget is touched, so that replaying a
             # spent SAD can never use up the key's budget.
             await self.sads.spend(activation, len(digests))
             ctx = await self._sealing.context(client, credential_id, FORMAT, len(digests))
-            check_key_signs(ctx.seal_key.algorithm, sign_oid)
+            check_key_signs(ctx.seal_key.algorithm, sign_oid)  # the seal's key may have rotated
             return await self._sealing.sign_digests(client, ctx, FORMAT, hash_name, digests)
 
         try:

@@ -317,6 +317,20 @@ async def test_sign_hash_refuses_bad_requests(
     assert fragment in await csc_error(world, "signatures/signHash", headers, body)
 
 
+async def test_a_sign_algo_the_key_cannot_make_leaves_the_sad_unspent(
+    credential: Credential,
+) -> None:
+    """An RSA signAlgo for an EC key is refused before the SAD is spent: the corrected
+    request signs with the same authorization."""
+    world, seal, headers = credential
+    digests = [digest("x")]
+    sad = await authorize(world, headers, seal["id"], digests)
+    wrong = {**sign_body(seal["id"], sad, digests), "signAlgo": RSA_SHA256}
+    assert "signAlgo" in await csc_error(world, "signatures/signHash", headers, wrong)
+    answer = await csc(world, "signatures/signHash", headers, sign_body(seal["id"], sad, digests))
+    assert len(answer["signatures"]) == 1
+
+
 async def test_token_problems_are_csc_errors(credential: Credential) -> None:
     """A missing or unknown token is 401 invalid_token with a Bearer challenge; a filer 403."""
     world, _seal, _ = credential
