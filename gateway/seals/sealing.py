@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -130,9 +131,10 @@ class SealingService:
         self, client: ApiClient, seal_id: str, document: bytes, options: PdfSealOptions
     ) -> SealingResult:
         async def run() -> SealingResult:
-            ctx = await self.context(client, seal_id, "pdf")
+            ctx = await self.context(client, seal_id, "pdf", 0)
             image = await self._image(ctx.seal) if options.visible else b""
-            sealed = await self._pdf.seal(document, ctx.seal_key, image, options)
+            sealed = await self._pdf.seal(document, ctx.seal_key, image, options,
+                                          self._reserve_one(ctx))
             receipt_id = await self.record(
                 client, ctx, "pdf", hashlib.sha256(document).hexdigest(),
                 hashlib.sha256(sealed).hexdigest(), {"level": str(options.level)},
@@ -151,9 +153,9 @@ class SealingService:
         already) in place; return the receipt id. The file then holds the sealed document."""
 
         async def run() -> str:
-            ctx = await self.context(client, seal_id, "pdf")
+            ctx = await self.context(client, seal_id, "pdf", 0)
             image = await self._image(ctx.seal) if options.visible else b""
-            await self._pdf.seal_file(file, ctx.seal_key, image, options)
+            await self._pdf.seal_file(file, ctx.seal_key, image, options, self._reserve_one(ctx))
             # The seal only appends, so the digest after continues the one before.
             after = await asyncio.get_running_loop().run_in_executor(
                 None, _digest_from, sha256.copy(), file, size)
@@ -311,6 +313,12 @@ class SealingService:
         if record is None:
             raise NotFound(f"no sealing receipt with id {receipt_id}")
         return record.data
+
+    def _reserve_one(self, ctx: SealContext) -> Callable[[], Awaitable[None]]:
+        """The key's usage budget for one signature, taken once the document is prepared:
+        a document that cannot be sealed (unreadable, encrypted, a page it lacks) is refused
+        without using up any of it."""
+        return functools.partial(reserve_signatures, self._storage, ctx.key, 1)
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:

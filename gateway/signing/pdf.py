@@ -45,7 +45,7 @@ import io
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, TypeVar
@@ -66,6 +66,7 @@ from gateway.signing.seal_key import SealKey
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+BeforeSigning = Callable[[], Awaitable[None]] | None
 
 # PDF readers look for the header within the first 1024 bytes (ISO 32000-2 §7.5.2 note).
 _HEADER_WINDOW = 1024
@@ -164,17 +165,25 @@ class PdfSealer:
         key: SealKey,
         image_png: bytes | None,
         options: PdfSealOptions | None = None,
+        before_signing: BeforeSigning = None,
     ) -> bytes:
-        """Return ``document`` with one more signature, appended as an incremental update."""
+        """Return ``document`` with one more signature, appended as an incremental update.
+
+        ``before_signing`` is awaited once the document is prepared and right before the HSM
+        signs: a document that cannot be sealed is refused without it (a key's usage budget
+        is reserved there).
+        """
         options = options or PdfSealOptions()
         level, long_term = self._checked(options, image_png)
         check_pdf_header(document)
         if long_term is None:
             run = _here if is_small(document) else self._in_executor
             prepared = await run(self._prepare, document, key, image_png, options, level, 0)
+            await _call(before_signing)
             signature = await key.sign_digest(prepared.digest_to_sign)
             return await run(prepared.finish, key, signature)
-        return await self._seal_long_term(document, key, image_png, options, level, long_term)
+        return await self._seal_long_term(
+            document, key, image_png, options, level, long_term, before_signing)
 
     async def seal_file(
         self,
@@ -182,8 +191,10 @@ class PdfSealer:
         key: SealKey,
         image_png: bytes | None,
         options: PdfSealOptions | None = None,
+        before_signing: BeforeSigning = None,
     ) -> None:
-        """Seal the document in a seekable read-write ``file`` where it lies.
+        """Seal the document in a seekable read-write ``file`` where it lies (``before_signing``
+        as for :meth:`seal`).
 
         For documents too large to hold in memory: pyHanko reads the file, the incremental
         update is appended to it and the signature written into its placeholder, so the
@@ -194,7 +205,7 @@ class PdfSealer:
         level, long_term = self._checked(options, image_png)
         if level in (SignatureLevel.B_LT, SignatureLevel.B_LTA):
             document = await self._in_executor(_read_all, file)
-            sealed = await self.seal(document, key, image_png, options)
+            sealed = await self.seal(document, key, image_png, options, before_signing)
             await self._in_executor(_append, file, sealed[len(document):])
             return
         timestamp_size = (
@@ -203,6 +214,7 @@ class PdfSealer:
         prepared = await self._in_executor(
             self._prepare, file, key, image_png, options, level, timestamp_size
         )
+        await _call(before_signing)
         signature = await key.sign_digest(prepared.digest_to_sign)
         token = (
             None if long_term is None
@@ -237,11 +249,13 @@ class PdfSealer:
         options: PdfSealOptions,
         level: SignatureLevel,
         long_term: LongTermSigning,
+        before_signing: BeforeSigning,
     ) -> bytes:
         timestamp_size = await long_term.signature_timestamp_size(key.hash_name)
         prepared = await self._in_executor(
             self._prepare, document, key, image_png, options, level, timestamp_size
         )
+        await _call(before_signing)
         signature = await key.sign_digest(prepared.digest_to_sign)
         token = await long_term.signature_timestamp(signature, key.hash_name)
         sealed = await self._in_executor(prepared.finish, key, signature, token)
@@ -348,6 +362,11 @@ class _PreparedSeal:
         assert isinstance(self.output, io.BytesIO)
         self.fill(key, signature, timestamp)
         return self.output.getvalue()
+
+
+async def _call(hook: BeforeSigning) -> None:
+    if hook is not None:
+        await hook()
 
 
 async def _here(fn: Callable[..., T], *args: Any) -> T:

@@ -298,6 +298,25 @@ async def test_usage_limit_holds_across_two_gateway_instances(
         assert await usage.json() == {"usage_limit": 3, "usage_count": 3}
 
 
+async def test_a_refused_document_uses_none_of_the_usage_budget(world: World) -> None:
+    """Bad options, a damaged PDF and a page it lacks are refused before the HSM signs, and
+    leave the budget whole: the one signature a key may make still goes to a good request."""
+    seal = await limited_seal(world, 1)
+    _, signer = await world.client("signer", [seal["id"]])
+    headers = {**signer, **PDF}
+    path = sign_path(seal["id"])
+    for query, body, status, slug in (
+        ("?level=B-X", one_page_pdf(), 422, "validation-failed"),
+        ("", b"%PDF-1.7\n" + bytes(200), 422, "bad-document"),
+        ("?page=9", one_page_pdf(), 422, "validation-failed"),
+    ):
+        response = await world.http.post(path + query, data=body, headers=headers)
+        await assert_problem(response, status, slug)
+    assert (await world.http.post(path, data=one_page_pdf(), headers=headers)).status == 200
+    spent = await world.http.post(path, data=one_page_pdf(), headers=headers)
+    await assert_problem(spent, 409, "seal-key-usage-exhausted")
+
+
 async def test_usage_endpoint_is_null_without_a_limit(world: World) -> None:
     """A key without a usage limit reports neither limit nor count."""
     headers = await officer(world)
