@@ -29,6 +29,9 @@ SEAL = "seal"
 SEAL_KEY_CLAIM = "seal_key"
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
 MAX_IMAGE_MM = 100.0
+# 100 mm at 1,200 dpi is 4,724 pixels a side; a seal picture needs far fewer.
+MAX_IMAGE_PIXELS = 5000 * 5000
+DEFAULT_DPI = 300.0
 DEFAULT_DIAMETER_MM = 40.0
 
 JSONRecord = dict[str, Any]
@@ -237,13 +240,21 @@ def _checked_png(b64: object) -> tuple[bytes, tuple[float, float]]:
         raise ValidationFailed.one("image_png", "is not a PNG image")
     try:
         with Image.open(io.BytesIO(png)) as img:
+            # From the header, before any pixel is decoded: a few kilobytes of PNG can
+            # declare a billion pixels.
+            width_px, height_px = img.size
+            if width_px * height_px > MAX_IMAGE_PIXELS:
+                raise ValidationFailed.one(
+                    "image_png", f"must have at most {MAX_IMAGE_PIXELS} pixels")
             img.verify()
         with Image.open(io.BytesIO(png)) as img:
-            width_px, height_px = img.size
-            dpi = img.info.get("dpi", (300, 300))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            dpi = img.info.get("dpi", (DEFAULT_DPI, DEFAULT_DPI))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError):
         raise ValidationFailed.one("image_png", "is a damaged PNG image") from None
-    size = (round(width_px / float(dpi[0]) * 25.4, 1), round(height_px / float(dpi[1]) * 25.4, 1))
+    # A PNG may declare 0 pixels per metre (unknown): the default resolution then.
+    dpi_x, dpi_y = (float(d) if float(d) > 0 else DEFAULT_DPI for d in dpi[:2])
+    size = (round(width_px / dpi_x * 25.4, 1), round(height_px / dpi_y * 25.4, 1))
     if max(size) > MAX_IMAGE_MM:
         raise ValidationFailed.one(
             "image_png", f"must be at most {MAX_IMAGE_MM:g} mm wide and high"

@@ -8,7 +8,9 @@ import datetime as dt
 import hashlib
 import io
 import json
+import struct
 import subprocess
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 from cryptography import x509
 from joserfc import jws
 from joserfc.jwk import ECKey
+from PIL import Image
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
@@ -448,6 +451,42 @@ async def test_bad_seal_fields_are_422_naming_the_field(
     response = await filing.world.http.post("/v1/seals", headers=filing.filer, json=request)
     problem = await assert_problem(response, 422, "validation-failed")
     assert problem["errors"][0]["field"] == field
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` grey pixels, with almost no data:
+    decoding it would take gigabytes, reading its header takes nothing."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(bytes(1 + width))) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(("width", "height"), [(6000, 6000), (30000, 30000)])
+async def test_a_seal_picture_declaring_too_many_pixels_is_422(
+    filing: Filing, width: int, height: int
+) -> None:
+    """Refused from the PNG header, before any pixel is decoded."""
+    key = await filing.world.key()
+    response = await filing.world.http.post("/v1/seals", headers=filing.filer, json={
+        "name": "合同专用章", "type": "04", "organization": ORGANIZATION, "key_id": key["id"],
+        "image_png": base64.b64encode(png_declaring(width, height)).decode()})
+    problem = await assert_problem(response, 422, "validation-failed")
+    assert problem["errors"][0]["field"] == "image_png"
+
+
+async def test_a_seal_picture_of_unknown_resolution_is_taken_at_300_dpi(filing: Filing) -> None:
+    """A pHYs chunk of 0 pixels per metre means "unknown", not a division by zero."""
+    picture = io.BytesIO()
+    Image.new("L", (472, 472), 255).save(picture, "PNG", dpi=(0, 0))
+    key = await filing.world.key()
+    response = await filing.world.http.post("/v1/seals", headers=filing.filer, json={
+        "name": "合同专用章", "type": "04", "organization": ORGANIZATION, "key_id": key["id"],
+        "image_png": base64.b64encode(picture.getvalue()).decode()})
+    assert response.status == 201, await response.text()
+    assert (await response.json())["image_size_mm"] == {"width": 40.0, "height": 40.0}
 
 
 @pytest.mark.parametrize(
