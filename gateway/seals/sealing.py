@@ -109,8 +109,8 @@ class SealingService:
         self._documents = ThreadPoolExecutor(max_workers=1, thread_name_prefix="documents")
         self._pdf = PdfSealer(executor=self._documents, long_term=long_term)
         self._cms = CmsSealer(long_term)
-        self._keys: dict[tuple[str, str], SealKey] = {}
-        self._images: dict[tuple[str, str], bytes] = {}
+        self._keys: dict[str, tuple[str, SealKey]] = {}  # key id -> (chain PEM, material)
+        self._images: dict[str, tuple[str, bytes]] = {}  # seal id -> (image SHA-256, PNG)
         self._slots = asyncio.BoundedSemaphore(settings.server.max_in_flight)
         self._max_in_flight = settings.server.max_in_flight
 
@@ -334,23 +334,26 @@ class SealingService:
                 metrics.SIGNING_IN_FLIGHT.dec()
 
     def _seal_key(self, key: Mapping[str, Any]) -> SealKey:
-        certificate = key.get("certificate") or {}
-        cache_key = (str(key["id"]), str(certificate.get("sha256")))
-        found = self._keys.get(cache_key)
-        if found is None:
-            chain = certificate_chain(dict(key))
-            found = SealKey.create(self._hsm, uuid.UUID(str(key["id"])).bytes,
-                                   KeyAlgorithm(key["algorithm"]), chain[0], tuple(chain[1:]))
-            self._keys[cache_key] = found
-        return found
+        """The key's signing material, made again whenever its stored chain changes (a
+        renewed certificate, or the same one with an intermediate added); one per key."""
+        key_id, chain_pem = str(key["id"]), str(key.get("certificate_chain_pem"))
+        kept = self._keys.get(key_id)
+        if kept is not None and kept[0] == chain_pem:
+            return kept[1]
+        chain = certificate_chain(dict(key))
+        made = SealKey.create(self._hsm, uuid.UUID(key_id).bytes,
+                              KeyAlgorithm(key["algorithm"]), chain[0], tuple(chain[1:]))
+        self._keys[key_id] = (chain_pem, made)
+        return made
 
     async def _image(self, seal: Mapping[str, Any]) -> bytes:
-        cache_key = (str(seal["id"]), str(seal["image_sha256"]))
-        found = self._images.get(cache_key)
-        if found is None:
-            found = await self._seals.image(str(seal["id"]))
-            self._images[cache_key] = found
-        return found
+        seal_id, digest = str(seal["id"]), str(seal["image_sha256"])
+        kept = self._images.get(seal_id)
+        if kept is not None and kept[0] == digest:
+            return kept[1]
+        png = await self._seals.image(seal_id)
+        self._images[seal_id] = (digest, png)
+        return png
 
 
 def _recovered(

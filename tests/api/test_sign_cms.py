@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 from asn1crypto import cms
+from cryptography import x509
 
 from gateway.hsm import Hsm, KeyAlgorithm
+from gateway.pki.certs import chain_to_pem
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
 from tests.api.conftest import World
@@ -216,3 +218,25 @@ async def test_body_over_limit_is_413_declared_or_chunked(
         exact = await world.http.post(sign_path(seal["id"]), data=oversized[:limit],
                                       headers={**headers, **OCTETS})
         assert exact.status == 200
+
+
+async def test_a_chain_completed_after_import_is_in_the_next_signature(world: World) -> None:
+    """A key certified with its leaf alone, then given the CA certificate too: the next
+    signature carries both, though the leaf, and so its fingerprint, did not change."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    _, headers = await world.client("signer", [seal["id"]])
+    key = await world.services.keys.get(seal["key_id"])
+    leaf = x509.load_pem_x509_certificates(key["certificate_chain_pem"].encode())[0]
+
+    async def certificates_in_a_signature() -> int:
+        response = await world.http.post(
+            f"/v1/seals/{seal['id']}/sign/cms", data=b"contract",
+            headers={**headers, "Content-Type": "application/octet-stream"})
+        assert response.status == 200, await response.text()
+        return len(cms.ContentInfo.load(await response.read())["content"]["certificates"])
+
+    await world.services.keys.import_certificate(key["id"], chain_to_pem([leaf]).encode(), "t")
+    assert await certificates_in_a_signature() == 1
+    await world.services.keys.import_certificate(
+        key["id"], chain_to_pem([leaf, world.ca.certificate]).encode(), "t")
+    assert await certificates_in_a_signature() == 2
