@@ -23,7 +23,7 @@ from gateway.errors import BadDocument
 from gateway.filing.receipt_pdf import render_receipt_pdf
 from gateway.filing.receipts import load_receipt, verify_receipt
 from gateway.hsm import Hsm, KeyAlgorithm
-from gateway.keys.platform import Check, PlatformSigner
+from gateway.keys.platform import Check, PlatformKey, PlatformSigner
 from gateway.seals.registry import image_blob_key
 from gateway.signing import PdfSealer, PdfSealOptions, SealKey
 from gateway.signing.jcs import canonicalize
@@ -45,7 +45,8 @@ class ReceiptService:
         self._platform = platform
         self._trust_roots_pem = trust_roots_pem
         self._sealer = PdfSealer()
-        self._seal_key: SealKey | None = None
+        # Made again whenever the platform key is (its certificate renewed).
+        self._seal_key: tuple[PlatformKey, SealKey] | None = None
 
     async def get(self, number: str) -> dict[str, Any]:
         return await load_receipt(self._storage, number)
@@ -90,12 +91,12 @@ class ReceiptService:
         return _result(checks, receipt)
 
     async def _platform_seal_key(self) -> SealKey:
-        if self._seal_key is None:
-            key = await self._platform.key()
-            self._seal_key = SealKey.create(self._hsm, uuid.UUID(key.key_id).bytes,
-                                            KeyAlgorithm(key.algorithm), key.chain[0],
-                                            tuple(key.chain[1:]))
-        return self._seal_key
+        key = await self._platform.key()
+        if self._seal_key is None or self._seal_key[0] is not key:
+            self._seal_key = (key, SealKey.create(self._hsm, uuid.UUID(key.key_id).bytes,
+                                                  KeyAlgorithm(key.algorithm), key.chain[0],
+                                                  tuple(key.chain[1:])))
+        return self._seal_key[1]
 
 
 def _result(checks: list[Check], receipt: dict[str, Any] | None) -> dict[str, Any]:

@@ -56,23 +56,26 @@ class PlatformKey:
 
 
 class PlatformSigner:
-    """Signs and verifies receipts with the platform key; the key record is read once."""
+    """Signs and verifies receipts with the platform key."""
 
     def __init__(self, keys: KeyRegistry, hsm: Hsm, trust_roots: Sequence[x509.Certificate]):
         self._keys = keys
         self._hsm = hsm
         self._trust_roots = tuple(trust_roots)
-        self._key: PlatformKey | None = None
+        # (the key's stored chain, the key made from it): a renewed certificate is used from
+        # the next receipt on, in every worker.
+        self._key: tuple[str, PlatformKey] | None = None
 
     async def key(self) -> PlatformKey:
-        if self._key is None:
-            record = await self._keys.platform_key()
-            self._key = PlatformKey(
+        record = await self._keys.platform_key()
+        chain_pem = str(record.get("certificate_chain_pem"))
+        if self._key is None or self._key[0] != chain_pem:
+            self._key = (chain_pem, PlatformKey(
                 str(record["id"]),
                 KeyAlgorithm(record["algorithm"]),
                 tuple(certificate_chain(record)),
-            )
-        return self._key
+            ))
+        return self._key[1]
 
     async def certificate_pem(self) -> bytes:
         return b"".join(

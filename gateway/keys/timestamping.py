@@ -55,7 +55,9 @@ class TimestampService:
         self._keys = keys
         self._hsm = hsm
         self._storage = storage
-        self._authority: TimeStampAuthority | None = None
+        # (the key's stored chain, the authority made from it): made again when the chain
+        # changes, so a renewed TSA certificate is used from the next token on.
+        self._authority: tuple[str, TimeStampAuthority] | None = None
         url = settings.signing.tsa_url
         self.outside = (
             OutsideTsa(url, settings.signing.tsa_timeout_seconds) if url else None
@@ -63,17 +65,20 @@ class TimestampService:
 
     async def authority(self) -> TimeStampAuthority:
         """The gateway's own TSA; 503 until `sealgate init` has created its key."""
-        if self._authority is None:
-            record = await self._keys.tsa_key()
-            chain = certificate_chain(record) if record is not None else []
-            if record is None or not chain:
-                raise tsa_unavailable("the time-stamp authority is not set up; run `sealgate init`")
-            self._authority = TimeStampAuthority.create(
-                self._hsm, uuid.UUID(str(record["id"])).bytes, KeyAlgorithm(record["algorithm"]),
-                chain[0], chain[1:], self._settings.tsa.policy_oid,
-                self._settings.tsa.accuracy_seconds,
-            )
-        return self._authority
+        record = await self._keys.tsa_key()
+        chain_pem = str(record.get("certificate_chain_pem")) if record is not None else ""
+        if self._authority is not None and self._authority[0] == chain_pem:
+            return self._authority[1]
+        chain = certificate_chain(record) if record is not None else []
+        if record is None or not chain:
+            raise tsa_unavailable("the time-stamp authority is not set up; run `sealgate init`")
+        authority = TimeStampAuthority.create(
+            self._hsm, uuid.UUID(str(record["id"])).bytes, KeyAlgorithm(record["algorithm"]),
+            chain[0], chain[1:], self._settings.tsa.policy_oid,
+            self._settings.tsa.accuracy_seconds,
+        )
+        self._authority = (chain_pem, authority)
+        return authority
 
     async def respond(self, query: bytes) -> bytes:
         """The DER ``TimeStampResp`` to a DER ``TimeStampReq``: a token, or a refusal."""

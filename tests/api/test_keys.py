@@ -4,7 +4,9 @@ rotation of a seal to a new key, and per-key usage limits shared by gateway inst
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -15,8 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from gateway.errors import NotFound
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.certs import chain_to_pem
-from gateway.pki.devca import CertificateProfile, DevCA
+from gateway.pki.devca import PLATFORM_PROFILE, TSA_PROFILE, CertificateProfile, DevCA
 from gateway.settings import Settings
+from gateway.signing.tsa import TimeStampQuery
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
 from tests.api.test_sign_pdf import assert_problem, sign_path
 from tests.pdf_samples import one_page_pdf
@@ -334,3 +337,35 @@ async def test_unknown_key_is_404(world: World, hsm: Hsm) -> None:
         await assert_problem(response, 404, "not-found")
     with pytest.raises(NotFound):
         await hsm.key_attributes(uuid.UUID(missing).bytes)
+
+
+async def test_renewed_platform_and_tsa_certificates_are_used_from_the_next_signature(
+    world: World,
+) -> None:
+    """The platform's receipt and time-stamping keys get new certificates while the gateway
+    runs: the next receipt names the new receipt certificate, the next time-stamp token
+    carries the new TSA certificate, and the earlier receipt still verifies."""
+    services = world.services
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    earlier = await services.receipts.get(seal["receipt_number"])
+    await services.timestamps.issue(TimeStampQuery.for_digest(bytes(32), "sha256"))
+
+    renewed = []
+    for record, profile in ((await services.keys.platform_key(), PLATFORM_PROFILE),
+                            (await services.keys.tsa_key(), TSA_PROFILE)):
+        assert record is not None
+        certificate = world.ca.issue(services.keys.public_key_der(record), "Renewed",
+                                     "SealGate Platform", profile=profile)
+        await services.keys.import_certificate(
+            record["id"], chain_to_pem([certificate, world.ca.certificate]).encode(), "test")
+        renewed.append(certificate.public_bytes(serialization.Encoding.DER))
+    platform_certificate, tsa_certificate = renewed
+
+    jws = await services.platform.sign({"n": 1})
+    header = json.loads(base64.urlsafe_b64decode(jws.split(".")[0] + "=="))
+    assert base64.b64decode(header["x5c"][0]) == platform_certificate
+    token = await services.timestamps.issue(TimeStampQuery.for_digest(bytes(32), "sha256"))
+    carried = [c.chosen.dump() for c in token["content"]["certificates"]]
+    assert tsa_certificate in carried
+    verdict = await services.receipts.verify_json(earlier, dt.datetime.now(dt.UTC))
+    assert verdict["status"] == "current", verdict
