@@ -121,7 +121,7 @@ class Hsm:
         return await self.token.run("sign", sign_all, short=len(digests) == 1)
 
     async def key_attributes(self, key_id: bytes) -> dict[str, bool]:
-        """The protection attributes of the private key, for audits and tests."""
+        """The protection and usage attributes of the private key, for audits and tests."""
 
         def read(session: Any) -> dict[str, bool]:
             key = self._key(session, key_id, ObjectClass.PRIVATE_KEY)
@@ -133,6 +133,11 @@ class Hsm:
                     ("ALWAYS_SENSITIVE", Attribute.ALWAYS_SENSITIVE),
                     ("NEVER_EXTRACTABLE", Attribute.NEVER_EXTRACTABLE),
                     ("PRIVATE", Attribute.PRIVATE),
+                    ("SIGN", Attribute.SIGN),
+                    ("SIGN_RECOVER", Attribute.SIGN_RECOVER),
+                    ("DECRYPT", Attribute.DECRYPT),
+                    ("UNWRAP", Attribute.UNWRAP),
+                    ("DERIVE", Attribute.DERIVE),
                 )
             }
 
@@ -275,14 +280,21 @@ def _probe_token(session: Any) -> None:
 
 
 def _generate(session: Any, algorithm: KeyAlgorithm, label: str, key_id: bytes) -> bytes:
+    # A seal key signs and does nothing else: python-pkcs11's defaults would also let an RSA
+    # key decrypt and unwrap, and an EC key derive shared secrets.
     private_template = {
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
         Attribute.PRIVATE: True,
         Attribute.SIGN: True,
+        Attribute.SIGN_RECOVER: False,
+        Attribute.DECRYPT: False,
+        Attribute.UNWRAP: False,
+        Attribute.DERIVE: False,
         Attribute.TOKEN: True,
     }
-    public_template = {Attribute.VERIFY: True, Attribute.TOKEN: True}
+    public_template = {Attribute.VERIFY: True, Attribute.VERIFY_RECOVER: False,
+                       Attribute.ENCRYPT: False, Attribute.WRAP: False, Attribute.TOKEN: True}
     if algorithm.is_rsa:
         public, _ = session.generate_keypair(
             KeyType.RSA, algorithm.rsa_bits, store=True, label=label, id=key_id,

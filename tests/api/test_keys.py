@@ -67,7 +67,9 @@ async def test_keys_are_generated_in_the_hsm_sensitive_and_never_extractable(
     assert public.key_size == size  # type: ignore[union-attr]
     attributes = await hsm.key_attributes(uuid.UUID(key["id"]).bytes)
     assert attributes == {"sensitive": True, "extractable": False, "always_sensitive": True,
-                          "never_extractable": True, "private": True}
+                          "never_extractable": True, "private": True, "sign": True,
+                          "sign_recover": False, "decrypt": False, "unwrap": False,
+                          "derive": False}
     fetched = await world.http.get(f"/v1/keys/{key['id']}", headers=headers)
     assert (await fetched.json())["public_key_pem"] == key["public_key_pem"]
 

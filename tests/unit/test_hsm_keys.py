@@ -31,13 +31,15 @@ HASH_CLASSES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hash
 async def test_generated_private_key_is_sensitive_and_never_extractable(
     hsm: Hsm, algorithm: KeyAlgorithm
 ) -> None:
-    """Every algorithm's private key is generated sensitive, non-extractable, always so."""
+    """Every algorithm's private key is generated sensitive, non-extractable, always so, and
+    may sign and nothing else (no decryption, unwrapping, recovery or derivation)."""
     key_id = new_key_id()
     await hsm.generate_key(algorithm, "protect-test", key_id)
     attributes = await hsm.key_attributes(key_id)
     assert attributes == {
         "sensitive": True, "extractable": False, "always_sensitive": True,
-        "never_extractable": True, "private": True,
+        "never_extractable": True, "private": True, "sign": True, "sign_recover": False,
+        "decrypt": False, "unwrap": False, "derive": False,
     }
 
 
