@@ -88,11 +88,19 @@ class KeyRegistry:
                                  {"subject": {k: str(v) for k, v in subject.items()}})
         return pem
 
-    async def import_certificate(self, key_id: str, pem: bytes, actor: str) -> JSONRecord:
+    async def import_certificate(
+        self, key_id: str, pem: bytes, actor: str, *, time_stamping: bool | None = None
+    ) -> JSONRecord:
+        """Store the key's certificate chain after :func:`check_signing_leaf`; the chain is
+        checked for time-stamping when the key is the time-stamp authority's (or when
+        ``time_stamping`` says so, as while that key is being set up)."""
         record = await self._record(key_id)
         self._require_enabled(record.data)
         chain = parse_pem_chain(pem)
-        check_signing_leaf(chain, _public_der(record.data), utcnow())
+        if time_stamping is None:
+            tsa = await self._storage.get(PLATFORM, TSA_SIGNER)
+            time_stamping = tsa is not None and str(tsa.data["key_id"]) == key_id
+        check_signing_leaf(chain, _public_der(record.data), utcnow(), time_stamping=time_stamping)
         summary = summarize(chain[0])
         data = {**record.data, "certificate_chain_pem": chain_to_pem(chain),
                 "certificate": summary.as_dict()}
@@ -183,7 +191,8 @@ class KeyRegistry:
         cert = ca.issue(self.public_key_der(key), "SealGate Time-Stamping Authority",
                         "SealGate Platform", profile=TSA_PROFILE, days=3 * 365)
         key = await self.import_certificate(
-            key["id"], chain_to_pem([cert, ca.certificate]).encode(), "system"
+            key["id"], chain_to_pem([cert, ca.certificate]).encode(), "system",
+            time_stamping=True,
         )
         await self._storage.commit([Write(PLATFORM, TSA_SIGNER, 0, {"key_id": key["id"]})])
         return key

@@ -5,12 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from dataclasses import dataclass
+from typing import NoReturn, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.clock import isoformat
 from gateway.errors import ValidationFailed
+
+E = TypeVar("E", bound=x509.ExtensionType)
+TIME_STAMPING = ExtendedKeyUsageOID.TIME_STAMPING
 
 
 @dataclass(frozen=True)
@@ -59,33 +65,62 @@ def summarize(cert: x509.Certificate) -> CertificateSummary:
 
 
 def check_signing_leaf(
-    chain: list[x509.Certificate], key_public_der: bytes, now: dt.datetime
+    chain: list[x509.Certificate], key_public_der: bytes, now: dt.datetime,
+    *, time_stamping: bool = False,
 ) -> None:
-    """Refuse a chain whose leaf is not for this key, not valid now, or not for signing.
+    """Refuse a chain whose leaf is not for this key, not valid now, or not for its use.
+
+    A key that signs documents (a seal, the platform's receipts) needs nonRepudiation
+    (contentCommitment) in its key usage, as validators require of a document signer
+    (pyHanko's default, and this gateway's own ``POST /v1/verify``), and no extended key
+    usage that confines it to time-stamping. The time-stamping key needs exactly that: a
+    critical extended key usage of id-kp-timeStamping alone (RFC 3161 §2.3). Each
+    certificate of the chain must be signed by the one after it.
 
     Each failure is a 422 naming the rule, so a key officer knows what to fix.
     """
     leaf = chain[0]
     if public_key_der(leaf) != key_public_der:
-        raise ValidationFailed.one(
-            "certificate", "the leaf certificate's public key is not this key's public key"
-        )
+        _refuse("the leaf certificate's public key is not this key's public key")
     if now < leaf.not_valid_before_utc:
-        raise ValidationFailed.one("certificate", "the leaf certificate is not valid yet")
+        _refuse("the leaf certificate is not valid yet")
     if now > leaf.not_valid_after_utc:
-        raise ValidationFailed.one("certificate", "the leaf certificate has expired")
-    try:
-        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if not (usage.digital_signature or usage.content_commitment):
-        raise ValidationFailed.one(
-            "certificate",
-            "the leaf certificate allows neither digitalSignature nor nonRepudiation",
-        )
+        _refuse("the leaf certificate has expired")
     for child, issuer in itertools.pairwise(chain):
         if child.issuer != issuer.subject:
-            raise ValidationFailed.one(
-                "certificate",
-                "the chain is not in order (each certificate's issuer must follow it)",
-            )
+            _refuse("the chain is not in order (each certificate's issuer must follow it)")
+        try:
+            child.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            _refuse(f"{child.subject.rfc4514_string()} is not signed by the certificate "
+                    "that follows it")
+    constraints = _extension(leaf, x509.BasicConstraints)
+    if constraints is not None and constraints.value.ca:
+        _refuse("the leaf certificate is a CA certificate")
+    usage = _extension(leaf, x509.KeyUsage)
+    purposes = _extension(leaf, x509.ExtendedKeyUsage)
+    only_time_stamping = purposes is not None and list(purposes.value) == [TIME_STAMPING]
+    if time_stamping:
+        if not (only_time_stamping and purposes is not None and purposes.critical):
+            _refuse("a time-stamping certificate needs a critical extended key usage of "
+                    "timeStamping alone (RFC 3161)")
+        if usage is not None and not (usage.value.digital_signature
+                                      or usage.value.content_commitment):
+            _refuse("the leaf certificate allows neither digitalSignature nor nonRepudiation")
+        return
+    if usage is None or not usage.value.content_commitment:
+        _refuse("the leaf certificate lacks nonRepudiation (contentCommitment) in its key "
+                "usage, which validators require of a document signer")
+    if only_time_stamping:
+        _refuse("the leaf certificate is for time-stamping only")
+
+
+def _extension(cert: x509.Certificate, kind: type[E]) -> x509.Extension[E] | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind)
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _refuse(message: str) -> NoReturn:
+    raise ValidationFailed.one("certificate", message)

@@ -8,11 +8,13 @@ import base64
 import datetime as dt
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import NotFound
 from gateway.hsm import Hsm, KeyAlgorithm
@@ -27,6 +29,12 @@ from tests.pdf_samples import one_page_pdf
 PDF = {"Content-Type": "application/pdf"}
 PEM = {"Content-Type": "application/x-pem-file"}
 ENCIPHERMENT_ONLY = CertificateProfile("encipherment", {"key_encipherment": True})
+SIGNATURE_ONLY = CertificateProfile("signature", {"digital_signature": True})
+TIME_STAMPING_ONLY = CertificateProfile(
+    "time-stamping", {"digital_signature": True, "content_commitment": True},
+    (ExtendedKeyUsageOID.TIME_STAMPING,), eku_critical=True)
+NO_REPUDIATION = ("the leaf certificate lacks nonRepudiation (contentCommitment) in its key "
+                  "usage, which validators require of a document signer")
 
 
 async def officer(world: World) -> dict[str, str]:
@@ -133,9 +141,18 @@ def _now() -> dt.datetime:
             world, key, not_before=_now() + dt.timedelta(days=1)),
          "the leaf certificate is not valid yet"),
         (lambda world, key, other: certificate_for(world, key, profile=ENCIPHERMENT_ONLY),
-         "the leaf certificate allows neither digitalSignature nor nonRepudiation"),
+         NO_REPUDIATION),
+        (lambda world, key, other: certificate_for(world, key, profile=SIGNATURE_ONLY),
+         NO_REPUDIATION),
+        (lambda world, key, other: certificate_for(world, key, profile=TIME_STAMPING_ONLY),
+         "the leaf certificate is for time-stamping only"),
+        (lambda world, key, other: certificate_for(world, key)
+         + certificate_for(world, other).split(b"-----END CERTIFICATE-----")[0]
+         + b"-----END CERTIFICATE-----\n",
+         "the chain is not in order (each certificate's issuer must follow it)"),
     ],
-    ids=["wrong-key", "expired", "not-yet-valid", "no-signing-usage"],
+    ids=["wrong-key", "expired", "not-yet-valid", "no-signing-usage", "signature-only",
+         "time-stamping-only", "misordered"],
 )
 async def test_certificate_import_refuses_a_broken_leaf_naming_the_rule(
     world: World, make_chain: Any, rule: str
@@ -151,6 +168,25 @@ async def test_certificate_import_refuses_a_broken_leaf_naming_the_rule(
     assert body["errors"] == [{"field": "certificate", "message": rule}]
     stored = await world.services.keys.get(key["id"])
     assert stored["certificate"] is None
+
+
+async def test_certificate_import_refuses_a_chain_link_another_ca_signed(
+    world: World, tmp_path: Path
+) -> None:
+    """A CA with the same name as the real one but another key: the names chain, the
+    signatures do not, and the import says which certificate is not signed."""
+    headers = await officer(world)
+    key = await create_key(world, headers)
+    impostor = DevCA.open_or_create(tmp_path / "impostor", world.ca.certificate.subject
+                                    .get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    assert impostor.certificate.subject == world.ca.certificate.subject
+    leaf = impostor.issue(world.services.keys.public_key_der(key), "测试合同专用章",
+                          ORGANIZATION["name"])
+    response = await world.http.put(
+        f"/v1/keys/{key['id']}/certificate",
+        data=chain_to_pem([leaf, world.ca.certificate]).encode(), headers={**headers, **PEM})
+    body = await assert_problem(response, 422, "validation-failed")
+    assert "is not signed by the certificate that follows it" in body["errors"][0]["message"]
 
 
 async def test_disabled_key_signs_nothing(world: World) -> None:
