@@ -156,6 +156,14 @@ def mask_id_number(value: str) -> str:
     return value[:6] + "*" * 8 + value[-4:]
 
 
+def mask_phone(value: str) -> str:
+    """Show a phone number as its first 3 and last 4 characters (``138****0000``), the rest
+    as asterisks: enough to recognise one's own number, not to call it."""
+    if len(value) < 8:
+        raise ValueError("a phone number to mask has at least 8 characters")
+    return value[:3] + "*" * (len(value) - 7) + value[-4:]
+
+
 __all__ = [
     "RESIDENT_ID_CHECK",
     "RESIDENT_ID_WEIGHTS",
@@ -164,6 +172,7 @@ __all__ = [
     "is_valid_resident_id",
     "is_valid_uscc",
     "mask_id_number",
+    "mask_phone",
     "resident_id_check_character",
     "uscc_check_character",
     "validate_resident_id",

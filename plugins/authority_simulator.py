@@ -247,7 +247,10 @@ def validate_application(body: Any) -> list[FieldError]:
                    "seal.organization.uscc")
     if applicant := obj(body, "applicant"):
         text(applicant, "name", "applicant.")
-        text(applicant, "phone", "applicant.")
+        phone = text(applicant, "phone", "applicant.")
+        if phone and not _DIALLABLE.match(phone):
+            # An authority calls the applicant: a masked number is of no use to it.
+            errors.append(FieldError("applicant.phone", "must be a whole phone number"))
     if legal := obj(body, "legal_representative"):
         text(legal, "name", "legal_representative.")
         identifier(validate_resident_id, text(legal, "id_number", "legal_representative."),
@@ -259,6 +262,9 @@ def validate_application(body: Any) -> list[FieldError]:
     for index, material in enumerate(materials):
         errors.extend(_material_errors(material, f"materials[{index}]"))
     return errors
+
+
+_DIALLABLE = re.compile(r"^[0-9][0-9-]{6,19}$")
 
 
 def _material_errors(material: Any, where: str) -> list[FieldError]:

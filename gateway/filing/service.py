@@ -40,7 +40,7 @@ from gateway.filing.adapters import (
 )
 from gateway.filing.receipts import build_receipt, receipt_number, receipt_write
 from gateway.idempotency_scope import CURRENT_SCOPE
-from gateway.identifiers import mask_id_number, validate_resident_id
+from gateway.identifiers import mask_id_number, mask_phone, validate_resident_id
 from gateway.keys.platform import PlatformSigner
 from gateway.keys.registry import KEY
 from gateway.privacy import PersonalDataVault
@@ -120,7 +120,12 @@ class FilingService:
             "action": action,
             "authority": authority,
             "status": states.FilingStatus.DRAFT.value,
-            "applicant": {"name": _text(applicant, "name", "applicant."), "phone": phone},
+            # The phone is personal data too: encrypted like the ID number, shown masked.
+            "applicant": {
+                "name": _text(applicant, "name", "applicant."),
+                "phone_masked": mask_phone(phone),
+                "phone_encrypted": await self._vault.encrypt(phone, filing_id),
+            },
             "legal_representative": {
                 "name": _text(legal, "name", "legal_representative."),
                 "id_number_masked": mask_id_number(id_number),
@@ -284,6 +289,12 @@ class FilingService:
             return (await self._record(filing_id)).data
         return data
 
+    async def _phone(self, filing: Mapping[str, Any]) -> str:
+        applicant = filing["applicant"]
+        if "phone_encrypted" in applicant:
+            return await self._vault.decrypt(applicant["phone_encrypted"], filing["id"])
+        return str(applicant["phone"])  # a filing stored before phones were encrypted
+
     async def _application(self, filing: Mapping[str, Any]) -> dict[str, Any]:
         seal = (await self._seals.record(filing["seal_id"])).data
         legal = filing["legal_representative"]
@@ -300,7 +311,8 @@ class FilingService:
                 k: seal[k]
                 for k in ("id", "seal_code", "name", "type", "organization", "image_sha256")
             },
-            "applicant": filing["applicant"],
+            "applicant": {"name": filing["applicant"]["name"],
+                          "phone": await self._phone(filing)},
             "legal_representative": {
                 "name": legal["name"],
                 "id_number": await self._vault.decrypt(legal["id_number_encrypted"], filing["id"]),
@@ -497,14 +509,18 @@ class FilingService:
 
 
 def public_view(filing: Mapping[str, Any]) -> dict[str, Any]:
-    """A filing as the API shows it: the ID number masked, never its ciphertext."""
-    legal = filing["legal_representative"]
+    """A filing as the API shows it: the ID and phone numbers masked, never their
+    ciphertext."""
+    legal, applicant = filing["legal_representative"], filing["applicant"]
+    phone = applicant.get("phone_masked") or mask_phone(str(applicant.get("phone")))
     return {
         **{
             k: v
             for k, v in filing.items()
-            if k not in ("legal_representative", "seal_status_before", "submitted_by_request")
+            if k not in ("legal_representative", "applicant", "seal_status_before",
+                         "submitted_by_request")
         },
+        "applicant": {"name": applicant["name"], "phone": phone},
         "legal_representative": {"name": legal["name"], "id_number": legal["id_number_masked"]},
     }
 

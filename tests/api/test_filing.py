@@ -554,18 +554,24 @@ async def test_bad_materials_are_refused(filing: Filing) -> None:
     await assert_problem(unknown, 404, "not-found")
 
 
-async def test_id_number_is_encrypted_at_rest_and_masked_everywhere(
+async def test_personal_numbers_are_encrypted_at_rest_and_masked_everywhere(
     filing: Filing, settings: Settings
 ) -> None:
-    """The full ID number is in no response and nowhere in the database file."""
+    """The full ID and phone numbers are in no response and nowhere in the database file;
+    the authority still gets them whole."""
     seal = await filing.active()
     filings = await (await filing.world.http.get(f"/v1/filings?seal_id={seal['id']}",
                                                   headers=filing.filer)).json()
     assert filings["filings"][0]["legal_representative"]["id_number"] == "110105********002X"
-    assert LEGAL_REPRESENTATIVE["id_number"] not in json.dumps(filings)
+    assert filings["filings"][0]["applicant"] == {"name": "李四", "phone": "138****0000"}
+    secrets = (LEGAL_REPRESENTATIVE["id_number"], APPLICANT["phone"])
+    assert not any(secret in json.dumps(filings) for secret in secrets)
+    # The simulated authority refuses a phone number it cannot dial (a masked one).
+    remote = await filing.file((await filing.seal())["id"], "new", authority="sim")
+    assert remote["status"] == "under_review"
     database = Path(settings.storage.sqlite_path)
     for path in database.parent.glob(database.name + "*"):
-        assert LEGAL_REPRESENTATIVE["id_number"].encode() not in path.read_bytes()
+        assert not any(secret.encode() in path.read_bytes() for secret in secrets)
 
 
 async def test_only_reviewers_review(filing: Filing) -> None:

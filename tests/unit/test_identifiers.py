@@ -16,6 +16,7 @@ from gateway.identifiers import (
     is_valid_resident_id,
     is_valid_uscc,
     mask_id_number,
+    mask_phone,
     resident_id_check_character,
     uscc_check_character,
     validate_resident_id,
@@ -245,3 +246,15 @@ def test_mask_refuses_other_lengths_without_echoing_the_value() -> None:
     with pytest.raises(ValueError, match="18 characters") as exc:
         mask_id_number("1101051949123100")
     assert "1101051949123100" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("phone", "masked"), [
+    ("13800000000", "138****0000"),
+    ("010-12345678", "010*****5678"),
+    ("02112345678", "021****5678"),
+])
+def test_phone_numbers_are_masked_to_their_first_three_and_last_four(
+    phone: str, masked: str
+) -> None:
+    assert mask_phone(phone) == masked
+    assert len(mask_phone(phone)) == len(phone)
