@@ -104,6 +104,14 @@ class KeyRegistry:
         summary = summarize(chain[0])
         data = {**record.data, "certificate_chain_pem": chain_to_pem(chain),
                 "certificate": summary.as_dict()}
+        replaced = record.data.get("certificate")
+        if replaced and replaced.get("sha256") != summary.sha256:
+            # Verifiers still name the seal of documents signed under the certificate
+            # this one replaces (a renewal keeps the key).
+            data["certificate_history"] = [*(record.data.get("certificate_history") or []),
+                                           {"sha256": replaced.get("sha256"),
+                                            "serial": replaced.get("serial"),
+                                            "replaced_at": isoformat(utcnow())}]
         await self._audit.commit(
             [Write(KEY, key_id, record.version, data)],
             [self._audit.event_sealer(actor, "key.certificate_imported", f"key/{key_id}",

@@ -58,22 +58,25 @@ class SignatureVerifier:
                 "signatures": signatures}
 
     async def _seals_by_certificate(self) -> dict[str, str]:
-        """Certificate SHA-256 (hex) → id of the seal whose key it certifies (or certified)."""
+        """Certificate SHA-256 (hex) → id of the seal whose key it certifies (or certified,
+        before the key was rotated or its certificate renewed)."""
         key_certificates = {
-            record.key: (record.data.get("certificate") or {}).get("sha256")
+            record.key: [(record.data.get("certificate") or {}).get("sha256"),
+                         *(old.get("sha256")
+                           for old in record.data.get("certificate_history") or [])]
             for record in await self._storage.list(KEY, limit=_LISTING_LIMIT)
         }
         found: dict[str, str] = {}
         for record in await self._storage.list(SEAL, limit=_LISTING_LIMIT):
             seal = record.data
-            for retired in seal.get("key_history") or []:
-                for fingerprint in (retired.get("certificate_sha256"),
-                                    key_certificates.get(str(retired.get("key_id")))):
-                    if fingerprint:
-                        found[fingerprint] = record.key
-            current = key_certificates.get(str(seal.get("key_id")))
-            if current:
-                found[current] = record.key
+            key_ids = [str(retired.get("key_id")) for retired in seal.get("key_history") or []]
+            fingerprints = [retired.get("certificate_sha256")
+                            for retired in seal.get("key_history") or []]
+            for key_id in [*key_ids, str(seal.get("key_id"))]:
+                fingerprints.extend(key_certificates.get(key_id, []))
+            for fingerprint in fingerprints:
+                if fingerprint:
+                    found[fingerprint] = record.key
         return found
 
 

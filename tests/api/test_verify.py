@@ -127,6 +127,22 @@ async def test_sealed_pdf_is_valid_and_names_its_seal(signer_world: SignerWorld)
     assert signature["signed_at"] and signature["problems"] == []
 
 
+async def test_a_pdf_sealed_before_a_certificate_renewal_still_names_its_seal(
+    signer_world: SignerWorld,
+) -> None:
+    """The key's certificate is renewed (same key): earlier documents keep their seal."""
+    world, seal, headers = signer_world
+    earlier = await sealed_pdf(world, seal, headers)
+    key = await world.services.keys.get(seal["key_id"])
+    renewed = world.ca.issue(world.services.keys.public_key_der(key), "测试合同专用章 (renewed)",
+                             ORGANIZATION["name"])
+    await world.services.keys.import_certificate(
+        key["id"], chain_to_pem([renewed, world.ca.certificate]).encode(), "test")
+    for document in (earlier, await sealed_pdf(world, seal, headers)):
+        [signature] = (await verify_pdf(world, document))["signatures"]
+        assert signature["seal_id"] == seal["id"]
+
+
 async def test_b_lta_pdf_reports_the_seal_and_the_document_time_stamp(
     signer_world: SignerWorld,
 ) -> None:
