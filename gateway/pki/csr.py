@@ -23,10 +23,23 @@ SUBJECT_FIELDS = {
 }
 
 
+# Upper bounds from RFC 5280 Appendix A (ub-common-name and the rest), in characters.
+UPPER_BOUNDS = {
+    "common_name": 64, "organization": 64, "organizational_unit": 64, "country": 2,
+    "state": 128, "locality": 128, "serial_number": 64,
+}
+
+
 def subject_name(subject: Mapping[str, object]) -> asn1_x509.Name:
     unknown = sorted(set(subject) - set(SUBJECT_FIELDS))
     if unknown:
         raise ValidationFailed.one(f"subject.{unknown[0]}", "is not a supported subject field")
+    for field, value in subject.items():
+        if not isinstance(value, str):
+            raise ValidationFailed.one(f"subject.{field}", "must be a string")
+        if len(value) > UPPER_BOUNDS[field]:
+            raise ValidationFailed.one(
+                f"subject.{field}", f"must be at most {UPPER_BOUNDS[field]} characters")
     if not str(subject.get("common_name", "")).strip():
         raise ValidationFailed.one("subject.common_name", "is required")
     country = str(subject.get("country", ""))

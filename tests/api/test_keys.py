@@ -100,14 +100,27 @@ async def test_csr_carries_the_subject_and_is_signed_by_the_hsm_key(world: World
     ).decode() == key["public_key_pem"]
 
 
-async def test_csr_without_common_name_is_422(world: World) -> None:
-    """A subject without common_name is refused naming subject.common_name."""
+@pytest.mark.parametrize(
+    ("subject", "field"),
+    [
+        ({"organization": "x"}, "subject.common_name"),
+        ({"common_name": {"a": 1}}, "subject.common_name"),
+        ({"common_name": "章" * 65}, "subject.common_name"),
+        ({"common_name": "x", "locality": 7}, "subject.locality"),
+    ],
+    ids=["missing", "not-a-string", "past-the-rfc-5280-bound", "number"],
+)
+async def test_a_bad_csr_subject_is_422_naming_the_field(
+    world: World, subject: dict[str, Any], field: str
+) -> None:
+    """A missing common name, a value that is not a string or one longer than RFC 5280's
+    upper bound: each refused naming the field, instead of a CSR a CA would refuse."""
     headers = await officer(world)
     key = await create_key(world, headers)
     response = await world.http.post(f"/v1/keys/{key['id']}/csr", headers=headers,
-                                     json={"subject": {"organization": "x"}})
+                                     json={"subject": subject})
     body = await assert_problem(response, 422, "validation-failed")
-    assert body["errors"][0]["field"] == "subject.common_name"
+    assert body["errors"][0]["field"] == field
 
 
 async def test_valid_certificate_chain_is_imported(world: World) -> None:
