@@ -39,10 +39,7 @@ class EventFilter:
             else event["action"] == self.action
         ):
             return False
-        if self.seal is not None and not (
-            event["target"] == f"seal/{self.seal}"
-            or (event.get("details") or {}).get("seal_id") == self.seal
-        ):
+        if self.seal is not None and not _about_seal(event, self.seal):
             return False
         if self.since is None and self.until is None:
             return True
@@ -92,6 +89,17 @@ async def find_events(storage: Storage, wanted: EventFilter) -> list[dict[str, A
             break
         since_seq = batch[-1]["seq"]
     return found
+
+
+def _about_seal(event: Mapping[str, Any], seal_id: str) -> bool:
+    """The seal's own events, and those that name it in their details: a signature's, a
+    filing's, and a dual-control request's (a grant of the seal, a client created with it)."""
+    if event["target"] == f"seal/{seal_id}":
+        return True
+    details = event.get("details") or {}
+    params = details.get("params") or {}
+    return (details.get("seal_id") == seal_id or params.get("seal_id") == seal_id
+            or seal_id in (params.get("seals") or ()))
 
 
 def event_filter(query: Mapping[str, str]) -> EventFilter:

@@ -28,7 +28,7 @@ from typing import Any
 from gateway.audit import AuditLog
 from gateway.clock import isoformat, utcnow
 from gateway.errors import Conflict, NotFound, ValidationFailed
-from gateway.storage import EventSealer, Record, Storage, Write
+from gateway.storage import EventSealer, Record, StaleWrite, Storage, Write
 
 ROLES = ("signer", "filer", "reviewer", "key_officer", "auditor", "admin")
 KEY_OFFICER = "key_officer"
@@ -36,6 +36,7 @@ KEY_OFFICER = "key_officer"
 SIGNING_FORMATS = ("pdf", "cms", "hash", "csc")
 TOKEN_PREFIX = "sg_"
 CLIENT = "client"
+CLIENT_NAME = "client_name"
 TOKEN = "client_token"
 # Token links a worker keeps (a few MB at most); past that it starts over.
 LINKS_KEPT = 10_000
@@ -147,18 +148,27 @@ class ClientRegistry:
             created_at=isoformat(utcnow()),
         )
         record = {**client.public(), "token_hash": hash_token(token)}
-        await self._audit.commit(
-            [
-                Write(CLIENT, client.id, 0, record),
-                Write(TOKEN, hash_token(token), 0, {"client_id": client.id}),
-                *also_writes,
-            ],
-            [
-                *also_events,
-                self._event(actor, "client.created", client.id,
-                            {"name": client.name, "role": role, "seals": list(client.seals)}),
-            ],
-        )
+        try:
+            await self._audit.commit(
+                [
+                    Write(CLIENT, client.id, 0, record),
+                    Write(TOKEN, hash_token(token), 0, {"client_id": client.id}),
+                    # Names are unique (audit events name clients by them): the claim makes
+                    # two creations of one name at once fail but one.
+                    Write(CLIENT_NAME, client.name, 0, {"client_id": client.id}),
+                    *also_writes,
+                ],
+                [
+                    *also_events,
+                    self._event(actor, "client.created", client.id,
+                                {"name": client.name, "role": role,
+                                 "seals": list(client.seals)}),
+                ],
+            )
+        except StaleWrite:
+            if await self._storage.get(CLIENT_NAME, client.name) is not None:
+                raise Conflict(f"a client named '{client.name}' exists already") from None
+            raise
         return client, token
 
     async def authenticate(self, token: str) -> ApiClient | None:

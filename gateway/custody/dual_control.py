@@ -12,7 +12,11 @@ once, or a reject racing an approve, can never run an action twice or run a reje
 matters for ``destroy_key``, whose token step cannot be part of a storage commit. If the
 action fails, the claim is given back and the request is pending again; if the process dies
 mid-way, the same officer approving again finishes the job (every action step is safe to
-repeat). ``expired`` is derived from the clock and never written.
+repeat), while the request is in time and its requester still an officer; after
+``CLAIM_SECONDS`` the claim lapses and the request is pending again for every officer (a
+later commit of the first approval then fails on the request's version). ``expired`` is
+derived from the clock and never written. The client a request is about (a revocation, a
+role change, a grant) neither approves nor rejects it.
 
 Only active clients whose role is exactly ``key_officer`` take part: an ``admin`` passes
 every role check of the HTTP routes, so letting it stand in here would let one holder of an
@@ -58,6 +62,9 @@ STATUSES = ("pending", "approving", "approved", "rejected", "expired")
 # giving or taking them away is a key officer role change.
 PRIVILEGED_ROLES = (KEY_OFFICER, "admin")
 MAX_REASON = 500
+# How long an approval may hold its claim: far longer than any action takes (destroying a
+# key is one HSM call and one commit), short enough that a crashed approval does not block.
+CLAIM_SECONDS = 300
 
 JSONRecord = dict[str, Any]
 
@@ -90,14 +97,29 @@ PARAMETERS: dict[Action, dict[str, bool]] = {
 Executor = Callable[[Sequence[Write], Sequence[EventSealer]], Awaitable[JSONRecord]]
 
 
+def _refuse_the_target(officer: ApiClient, data: Mapping[str, Any]) -> None:
+    """The client a request is about does not decide it: an officer whose revocation (or
+    demotion) is requested could otherwise veto it every time it is filed."""
+    if data["params"].get("client_id") == officer.id:
+        raise DualControlRefused(
+            "this request is about you; another key officer decides it")
+
+
 def needs_dual_control(role: str, seals: Sequence[str] = ()) -> bool:
     """Whether creating a client with this role and these grants needs a second officer."""
     return role in PRIVILEGED_ROLES or bool(seals)
 
 
 def effective_status(data: Mapping[str, Any], now: Any) -> str:
-    """The stored status, except that a pending request past ``expires_at`` is ``expired``."""
+    """The stored status, except that a pending request past ``expires_at`` is ``expired``,
+    and a claim older than ``CLAIM_SECONDS`` has lapsed: its officer's process died or its
+    release failed, and the request is pending (or expired) again for every officer."""
     status = str(data["status"])
+    claimed_at = parse_time(data.get("claimed_at"))
+    if status == "approving" and (
+        claimed_at is None or now >= claimed_at + timedelta(seconds=CLAIM_SECONDS)
+    ):
+        status = "pending"
     expires_at = parse_time(data.get("expires_at"))
     if status == "pending" and expires_at is not None and now >= expires_at:
         return "expired"
@@ -168,10 +190,18 @@ class DualControl:
         if officer.id == data["requested_by"]["id"]:
             raise DualControlRefused(
                 "the officer who filed a request cannot approve it; a second key officer must")
-        if data["status"] == "approving":
+        _refuse_the_target(officer, data)
+        if effective_status(data, utcnow()) == "approving":
             if (data["decided_by"] or {}).get("id") != officer.id:
                 raise Conflict("another key officer is approving this request right now")
-            claimed = record  # resuming an approval that was interrupted
+            # Resuming an approval that was interrupted: the request must still be in time,
+            # and its requester still an officer, as on the first attempt.
+            expires_at = parse_time(data.get("expires_at"))
+            if expires_at is not None and utcnow() >= expires_at:
+                raise ApprovalExpired(
+                    f"the request expired at {data['expires_at']}; file a new one")
+            await self._require_requester_still_officer(data)
+            claimed = record
         else:
             self._require_pending(data)
             await self._require_requester_still_officer(data)
@@ -196,12 +226,15 @@ class DualControl:
     async def reject(
         self, officer: ApiClient, approval_id: str, reason: object = None
     ) -> JSONRecord:
-        """Any key officer may reject (the requester too: that withdraws the request)."""
+        """Any key officer may reject (the requester too: that withdraws the request),
+        except the client the request is about."""
         require_officer(officer)
         text = str(reason or "").strip()
         if len(text) > MAX_REASON:
             raise ValidationFailed.one("reason", f"must be at most {MAX_REASON} characters")
         record = await self._record(approval_id)
+        if officer.id != record.data["requested_by"]["id"]:
+            _refuse_the_target(officer, record.data)
         self._require_pending(record.data)
         decided = {**record.data, "status": "rejected", "reason": text or None,
                    "decided_by": {"id": officer.id, "name": officer.name},
@@ -210,7 +243,8 @@ class DualControl:
             await self._audit.commit(
                 [Write(APPROVAL, approval_id, record.version, decided)],
                 [self._event(officer, "approval.rejected", approval_id,
-                             {"action": record.data["action"], "reason": text})],
+                             {"action": record.data["action"], "params": record.data["params"],
+                              "reason": text})],
             )
         except StaleWrite:
             raise _decided_meanwhile() from None
@@ -227,7 +261,7 @@ class DualControl:
         if action is Action.GRANT_SEAL:
             client = await self._active_client(_text(params, "client_id"))
             seal_id = _text(params, "seal_id")
-            await _as_field("params.seal_id", self._seals.record(seal_id))
+            await self._grantable_seal("params.seal_id", seal_id)
             formats = check_formats(_list(params, "formats"), "params.formats")
             return {"client_id": client.id, "client_name": client.name, "seal_id": seal_id,
                     "formats": list(formats)}
@@ -249,7 +283,7 @@ class DualControl:
             raise Conflict(f"a client named '{name}' exists already")
         seals = list(dict.fromkeys(str(s) for s in _list(params, "seals")))
         for seal_id in seals:
-            await _as_field("params.seals", self._seals.record(seal_id))
+            await self._grantable_seal("params.seals", seal_id)
         return {"name": name, "role": role, "seals": seals}
 
     async def _execute(
@@ -308,7 +342,7 @@ class DualControl:
                            "key officer; a current officer must file it again")
 
     async def _claim(self, record: Record, officer: ApiClient) -> Record:
-        claimed = {**record.data, "status": "approving",
+        claimed = {**record.data, "status": "approving", "claimed_at": isoformat(utcnow()),
                    "decided_by": {"id": officer.id, "name": officer.name}}
         try:
             result = await self._storage.commit(
@@ -325,6 +359,13 @@ class DualControl:
         except Exception:  # the caller's own error is the one to report
             log.warning("approval request %s stays claimed after a failed action; the same "
                         "officer approving again completes it", claimed.key)
+
+    async def _grantable_seal(self, field: str, seal_id: str) -> None:
+        """A seal that exists and is not cancelled: a cancelled seal never signs again, and a
+        grant of it approved later would only mislead whoever reads the client's grants."""
+        seal = await _as_field(field, self._seals.record(seal_id))
+        if seal.data["status"] == "cancelled":
+            raise Conflict(f"seal {seal_id} is cancelled")
 
     async def _active_client(self, id_or_name: str) -> ApiClient:
         client: ApiClient = await _as_field("params.client_id",

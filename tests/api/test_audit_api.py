@@ -137,7 +137,7 @@ async def test_one_edited_byte_is_named_by_the_cli_and_the_api(
 async def test_a_full_run_audits_every_security_relevant_action(world: World) -> None:
     """A full run leaves an event for every security-relevant action, in an intact chain."""
     svc = world.services
-    first, a = await world.client("key_officer", name="officer-a")
+    _, a = await world.client("key_officer", name="officer-a")
     _, b = await world.client("key_officer", name="officer-b")
     _, filer = await world.client("filer")
     _, auditor = await world.client("auditor")
@@ -171,7 +171,7 @@ async def test_a_full_run_audits_every_security_relevant_action(world: World) ->
     destroy = await (await world.http.post(f"/v1/keys/{key['id']}/destroy", headers=a)).json()
     await world.http.post(f"/v1/approvals/{destroy['id']}/approve", headers=b)
     role = await (await world.http.post("/v1/approvals", headers=b, json={
-        "action": "set_role", "params": {"client_id": first.id, "role": "auditor"}})).json()
+        "action": "set_role", "params": {"client_id": signer.id, "role": "auditor"}})).json()
     await world.http.post(f"/v1/approvals/{role['id']}/reject", headers=a)
 
     await svc.clients.revoke_grant(signer.id, seal["id"], "officer-a")
@@ -205,3 +205,27 @@ async def test_only_auditors_read_the_audit_log(world: World) -> None:
         _, headers = await world.client(role, name=f"{role}-{uuid.uuid4().hex[:6]}")
         for path in ("/v1/audit", "/v1/audit/verify"):
             await assert_problem(await world.http.get(path, headers=headers), 403, "forbidden")
+
+
+async def test_a_seal_s_audit_includes_the_decisions_on_granting_it(world: World) -> None:
+    """?seal= also finds the dual-control requests about the seal: filed, approved, and
+    rejected (whose event names what was refused)."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    _, a = await world.client("key_officer", name="officer-a")
+    _, b = await world.client("key_officer", name="officer-b")
+    _, auditor = await world.client("auditor")
+    signer, _ = await world.client("signer")
+    ids = []
+    for decision in ("approve", "reject"):
+        filed = await (await world.http.post("/v1/approvals", headers=a, json={
+            "action": "grant_seal",
+            "params": {"client_id": signer.id, "seal_id": seal["id"]}})).json()
+        response = await world.http.post(f"/v1/approvals/{filed['id']}/{decision}", headers=b)
+        assert response.status == 200, await response.text()
+        ids.append(filed["id"])
+    events = (await audit_events(world, auditor, f"seal={seal['id']}"))["events"]
+    decisions = [(e["action"], e["target"]) for e in events if e["action"].startswith("approval")]
+    assert decisions == [
+        ("approval.requested", f"approval/{ids[0]}"), ("approval.approved", f"approval/{ids[0]}"),
+        ("approval.requested", f"approval/{ids[1]}"), ("approval.rejected", f"approval/{ids[1]}"),
+    ]

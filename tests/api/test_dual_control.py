@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.clock import isoformat
+from gateway.custody.dual_control import CLAIM_SECONDS
 from gateway.errors import NotFound
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
+from gateway.storage import Write
 from tests.api.conftest import World
 from tests.api.test_sign_pdf import assert_problem, sign_path
 from tests.pdf_samples import one_page_pdf
@@ -271,3 +275,81 @@ async def test_requests_are_checked_when_filed(
     response = await world.http.post("/v1/approvals", json=body, headers=first)
     problem = await assert_problem(response, 422, "validation-failed")
     assert problem["errors"][0]["field"] == field
+
+
+async def test_the_client_a_request_is_about_neither_approves_nor_rejects_it(
+    world: World,
+) -> None:
+    """An officer whose revocation is requested cannot veto it; a third officer decides."""
+    first, second, third = await officers(world, 3)
+    target = await world.services.clients.resolve("officer-1")
+    approval = await file_request(world, first, "revoke_client", client_id=target.id)
+    path = f"/v1/approvals/{approval['id']}"
+    for verb in ("reject", "approve"):
+        response = await world.http.post(f"{path}/{verb}", headers=second)
+        body = await assert_problem(response, 403, "dual-control")
+        assert "about you" in body["detail"]
+    assert (await world.http.post(f"{path}/approve", headers=third)).status == 200
+    assert (await world.services.clients.get(target.id)).status == "revoked"
+
+
+async def claim_as(world: World, approval_id: str, officer: str, seconds_ago: float) -> None:
+    """The claim an approval takes before its action, as a process that died after it."""
+    storage = world.services.storage
+    record = await storage.get("approval_request", approval_id)
+    assert record is not None
+    officer_client = await world.services.clients.resolve(officer)
+    claimed_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)
+    await storage.commit([Write("approval_request", approval_id, record.version, {
+        **record.data, "status": "approving", "claimed_at": isoformat(claimed_at),
+        "decided_by": {"id": officer_client.id, "name": officer_client.name}})])
+
+
+async def test_an_interrupted_approval_is_resumed_only_while_its_request_holds(
+    world: World,
+) -> None:
+    """The officer whose approval died mid-way may finish it, but not once the requester is
+    revoked; a claim left longer than CLAIM_SECONDS lapses and any officer may reject."""
+    first, second, third = await officers(world, 3)
+    key = await disabled_key(world)
+    approval = await file_request(world, first, "destroy_key", key_id=key["id"])
+    path = f"/v1/approvals/{approval['id']}"
+    await claim_as(world, approval["id"], "officer-1", seconds_ago=1)
+    busy = await world.http.post(f"{path}/reject", headers=third)
+    await assert_problem(busy, 409, "conflict")
+    await world.services.clients.revoke(
+        (await world.services.clients.resolve("officer-0")).id, "test")
+    resumed = await world.http.post(f"{path}/approve", headers=second)
+    body = await assert_problem(resumed, 409, "conflict")
+    assert "no longer an active key officer" in body["detail"]
+
+    await claim_as(world, approval["id"], "officer-1", seconds_ago=CLAIM_SECONDS + 1)
+    assert (await (await world.http.get(path, headers=third)).json())["status"] == "pending"
+    rejected = await world.http.post(f"{path}/reject", headers=third)
+    assert rejected.status == 200, await rejected.text()
+    assert (await world.services.keys.get(key["id"]))["status"] == "disabled"
+
+
+async def test_approval_checks_the_seal_is_not_cancelled_and_names_stay_unique(
+    world: World,
+) -> None:
+    """A grant filed before its seal was cancelled is refused when approved; of two client
+    creations with one name approved at once, one succeeds."""
+    first, second = await officers(world)
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    signer, _ = await world.client("signer")
+    grant = await file_request(world, first, "grant_seal", client_id=signer.id,
+                               seal_id=seal["id"])
+    record = await world.services.seals.record(seal["id"])
+    await world.services.seals.update(record, {"status": "cancelled"})
+    refused = await world.http.post(f"/v1/approvals/{grant['id']}/approve", headers=second)
+    body = await assert_problem(refused, 409, "conflict")
+    assert "cancelled" in body["detail"]
+
+    twins = [await file_request(world, first, "create_client", name="twin", role="auditor")
+             for _ in range(2)]
+    answers = await asyncio.gather(*(
+        world.http.post(f"/v1/approvals/{t['id']}/approve", headers=second) for t in twins))
+    assert sorted(r.status for r in answers) == [200, 409]
+    named = await world.services.storage.list("client", where={"name": "twin"})
+    assert len(named) == 1
