@@ -109,6 +109,15 @@ def pageless_pdf() -> bytes:
     return data
 
 
+def looping_parent_pdf() -> bytes:
+    """The page has no box of its own and names itself as its parent, so looking its box up
+    the page tree never ends (same length, so offsets hold)."""
+    data = one_page_pdf().replace(b"/Parent 2 0 R", b"/Parent 5 0 R")
+    data = data.replace(b"/MediaBox [", b"/MediaBix [")
+    assert b"/Parent 5 0 R" in data and b"/MediaBox" not in data
+    return data
+
+
 async def signed_pdf(
     signer: signers.Signer, field_name: str = "Signature1", *, lock_document: bool = False
 ) -> bytes:

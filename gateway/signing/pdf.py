@@ -54,7 +54,6 @@ from asn1crypto import cms
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.misc import PdfError
-from pyhanko.pdf_utils.rw_common import find_inherited_value_in_tree
 from pyhanko.sign import fields, signers
 from pyhanko.sign.general import SigningError
 from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
@@ -70,6 +69,9 @@ BeforeSigning = Callable[[], Awaitable[None]] | None
 
 # PDF readers look for the header within the first 1024 bytes (ISO 32000-2 §7.5.2 note).
 _HEADER_WINDOW = 1024
+# Page-tree levels a page box is inherited through; balanced trees of any real document are
+# a handful deep.
+MAX_PAGE_TREE_DEPTH = 256
 # Digest reads of a document sealed in place (pyHanko's default of 4 KiB means 25,000 reads
 # for a 100 MB file).
 _FILE_CHUNK = 1024 * 1024
@@ -455,12 +457,33 @@ def _page_index(writer: IncrementalPdfFileWriter, page: int | None) -> int:
     return page - 1
 
 
+def _inherited(page: generic.DictionaryObject, key: str) -> Any:
+    """``key`` of the page or of the nearest page-tree node above it that has it.
+
+    pyHanko's own walk follows ``/Parent`` without end, so a page whose parent chain loops
+    back (a few bytes of a hostile document) would hold the event loop for good.
+    """
+    node: Any = page
+    seen: set[int] = set()
+    for _ in range(MAX_PAGE_TREE_DEPTH):
+        if not isinstance(node, generic.DictionaryObject) or id(node) in seen:
+            break
+        seen.add(id(node))
+        if key in node:
+            return node[key]
+        parent = node.get("/Parent")
+        if parent is None:
+            return None
+        node = parent.get_object() if hasattr(parent, "get_object") else parent
+    raise BadDocument("the PDF's page tree loops back on itself or is too deep")
+
+
 def _page_box(writer: IncrementalPdfFileWriter, page_index: int) -> Rect:
     """The visible area of the page (crop box, else media box), normalised to (ll, ur)."""
     page = writer.find_page_for_modification(page_index)[0].get_object()
-    box = find_inherited_value_in_tree(page, "/CropBox", "/Parent")
+    box = _inherited(page, "/CropBox")
     if box is None:
-        box = find_inherited_value_in_tree(page, "/MediaBox", "/Parent")
+        box = _inherited(page, "/MediaBox")
     if not isinstance(box, generic.ArrayObject) or len(box) != 4:
         raise BadDocument(f"page {page_index + 1} has no valid /MediaBox")
     x1, y1, x2, y2 = (float(v) for v in box)
