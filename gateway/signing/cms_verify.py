@@ -19,8 +19,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asn1crypto import algos, cms, tsp, x509
-from cryptography.exceptions import InvalidSignature
+from asn1crypto import algos, cms, core, tsp, x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
@@ -67,11 +67,13 @@ def verify_cms(
     ``content`` may be None when the signature encapsulates it (attached CMS).
     """
     signed_data = load_signed_data(signature)
-    encapsulated = signed_data["encap_content_info"]["content"].native
+    # The octets of eContent: for a content type asn1crypto knows (a time-stamp token's
+    # TSTInfo, say) .native would be the parsed structure, and the digest is over the octets.
+    encapsulated = signed_data["encap_content_info"]["content"]
     if content is None:
-        if encapsulated is None:
+        if isinstance(encapsulated, core.Void) or encapsulated.native is None:
             raise ValidationFailed.one("content", "is required: the signature is detached")
-        content = encapsulated
+        content = encapsulated.contents
     certificates = _certificates(signed_data)
     content_type = signed_data["encap_content_info"]["content_type"].dotted
     reports = []
@@ -179,8 +181,8 @@ def _signature_holds(
 ) -> bool:
     algorithm: algos.SignedDigestAlgorithm = signer_info["signature_algorithm"]
     signature: bytes = signer_info["signature"].native
-    public_key = serialization.load_der_public_key(certificate.public_key.dump())
     try:
+        public_key = serialization.load_der_public_key(certificate.public_key.dump())
         kind = algorithm.signature_algo
         if kind == "rsassa_pss":
             params = algorithm["parameters"]
@@ -199,7 +201,7 @@ def _signature_holds(
             public_key.verify(signature, data, ec.ECDSA(_HASHES[digest_name]))
         else:
             return False
-    except (InvalidSignature, KeyError, ValueError):
+    except (InvalidSignature, UnsupportedAlgorithm, KeyError, ValueError):
         return False
     return True
 

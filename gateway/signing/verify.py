@@ -22,7 +22,6 @@ from pyhanko.sign.validation import (
     validate_pdf_signature,
     validate_pdf_timestamp,
 )
-from pyhanko.sign.validation.errors import ValidationInfoReadingError
 from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
 from pyhanko.sign.validation.status import (
     DocumentTimestampStatus,
@@ -81,18 +80,18 @@ def _validates_from_dss(
     checks required: what B-LT promises a validator years from now."""
     try:
         dss = DocumentSecurityStore.read_dss(signature.reader)
-    except ValidationInfoReadingError:
+        context = dss.as_validation_context(
+            {
+                "trust_roots": list(roots),
+                "allow_fetching": False,
+                "revocation_mode": "require",
+                # Validated as of the time-stamp; the CRLs were issued after it, on purpose.
+                "moment": at,
+                "retroactive_revinfo": True,
+            }
+        )
+    except Exception:  # a missing or malformed DSS (any type pyHanko raises): a lower level
         return False
-    context = dss.as_validation_context(
-        {
-            "trust_roots": list(roots),
-            "allow_fetching": False,
-            "revocation_mode": "require",
-            # Validated as of the time-stamp; the CRLs were issued after it, on purpose.
-            "moment": at,
-            "retroactive_revinfo": True,
-        }
-    )
     try:
         status = validate_pdf_signature(signature, context)
     except Exception:  # an unusable DSS is a lower level, not a failure of the check
@@ -179,7 +178,10 @@ def _report(
             f"the document changed after this signature ({changes.name if changes else '?'})"
         )
     if isinstance(status, PdfSignatureStatus):
-        level = pades_level(signature, status, roots)
+        try:
+            level = pades_level(signature, status, roots)
+        except Exception:  # parts the level checks cannot read: no level, not a server error
+            level = None
         timestamp = status.timestamp_validity
         trusted_time = timestamp.timestamp if timestamp is not None and timestamp.valid else None
         signed_at = trusted_time or status.signer_reported_dt

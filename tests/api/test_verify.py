@@ -20,6 +20,7 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from gateway.pki.certs import chain_to_pem
 from gateway.pki.devca import DevCA
 from gateway.signing.ltv import add_signature_timestamp, signature_value
+from gateway.signing.tsa import TimeStampQuery
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
 from tests.api.test_sign_pdf import assert_problem
 from tests.pdf_samples import one_page_pdf
@@ -278,3 +279,34 @@ async def test_malformed_verify_requests_are_refused_naming_the_field(world: Wor
     other = await world.http.post("/v1/verify", data=b"x",
                                   headers={"Content-Type": "text/plain"})
     await assert_problem(other, 415, "unsupported-media-type")
+
+
+@pytest.mark.parametrize("dss", [
+    generic.NumberObject(7),
+    generic.DictionaryObject({generic.NameObject("/Certs"): generic.NumberObject(1)}),
+    generic.DictionaryObject({generic.NameObject("/Certs"): generic.ArrayObject(
+        [generic.NumberObject(1)])}),
+], ids=["number", "certs-number", "certs-of-numbers"])
+async def test_a_malformed_dss_after_a_time_stamped_seal_lowers_the_level_only(
+    signer_world: SignerWorld, dss: generic.PdfObject
+) -> None:
+    """Anyone may post a document: a DSS that cannot be read is no server error, only no
+    long-term validation data (the seal stays intact and B-T)."""
+    world, seal, headers = signer_world
+    writer = IncrementalPdfFileWriter(io.BytesIO(await sealed_pdf(world, seal, headers, "B-T")))
+    writer.root[generic.NameObject("/DSS")] = dss
+    writer.update_root()
+    out = io.BytesIO()
+    writer.write(out)  # type: ignore[no-untyped-call]  # pyHanko's writer is unannotated
+    [signature] = (await verify_pdf(world, out.getvalue()))["signatures"]
+    assert (signature["intact"], signature["level"]) == (True, "B-T")
+
+
+async def test_a_cms_encapsulating_a_time_stamp_token_is_verified(world: World) -> None:
+    """An RFC 3161 token is a CMS whose content is a TSTInfo, not data: its digest is over
+    the encapsulated octets, and it verifies."""
+    token = await world.services.timestamps.issue(
+        TimeStampQuery.for_digest(hashlib.sha256(b"x").digest(), "sha256"))
+    body = await verify_cms(world, token.dump(), None)
+    [signature] = body["signatures"]
+    assert signature["intact"] is True, signature
