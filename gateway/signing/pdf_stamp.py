@@ -27,6 +27,10 @@ from gateway.errors import FieldError, ValidationFailed
 # A seal impression is about 40 mm across (DOMAIN.md §1); 1 mm = 72 / 25.4 pt.
 DEFAULT_WIDTH = 40 * 72 / 25.4
 DEFAULT_MARGIN = 36.0
+# A stamp smaller than these (3.5 mm, and 1 pt high) shows nothing anyone could recognise,
+# and pyHanko cannot draw an appearance that rounds down to nothing.
+MIN_WIDTH = 10.0
+MIN_HEIGHT = 1.0
 Rect = tuple[float, float, float, float]
 
 
@@ -52,8 +56,8 @@ class Placement:
             for name, value in (("x", self.x), ("y", self.y), ("width", self.width))
             if value is not None and not math.isfinite(value)
         ]
-        if self.width is not None and math.isfinite(self.width) and self.width <= 0:
-            errors.append(FieldError("width", "must be greater than 0"))
+        if self.width is not None and math.isfinite(self.width) and self.width < MIN_WIDTH:
+            errors.append(FieldError("width", f"must be at least {MIN_WIDTH:g} pt"))
         if errors:
             raise ValidationFailed(errors)
 
@@ -65,6 +69,10 @@ class Placement:
         x = right - DEFAULT_MARGIN - width if self.x is None else left + self.x
         y = bottom + DEFAULT_MARGIN if self.y is None else bottom + self.y
         size = f"the page is {right - left:g} x {top - bottom:g} pt"
+        if height < MIN_HEIGHT:
+            raise ValidationFailed.one(
+                "width", f"a seal {width:g} pt wide would be {height:g} pt high for this "
+                         f"picture; it must be at least {MIN_HEIGHT:g} pt")
         if width > right - left or height > top - bottom:
             raise ValidationFailed.one(
                 "width", f"a seal {width:g} pt wide ({height:g} pt high) does not fit: {size}"

@@ -127,6 +127,7 @@ async def test_unknown_or_unsupported_level_names_level(
     ("placement", "field"),
     [
         (Placement(width=0), "width"),
+        (Placement(width=0.5), "width"),
         (Placement(width=-10), "width"),
         (Placement(width=math.nan), "width"),
         (Placement(x=math.inf), "x"),
