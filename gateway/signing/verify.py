@@ -195,7 +195,9 @@ def _report(
         signer=cert.subject.human_friendly, signed_at=signed_at.isoformat() if signed_at else None,
         intact=bool(status.intact and status.valid), trusted=bool(status.trusted),
         level=level, covers_whole_document=whole, signer_certificate_pem=certificate_pem(cert),
-        problems=problems, kind=kind, valid=bool(valid),
+        # Valid means no problem at all: a signature that holds over a document changed
+        # after it (even only bytes appended) does not vouch for what is shown now.
+        problems=problems, kind=kind, valid=bool(valid) and not problems,
     )
 
 

@@ -190,6 +190,19 @@ async def test_changes_appended_after_signing_are_reported(signer_world: SignerW
     assert body["valid"] is False
 
 
+async def test_bytes_appended_after_the_seal_make_the_document_not_valid(
+    signer_world: SignerWorld,
+) -> None:
+    """Text appended after %%EOF is no revision pyHanko reads, but the seal no longer covers
+    the whole file: the problem is listed, and the answer is not valid."""
+    world, seal, headers = signer_world
+    appended = await sealed_pdf(world, seal, headers) + b"\nTHIS TEXT WAS ADDED LATER\n"
+    body = await verify_pdf(world, appended)
+    [signature] = body["signatures"]
+    assert signature["intact"] is True and signature["problems"]
+    assert body["valid"] is False
+
+
 async def test_signer_outside_the_trust_roots_is_not_trusted(
     world: World, tmp_path: Path
 ) -> None:
