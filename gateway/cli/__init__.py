@@ -47,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         for field_error in getattr(exc, "errors", []):
             print(f"  {field_error.field}: {field_error.message}", file=sys.stderr)
         return 2 if exc.status < 500 else 1
+    except OSError as exc:
+        # A file named on the command line that is missing, unreadable or in the way.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"sealgate: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        # Content that is not what the command reads (JSON that does not parse, text that
+        # is not UTF-8, ...); the message names what, never a secret's value.
+        print(f"sealgate: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return int(result or 0)

@@ -33,6 +33,14 @@ async def sign_pdf(args: argparse.Namespace) -> int:
     from gateway.errors import SealGateError
     from gateway.signing import PdfSealOptions, Placement
 
+    names = [path.name for path in args.inputs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        # Each output is OUT/<input's name>: two inputs of one name would overwrite each
+        # other after both were sealed and audited.
+        print(f"sealgate: inputs share a file name, so their outputs would overwrite each "
+              f"other: {', '.join(twice)}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     options = PdfSealOptions(placement=Placement(page=args.page), reason=args.reason,
                              location=args.location, visible=not args.invisible)

@@ -95,3 +95,27 @@ def test_expiring_lists_seals_whose_validity_ends_within_the_horizon(
     assert seal_id not in [s["id"] for s in soon]
     assert [s["id"] for s in later] == [seal_id]
     assert 360 <= later[0]["days_left"] <= 365
+
+
+def test_ordinary_mistakes_get_one_line_and_exit_2(
+    installation: Deployment, tmp_path: Path
+) -> None:
+    """A missing file, a file that is not JSON, and two inputs of one name: one line each
+    on stderr, no traceback, exit 2, and nothing sealed."""
+    seal_id = json.loads((installation.var / "demo.json").read_text())["seal_id"]
+    (tmp_path / "bad.json").write_text("{not json")
+    for one in ("in1", "in2"):
+        (tmp_path / one).mkdir()
+        (tmp_path / one / "a.pdf").write_bytes(one_page_pdf())
+    for command, says in (
+        (("receipts", "verify", str(tmp_path / "missing.json")), "missing.json"),
+        (("receipts", "verify", str(tmp_path / "bad.json")), "sealgate:"),
+        (("keys", "import-certificate", "k", str(tmp_path / "missing.pem")), "missing.pem"),
+        (("sign", "pdf", "--seal", seal_id, "--out", str(tmp_path / "out"),
+          str(tmp_path / "in1" / "a.pdf"), str(tmp_path / "in2" / "a.pdf")), "a.pdf"),
+    ):
+        result = installation.sealgate(*command, check=False)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert says in result.stderr
+    assert not (tmp_path / "out").exists()
