@@ -14,6 +14,7 @@ double underscore (secrets, ``SEALGATE_CJK_FONT``) are not settings.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -317,6 +318,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return float(value)
     if hint in (int, float, str, bool) and not _is_exact(value, hint):
         raise ConfigError(f"settings key '{where}' must be {hint.__name__}, not {value!r}")
+    # Every number here is a size, a count, a rate or a duration: NaN, infinity and values
+    # below zero only ever come from a typo, and fail later in ways that name no key.
+    if hint in (int, float) and not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"settings key '{where}' must be a finite number of at least 0, "
+                          f"not {value!r}")
     return value
 
 

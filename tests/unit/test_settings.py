@@ -45,6 +45,9 @@ def test_config_variable_names_the_user_file(tmp_path: Path) -> None:
         ({"SEALGATE_SERVER__PROT": "1"}, "server.prot"),
         ({"SEALGATE_SERVR__PORT": "1"}, "servr"),
         ({"SEALGATE_SERVER__PORT": "eighty"}, "server.port"),
+        ({"SEALGATE_AUTH__APPROVAL_TTL_HOURS": "nan"}, "auth.approval_ttl_hours"),
+        ({"SEALGATE_AUTH__APPROVAL_TTL_HOURS": "-1.0"}, "auth.approval_ttl_hours"),
+        ({"SEALGATE_SERVER__MAX_IN_FLIGHT": "-3"}, "server.max_in_flight"),
     ],
 )
 def test_unknown_keys_and_wrong_types_are_errors_naming_the_key(
