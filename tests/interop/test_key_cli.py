@@ -182,7 +182,10 @@ def test_the_operator_cannot_take_over_or_remove_a_key_officer_alone(
     filed = json.loads(installation.run("clients", "revoke", "officer-b", "--token-file",
                                         str(first)).stdout)
     assert filed["action"] == "revoke_client"
-    rejected = installation.run("approvals", "reject", filed["id"], "--token-file", str(second),
+    vetoed = installation.run("approvals", "reject", filed["id"], "--token-file", str(second),
+                              check=False)
+    assert vetoed.returncode == 2 and "about you" in vetoed.stderr
+    rejected = installation.run("approvals", "reject", filed["id"], "--token-file", str(first),
                                 "--reason", "not leaked after all")
     assert json.loads(rejected.stdout)["status"] == "rejected"
 
