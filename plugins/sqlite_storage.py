@@ -161,7 +161,14 @@ class SqliteStorage:
             await self._thread.stop()
 
     async def ping(self) -> None:
-        await self._run(lambda: self._conn().execute("SELECT max(seq) FROM events").fetchall())
+        """Take the write lock and let it go: a WAL reader is served while every write fails
+        (another process holding the lock, a read-only file), and such a backend is not
+        ready. Within ``timeout_seconds``, as any write."""
+        def probe() -> None:
+            with _write_transaction(self._conn()) as db:
+                db.execute("SELECT max(seq) FROM events").fetchall()
+
+        await self._run(probe)
 
     # -- records and events ------------------------------------------------------------------
 

@@ -27,7 +27,14 @@ from gateway import metrics
 from gateway.audit import AuditLog
 from gateway.auth import ApiClient
 from gateway.clock import isoformat, utcnow
-from gateway.errors import Forbidden, NotFound, Overloaded, SealGateError, ValidationFailed
+from gateway.errors import (
+    Forbidden,
+    NotFound,
+    Overloaded,
+    SealGateError,
+    StorageUnavailable,
+    ValidationFailed,
+)
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.idempotency_scope import CURRENT_SCOPE, IdempotencyScope
 from gateway.keys.registry import certificate_chain, reserve_signatures
@@ -42,7 +49,7 @@ from gateway.signing.digests import (
     signature_scheme,
 )
 from gateway.signing.ltv import LongTermSigning
-from gateway.storage import StaleWrite, Storage, Write
+from gateway.storage import BackendUnavailable, StaleWrite, Storage, Write
 
 SEALING_RECEIPT = "sealing_receipt"
 T = TypeVar("T")
@@ -178,6 +185,9 @@ class SealingService:
         except SealGateError as exc:
             metrics.SIGNING_ERRORS.labels("cms", exc.type_slug).inc()
             raise
+        except BackendUnavailable:
+            metrics.SIGNING_ERRORS.labels("cms", StorageUnavailable.type_slug).inc()
+            raise
         digest = ContentDigest(hash_name)
         # Hashed on the event loop between reads: a 256 KiB chunk takes about 0.15 ms, less
         # than a hop to a worker thread, and the content is never held whole.
@@ -262,6 +272,11 @@ class SealingService:
             return _recovered(scope, recover, previous)
         except SealGateError as exc:
             metrics.SIGNING_ERRORS.labels(fmt, exc.type_slug).inc()
+            raise
+        except BackendUnavailable:
+            # Becomes the 503 only in the problem middleware; counted here, or the error
+            # ratio alert would not see a storage outage at all.
+            metrics.SIGNING_ERRORS.labels(fmt, StorageUnavailable.type_slug).inc()
             raise
         metrics.SIGNATURES.labels(fmt).inc()
         metrics.SIGNING_SECONDS.labels(fmt).observe(time.perf_counter() - started)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
@@ -223,6 +225,40 @@ async def test_health_readiness_and_metrics(signer_world: SignerWorld) -> None:
     assert 'sealgate_signing_seconds_bucket{format="pdf"' in text
     assert 'sealgate_hsm_operation_seconds_bucket{le="0.0005",operation="sign"}' in text
     assert 'route="/v1/seals/{id}/sign/pdf",status="200"' in text
+
+
+async def test_storage_that_cannot_write_is_503_counted_and_not_ready(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA
+) -> None:
+    """Another process holds SQLite's write lock: reads still work, so the request gets as
+    far as its sealing commit. It is 503, counted as a signing error (what the error-ratio
+    alert reads), readiness says storage is down, and all recovers when the lock goes."""
+    quick = settings.replace(
+        storage=dataclasses.replace(settings.storage, timeout_seconds=0.3),
+        limits=dataclasses.replace(settings.limits, requests_per_second=0.0))
+    async with World.running(quick, hsm, dev_ca) as world:
+        seal = await world.active_seal(KeyAlgorithm.EC_P256)
+        _, headers = await world.client("signer", [seal["id"]])
+        counted = {"format": "pdf", "reason": "storage-unavailable"}
+        before = REGISTRY.get_sample_value("sealgate_signing_errors_total", counted) or 0.0
+        holder = sqlite3.connect(quick.storage.sqlite_path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            refused = await world.http.post(sign_path(seal["id"]), data=one_page_pdf(),
+                                            headers={**headers, **PDF})
+            await assert_problem(refused, 503, "storage-unavailable")
+            after = REGISTRY.get_sample_value("sealgate_signing_errors_total", counted)
+            assert after is not None and after > before
+            ready = await world.http.get("/readyz")
+            assert ready.status == 503
+            assert (await ready.json())["checks"]["storage"] != "ok"
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert (await world.http.get("/readyz")).status == 200
+        signed = await world.http.post(sign_path(seal["id"]), data=one_page_pdf(),
+                                       headers={**headers, **PDF})
+        assert signed.status == 200, await signed.text()
 
 
 async def test_hsm_outage_is_503_and_recovers_without_restart(
