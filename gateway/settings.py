@@ -169,9 +169,18 @@ class AuthSettings:
     approval_ttl_hours: float = 24.0
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 @dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        # Checked here: a level logging does not know killed every worker at start-up.
+        if self.level not in LOG_LEVELS:
+            raise ConfigError(f"settings key 'log.level' must be one of {', '.join(LOG_LEVELS)}, "
+                              f"not {self.level!r}")
 
 
 @dataclass(frozen=True)

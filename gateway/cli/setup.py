@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shlex
 from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import OPERATOR, opened, settings_from
+from gateway.errors import ConfigError
 
 DEMO_ORGANIZATION = {"name": "示例科技有限公司", "uscc": "91350100M000100Y43"}
 DEMO_LEGAL_REPRESENTATIVE = {"name": "张三", "id_number": "11010519491231002X"}
@@ -40,8 +42,13 @@ def serve_command(args: argparse.Namespace) -> int:
     from gateway import server
 
     settings = settings_from(args)
-    overrides = {k: getattr(args, k) for k in ("host", "port", "workers") if getattr(args, k)}
+    # `is not None`: --port 0 (any free port) is an override too.
+    overrides = {k: getattr(args, k) for k in ("host", "port", "workers")
+                 if getattr(args, k) is not None}
     settings = settings.replace(server=dataclasses.replace(settings.server, **overrides))
+    if settings.server.workers < 1:
+        raise ConfigError("server.workers must be at least 1")
+    logging.getLogger().setLevel(settings.log.level)  # the master logs at the workers' level
     server.serve(settings, settings.server.workers)
     return 0
 

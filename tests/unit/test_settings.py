@@ -48,6 +48,7 @@ def test_config_variable_names_the_user_file(tmp_path: Path) -> None:
         ({"SEALGATE_AUTH__APPROVAL_TTL_HOURS": "nan"}, "auth.approval_ttl_hours"),
         ({"SEALGATE_AUTH__APPROVAL_TTL_HOURS": "-1.0"}, "auth.approval_ttl_hours"),
         ({"SEALGATE_SERVER__MAX_IN_FLIGHT": "-3"}, "server.max_in_flight"),
+        ({"SEALGATE_LOG__LEVEL": "debug"}, "log.level"),
     ],
 )
 def test_unknown_keys_and_wrong_types_are_errors_naming_the_key(
