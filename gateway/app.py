@@ -29,6 +29,7 @@ from gateway.api import (
     verify,
 )
 from gateway.api.context import SERVICES, SETTINGS
+from gateway.api.drain import IN_FLIGHT, InFlight
 from gateway.api.limits import BUCKETS, LeasedBuckets
 from gateway.api.remote import trusted_networks
 from gateway.clock import parse, utcnow
@@ -58,6 +59,7 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[BUCKETS] = LeasedBuckets(settings.limits)
+    app[IN_FLIGHT] = InFlight()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(settings, hsm=hsm, extra_plugins=extra_plugins)

@@ -18,8 +18,11 @@ reads its settings from a pipe and takes connections from the master over a Unix
   Connections are long-lived; the hand-over costs the master a few tens of microseconds each.
 
 A worker that dies is replaced (a crashing one after a growing pause); its connections die
-with it. SIGTERM/SIGINT close the listening socket and stop the workers, which finish the
-requests in flight.
+with it. Workers beat once a second from their event loop; one silent for
+``[server] hung_worker_seconds`` gets no more connections, and one silent three times as long
+is sent SIGTERM and replaced. If no worker ever becomes ready in ``MAX_FAILED_STARTS``
+attempts, the master exits with status 1. SIGTERM/SIGINT close the listening socket at once
+and stop the workers, which finish the requests in flight (api/drain.py) first.
 """
 
 from __future__ import annotations
@@ -54,6 +57,17 @@ MAX_RESTART_BACKOFF_SECONDS = 30.0
 STABLE_WORKER_SECONDS = 10.0
 LISTEN_BACKLOG = 1024
 _READY = b"ready"
+_BEAT = b"beat"
+HEARTBEAT_SECONDS = 1.0
+# A ready worker not heard from for ``[server] hung_worker_seconds`` gets no more connections
+# (its event loop is stuck); one silent for REPLACE_AFTER_HUNG times as long is sent SIGTERM
+# and a replacement started. Never SIGKILL: a worker killed inside SoftHSM's login rewrite
+# empties the token file.
+REPLACE_AFTER_HUNG = 3
+# Workers that exit before ever becoming ready, with none ever ready: the set-up is broken
+# (a bad setting, storage that cannot open), and the master gives up instead of holding a
+# port nobody answers on.
+MAX_FAILED_STARTS = 5
 GC_YOUNG_THRESHOLD = 20_000
 _TICK_SECONDS = 0.2  # how often the master looks for dead workers and due restarts
 _ACCEPTS_PER_TICK = 64  # then the master looks at its workers again
@@ -95,6 +109,7 @@ async def _serve_connections(
     app: web.Application, settings: Settings, channel: socket.socket
 ) -> None:
     from gateway import metrics
+    from gateway.api.drain import IN_FLIGHT
 
     runner = web.AppRunner(app, access_log=None,
                            shutdown_timeout=settings.server.shutdown_timeout_seconds)
@@ -128,15 +143,31 @@ async def _serve_connections(
             # The client hung up before the worker got its connection: nothing to serve.
             log.debug("a connection could not be taken over: %s", error)
 
+    async def beat() -> None:
+        # From the event loop itself: a loop that is stuck stops beating, and the master
+        # stops dealing it connections.
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            with contextlib.suppress(OSError):  # master busy or gone: it notices otherwise
+                channel.send(_BEAT)
+
     channel.setblocking(False)
     loop.add_reader(channel.fileno(), take)
     metrics.WORKERS_UP.inc()
     channel.send(_READY)
+    heart = loop.create_task(beat())
     try:
         await stop.wait()
     finally:
         loop.remove_reader(channel.fileno())
         metrics.WORKERS_UP.dec()
+        timeout = settings.server.shutdown_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                await app[IN_FLIGHT].drained()
+        except TimeoutError:
+            log.warning("requests still in flight after %.0f s are cut short", timeout)
+        heart.cancel()
         await runner.cleanup()
 
 
@@ -166,8 +197,7 @@ def serve(settings: Settings, workers: int) -> None:
     master = _Master(settings, workers, listener)
     signal.signal(signal.SIGTERM, master.stop)
     signal.signal(signal.SIGINT, master.stop)
-    master.run()
-    sys.exit(0)
+    sys.exit(master.run())
 
 
 @dataclass
@@ -176,7 +206,10 @@ class _Worker:
     pid: int
     channel: socket.socket  # the master's end
     started: float
-    ready: bool = False
+    ready: bool = False  # takes connections now
+    served: bool = False  # said ready once
+    heard: float = 0.0  # when it last said anything
+    replaced: bool = False  # silent for too long: a replacement took its slot
 
 
 class _Master:
@@ -194,22 +227,30 @@ class _Master:
         self.turn = 0
         self.accepting = False
         self.stopping = False
+        self.ever_ready = False
+        self.failed_starts = 0
+        self.exit_code = 0
 
-    def run(self) -> None:
+    def run(self) -> int:
         for slot in range(self.slots):
             self.spawn(slot)
         while self.workers or (self.restart_at and not self.stopping):
             for key, _ in self.selector.select(timeout=_TICK_SECONDS):
                 key.data()
             self.reap()
+            self.watch_silence()
             self.restart_due()
         self.selector.close()
         self.listener.close()
+        return self.exit_code
 
-    def stop(self, _signum: int, _frame: object) -> None:
+    def stop(self, _signum: int = 0, _frame: object = None) -> None:
         self.stopping = True
         self.restart_at.clear()
         self._accept_while(False)
+        # Closed now, not after the workers: a client connecting during the drain is refused
+        # at once (and goes elsewhere) instead of waiting in the backlog to be reset.
+        self.listener.close()
         for pid in list(self.workers):
             _kill(pid, signal.SIGTERM)
 
@@ -222,24 +263,51 @@ class _Master:
         finally:
             theirs.close()
         ours.setblocking(False)
-        worker = _Worker(slot, pid, ours, time.monotonic())
+        worker = _Worker(slot, pid, ours, time.monotonic(), heard=time.monotonic())
         self.workers[pid] = worker
         self.selector.register(ours, selectors.EVENT_READ, lambda: self.hear(worker))
 
     def hear(self, worker: _Worker) -> None:
-        """The worker says it is ready, or its end closed (it is exiting)."""
+        """The worker says it is ready, beats, or its end closed (it is exiting)."""
         try:
             message = worker.channel.recv(16)
         except BlockingIOError:
             return
         except OSError:
             message = b""
-        if message == _READY:
-            worker.ready = True
+        if message in (_READY, _BEAT):
+            worker.heard = time.monotonic()
+            if message == _READY:
+                worker.served = self.ever_ready = True
+            if worker.served and not worker.ready and not worker.replaced:
+                if message == _BEAT:
+                    log.warning("worker %d answers again; it gets connections again",
+                                worker.pid)
+                worker.ready = True
         else:
             worker.ready = False
             self.selector.unregister(worker.channel)
         self._accept_while(self._anyone_ready())
+
+    def watch_silence(self) -> None:
+        """Stop dealing to a worker whose event loop has gone silent; replace it if it
+        stays so (SIGTERM, then a new worker in its slot at once)."""
+        now = time.monotonic()
+        hung_after = self.settings.server.hung_worker_seconds
+        for worker in list(self.workers.values()):
+            silent = now - worker.heard
+            if worker.ready and silent > hung_after:
+                worker.ready = False
+                log.error("worker %d has not answered for %.0f s; it gets no more connections",
+                          worker.pid, silent)
+                self._accept_while(self._anyone_ready())
+            if (worker.served and not worker.replaced and not self.stopping
+                    and silent > REPLACE_AFTER_HUNG * hung_after):
+                worker.replaced = True
+                log.error("worker %d has not answered for %.0f s; sent SIGTERM, and a new "
+                          "worker takes its place", worker.pid, silent)
+                _kill(worker.pid, signal.SIGTERM)
+                self.spawn(worker.slot)
 
     def reap(self) -> None:
         while True:
@@ -257,8 +325,17 @@ class _Master:
             worker.channel.close()
             _forget_worker_metrics(pid)
             self._accept_while(self._anyone_ready())
-            if self.stopping:
+            if self.stopping or worker.replaced:
                 continue
+            if not worker.served and not self.ever_ready:
+                self.failed_starts += 1
+                if self.failed_starts >= MAX_FAILED_STARTS:
+                    log.error("worker %d %s, and no worker has started in %d attempts; "
+                              "giving up (see the workers' log lines above)", pid,
+                              _describe_exit(status), self.failed_starts)
+                    self.exit_code = 1
+                    self.stop()
+                    continue
             slot = worker.slot
             if time.monotonic() - worker.started >= STABLE_WORKER_SECONDS:
                 self.backoff[slot] = RESTART_BACKOFF_SECONDS

@@ -75,6 +75,9 @@ class ServerSettings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_in_flight: int = 64
     shutdown_timeout_seconds: float = 10.0
+    # A worker silent this long gets no more connections; three times as long, it is
+    # replaced (see gateway/server.py).
+    hung_worker_seconds: float = 10.0
     # Addresses or networks of reverse proxies whose X-Forwarded-For names the client.
     trusted_proxies: tuple[str, ...] = ()
 

@@ -1,4 +1,5 @@
-"""Middlewares, outermost first: request id, metrics, problem+json, authentication.
+"""Middlewares, outermost first: requests in flight (drain.py), request id, metrics,
+problem+json, authentication.
 
 The per-client rate limit (limits.py) and Idempotency-Key replay (idempotency.py) follow
 authentication in ``ALL``, because both are keyed by the authenticated client.
@@ -24,6 +25,7 @@ from gateway.api.context import (
     Handler,
     services,
 )
+from gateway.api.drain import in_flight_middleware
 from gateway.api.idempotency import idempotency_middleware
 from gateway.api.limits import rate_limit_middleware
 from gateway.api.remote import client_address
@@ -158,5 +160,5 @@ def _route_template(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-ALL = [request_id_middleware, metrics_middleware, problem_middleware, auth_middleware,
-       rate_limit_middleware, idempotency_middleware]
+ALL = [in_flight_middleware, request_id_middleware, metrics_middleware, problem_middleware,
+       auth_middleware, rate_limit_middleware, idempotency_middleware]

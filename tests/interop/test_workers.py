@@ -172,3 +172,76 @@ async def test_promtool_accepts_the_aggregated_exposition(
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                            text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def test_a_silent_worker_gets_no_connections_and_is_replaced(
+    deployment: Deployment,
+) -> None:
+    """A worker whose event loop stops (SIGSTOP here) stops beating: within
+    hung_worker_seconds every connection goes to the other, and after three times that a
+    new worker takes its slot; the stopped one, let go, finishes and exits."""
+    with deployment.serve(workers=2, name="hung",
+                          env={"SEALGATE_SERVER__HUNG_WORKER_SECONDS": "1.0"}) as running:
+        frozen = min(running.worker_pids())
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.5)
+            timeout = aiohttp.ClientTimeout(total=2)
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                for _ in range(10):  # one fresh connection each
+                    async with http.get(running.url("/healthz"),
+                                        headers={"Connection": "close"}) as response:
+                        assert response.status == 200
+            deadline = asyncio.get_running_loop().time() + 15
+            while len(running.serving_workers() - {frozen}) < 2:
+                assert asyncio.get_running_loop().time() < deadline, running.log()
+                await asyncio.sleep(0.1)
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        deadline = asyncio.get_running_loop().time() + 15
+        while frozen in running.worker_pids():
+            assert asyncio.get_running_loop().time() < deadline, running.log()
+            await asyncio.sleep(0.1)
+        assert f"worker {frozen} has not answered" in running.log()
+
+
+async def test_at_sigterm_a_request_still_uploading_is_answered(
+    deployment: Deployment,
+) -> None:
+    """SIGTERM while a PDF is still arriving: the worker reads it whole, seals it and
+    answers before it stops; a new connection meanwhile is refused at once."""
+    running = deployment.serve(workers=1, name="drain")
+    running.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write((f"POST /v1/seals/{deployment.seal_id}/sign/pdf HTTP/1.1\r\n"
+                      f"Host: x\r\nAuthorization: Bearer {deployment.token}\r\n"
+                      f"Content-Type: application/pdf\r\nContent-Length: {len(DOCUMENT)}\r\n"
+                      "\r\n").encode() + DOCUMENT[:100])
+        await writer.drain()
+        await asyncio.sleep(0.5)  # the worker has the headers and waits for the body
+        assert running.process is not None
+        running.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(DOCUMENT[100:])
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"Connection: close" in head
+        writer.close()
+        assert running.process.wait(timeout=20) == 0
+    finally:
+        running.stop()
+
+
+def test_a_master_whose_workers_cannot_start_gives_up(deployment: Deployment) -> None:
+    """Storage that cannot be opened: every worker exits before it is ready, and the master
+    stops trying and exits with status 1 instead of holding a port nobody answers on."""
+    running = deployment.serve(workers=3, name="broken", env={
+        "SEALGATE_STORAGE__SQLITE_PATH": "/proc/sealgate-cannot-write-here/sealgate.db"})
+    with pytest.raises(AssertionError, match="sealgate serve exited"):
+        running.start(timeout=60)
+    assert running.process is None or running.process.returncode == 1
+    assert "giving up" in running.log()
