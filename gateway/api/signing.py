@@ -8,11 +8,14 @@ from typing import TypeVar
 from aiohttp import web
 from aiohttp.payload import BufferedReaderPayload
 
-from gateway.api.bodies import json_response, read_or_spool
+from gateway.api.bodies import json_response, media_type, read_or_spool
 from gateway.api.context import SETTINGS, client, roles, services
-from gateway.errors import NotFound, ValidationFailed
+from gateway.errors import NotFound, UnsupportedMediaType, ValidationFailed
 from gateway.signing import PdfSealOptions, Placement, check_pdf_header
 
+# Clients that do not name the type, or send any bytes as such, are sealed as well; a type
+# that says something else (text/plain, application/json) is a mistake to point out.
+PDF_MEDIA_TYPES = ("application/pdf", "application/octet-stream", "")
 routes = web.RouteTableDef()
 
 RECEIPT_HEADER = "Sealgate-Receipt"
@@ -24,9 +27,13 @@ N = TypeVar("N", int, float)
 @routes.post("/v1/seals/{id}/sign/pdf")
 @roles("signer")
 async def sign_pdf(request: web.Request) -> web.Response:
+    if media_type(request) not in PDF_MEDIA_TYPES:
+        raise UnsupportedMediaType(f"send the PDF as application/pdf, not {request.content_type}")
     options = pdf_options(request)
     document = await read_or_spool(request)
     if isinstance(document, bytes):
+        if not document:
+            raise ValidationFailed.one("body", "is empty; send the PDF to seal")
         check_pdf_header(document)
         result = await services(request).sealing.seal_pdf(
             client(request), request.match_info["id"], document, options)

@@ -143,22 +143,25 @@ async def test_wrong_role_is_403(signer_world: SignerWorld) -> None:
 
 
 @pytest.mark.parametrize(
-    ("document", "status", "slug"),
+    ("document", "status", "slug", "content_type"),
     [
-        (b"hello, not a pdf", 415, "unsupported-media-type"),
-        (truncated_pdf(), 422, "bad-document"),
-        (garbage_pdf(), 422, "bad-document"),
-        (encrypted_pdf(), 422, "encrypted-document"),
+        (b"hello, not a pdf", 415, "unsupported-media-type", "application/pdf"),
+        (truncated_pdf(), 422, "bad-document", "application/pdf"),
+        (garbage_pdf(), 422, "bad-document", "application/pdf"),
+        (encrypted_pdf(), 422, "encrypted-document", "application/pdf"),
+        (b"", 422, "validation-failed", "application/pdf"),
+        (one_page_pdf(), 415, "unsupported-media-type", "text/plain"),
     ],
-    ids=["not-pdf", "truncated", "garbage", "encrypted"],
+    ids=["not-pdf", "truncated", "garbage", "encrypted", "empty", "declared-as-text"],
 )
 async def test_bad_documents_get_precise_problems(
-    signer_world: SignerWorld, document: bytes, status: int, slug: str
+    signer_world: SignerWorld, document: bytes, status: int, slug: str, content_type: str
 ) -> None:
-    """Non-PDFs, damaged and encrypted PDFs are refused with the reason."""
+    """Non-PDFs, damaged, encrypted and empty PDFs, and a PDF declared as something else,
+    are refused with the reason."""
     world, seal, headers = signer_world
     response = await world.http.post(sign_path(seal["id"]), data=document,
-                                     headers={**headers, **PDF})
+                                     headers={**headers, "Content-Type": content_type})
     body = await assert_problem(response, status, slug)
     if slug == "encrypted-document":
         assert "encrypted" in body["detail"]
