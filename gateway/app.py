@@ -34,6 +34,7 @@ from gateway.api.limits import BUCKETS, LeasedBuckets
 from gateway.api.remote import trusted_networks
 from gateway.clock import parse, utcnow
 from gateway.errors import SealGateError
+from gateway.filing.states import EXPIRED
 from gateway.hsm import Hsm
 from gateway.seals.policy import effective_status
 from gateway.seals.registry import SEAL
@@ -120,10 +121,12 @@ async def _watch(services: Services) -> None:
 
 
 async def _publish_seal_validity(services: Services) -> None:
+    """Active seals, and expired ones (still active in storage): the expiry alerts need
+    both, the one before the end and the one after it."""
     now = utcnow()
-    active: dict[tuple[str, str], float] = {}
+    in_force: dict[tuple[str, str], float] = {}
     for record in await services.storage.list(SEAL, limit=1_000_000):
         valid_to = parse(record.data.get("valid_to"))
-        if valid_to is not None and effective_status(record.data, now) == "active":
-            active[(record.key, str(record.data.get("name", "")))] = valid_to.timestamp()
-    metrics.publish_seal_validity(active)
+        if valid_to is not None and effective_status(record.data, now) in ("active", EXPIRED):
+            in_force[(record.key, str(record.data.get("name", "")))] = valid_to.timestamp()
+    metrics.publish_seal_validity(in_force)

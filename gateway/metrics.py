@@ -90,7 +90,8 @@ SIGNING_IN_FLIGHT = Gauge(
 )
 SEAL_VALID_TO = Gauge(
     "sealgate_seal_valid_to_timestamp_seconds",
-    "End of each active seal's filing validity (Unix time); 0 once a seal stops being active.",
+    "End of each seal's filing validity while it is active or expired (Unix time); 0 once "
+    "it is neither.",
     ["seal_id", "seal_name"],
     # Every worker publishes the same values from storage; the latest write is the truth
     # (a renewal moves the date later, a cancellation ends it).
@@ -126,9 +127,10 @@ _published_seals: set[tuple[str, str]] = set()
 
 
 def publish_seal_validity(active: Mapping[tuple[str, str], float]) -> None:
-    """Set the validity gauge of every active seal: ``(seal id, seal name) -> valid_to``.
+    """Set the validity gauge of every seal in force (active, or expired and waiting for its
+    renewal): ``(seal id, seal name) -> valid_to``.
 
-    A seal published before and missing now has stopped being active. Multiprocess mode
+    A seal published before and missing now is no longer in force. Multiprocess mode
     cannot remove a series (it stays in the worker's file), so there it is set to 0, and
     alert rules look only at values above 0.
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import re
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import parse
+from gateway.clock import isoformat, parse
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings, load_settings
@@ -45,6 +46,8 @@ tests:
         values: '8640000x120'
       - series: '{gauge}{{seal_id="c",seal_name="财务专用章",instance="gw-1"}}'
         values: '0x120'
+      - series: '{gauge}{{seal_id="d",seal_name="发票专用章",instance="gw-1"}}'
+        values: '3000x120'
       - series: 'sealgate_storage_up{{instance="gw-1"}}'
         values: '1 1 0 0 0 0 0 0'
       - series: 'sealgate_storage_up{{instance="gw-2"}}'
@@ -57,6 +60,15 @@ tests:
             exp_annotations:
               summary: "Seal 合同专用章 (a) expires within 30 days"
               description: "Its filing validity ends in 9d 22h 30m 0s; file a renewal."
+      - eval_time: 90m
+        alertname: SealgateSealExpired
+        exp_alerts:
+          - exp_labels: {{seal_id: d, seal_name: 发票专用章, severity: critical}}
+            exp_annotations:
+              summary: "Seal 发票专用章 (d) has expired"
+              description: >-
+                Its filing validity ended 40m 0s ago; it signs nothing until a renewal is
+                approved.
       - eval_time: 6m
         alertname: SealgateStorageDown
         exp_alerts:
@@ -102,7 +114,8 @@ def test_promtool_accepts_the_alert_rules() -> None:
 @needs_promtool
 def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
     """Rule unit tests: a seal 10 days from its end alerts (once, over two instances), one
-    100 days away or inactive does not; storage down alerts after its minute."""
+    100 days away, inactive or already expired does not, the expired one alerts as such;
+    storage down alerts after its minute."""
     tests = tmp_path / "alerts_test.yml"
     tests.write_text(RULE_TESTS.format(rules=json.dumps(str(RULES)),
                                        gauge="sealgate_seal_valid_to_timestamp_seconds"))
@@ -162,13 +175,22 @@ async def seal_gauge(world: World, seal_id: str, present: bool) -> float:
 async def test_seal_validity_gauge_follows_the_seals(
     settings: Settings, hsm: Hsm, dev_ca: DevCA
 ) -> None:
-    """An active seal's validity end is published; once cancelled, its series goes away."""
+    """An active seal's validity end is published, and still once it has expired (the
+    expired alert reads it); once cancelled, its series goes away."""
     quick = settings.replace(metrics=dataclasses.replace(settings.metrics, refresh_seconds=0.05))
     async with World.running(quick, hsm, dev_ca) as world:
         seal = await world.active_seal()
         valid_to = parse(seal["valid_to"])
         assert valid_to is not None
         assert await seal_gauge(world, seal["id"], present=True) == valid_to.timestamp()
+        ended = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).replace(microsecond=0)
+        record = await world.services.seals.record(seal["id"])
+        await world.services.seals.update(record, {"valid_to": isoformat(ended)})
+        for _ in range(100):
+            if await seal_gauge(world, seal["id"], present=True) == ended.timestamp():
+                break
+            await asyncio.sleep(0.05)
+        assert await seal_gauge(world, seal["id"], present=True) == ended.timestamp()
         record = await world.services.seals.record(seal["id"])
         await world.services.seals.update(record, {"status": "cancelled"})
         await seal_gauge(world, seal["id"], present=False)
