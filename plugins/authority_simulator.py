@@ -525,6 +525,12 @@ def argument_parser() -> argparse.ArgumentParser:
         prog="python -m plugins.authority_simulator",
         description="Serve an in-memory filing authority for the http filing adapter.",
     )
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's options, for ``python -m`` and for ``sealgate authority-simulator``."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     # The token is read from a file or a variable, never from the command line, where any
@@ -540,11 +546,13 @@ def argument_parser() -> argparse.ArgumentParser:
                         metavar="KIND")
     parser.add_argument("--reject-action", action="append", default=[],
                         choices=[a.value for a in FilingAction])
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = argument_parser().parse_args(argv)
+    return serve_from_arguments(argument_parser().parse_args(argv))
+
+
+def serve_from_arguments(args: argparse.Namespace) -> int:
     if args.token_file is not None:
         token = read_or_create_token(args.token_file)
     else:
@@ -567,7 +575,10 @@ def sealgate_register_commands(subparsers: Any) -> None:
     """`sealgate authority-simulator …`: the same options as ``python -m`` this module."""
     command = subparsers.add_parser(
         "authority-simulator", help="serve the filing-authority simulator (tests and demos)",
-        add_help=False,
+        description="Serve an in-memory filing authority for the http filing adapter. Point "
+                    "the gateway at it with [filing.http] enabled = true and url = "
+                    "\"http://HOST:PORT\" and the same token, then file with --authority "
+                    "sim.",
     )
-    command.add_argument("simulator_args", nargs=argparse.REMAINDER)
-    command.set_defaults(handler=lambda args: main(args.simulator_args))
+    add_arguments(command)
+    command.set_defaults(handler=serve_from_arguments)

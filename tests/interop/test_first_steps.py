@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.gateway_process import Deployment
+from tests.gateway_process import SEALGATE, Deployment
 from tests.pdf_samples import multi_page_pdf, one_page_pdf
+from tests.redis_server import free_port
 
 pytestmark = pytest.mark.interop
 
@@ -120,3 +123,32 @@ def test_ordinary_mistakes_get_one_line_and_exit_2(
         assert "Traceback" not in result.stderr
         assert says in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_authority_simulator_command_takes_its_options(
+    installation: Deployment, tmp_path: Path
+) -> None:
+    """`sealgate authority-simulator --port … --token-file …`, as the README runs it, serves
+    the simulated authority, which answers only the token in that file."""
+    port = free_port()
+    token_file = tmp_path / "authority-token"
+    simulator = subprocess.Popen(
+        [str(SEALGATE), "authority-simulator", "--port", str(port), "--token-file",
+         str(token_file)], env=installation.env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/api/v1/filings/none", headers={
+                    "Authorization": f"Bearer {token_file.read_text().strip()}"})
+                status = connection.getresponse().status
+                break
+            except (OSError, FileNotFoundError):
+                assert simulator.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert status == 404
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
