@@ -46,6 +46,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.log_setup import WORKER_FORMAT, configure_logging
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.server")
@@ -419,8 +420,7 @@ def _worker_main(argv: list[str]) -> None:
     with os.fdopen(int(argv[0]), "rb") as pipe:
         # The master wrote these a moment ago through a pipe only the two of them hold.
         settings: Settings = pickle.load(pipe)  # noqa: S301
-    logging.basicConfig(level=settings.log.level,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    configure_logging(settings.log.level, WORKER_FORMAT)
     run_worker(settings, socket.socket(fileno=int(argv[1])))
 
 

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from gateway.log_setup import configure_logging
+
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int] | int]
 
 
@@ -32,9 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(logging.INFO)
     from gateway.errors import SealGateError
 
     handler: Command = args.handler
@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
     except SealGateError as exc:
-        print(f"sealgate: {exc.detail}", file=sys.stderr)
-        for field_error in getattr(exc, "errors", []):
+        field_errors = getattr(exc, "errors", [])
+        # With field errors the detail only joins them: say each once, one per line.
+        print(f"sealgate: {exc.title.lower() if field_errors else exc.detail}", file=sys.stderr)
+        for field_error in field_errors:
             print(f"  {field_error.field}: {field_error.message}", file=sys.stderr)
         return 2 if exc.status < 500 else 1
     except OSError as exc:

@@ -19,7 +19,7 @@ from pyhanko.pdf_utils.embed import EmbeddedFileObject, FileSpec, embed_file
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
 
-from gateway.errors import BadDocument
+from gateway.errors import BadDocument, Conflict
 from gateway.filing.receipt_pdf import render_receipt_pdf
 from gateway.filing.receipts import load_receipt, verify_receipt
 from gateway.hsm import Hsm, KeyAlgorithm
@@ -57,7 +57,10 @@ class ReceiptService:
             return cached
         receipt = await self.get(number)
         seal_png = await self._storage.get_blob(image_blob_key(str(receipt["seal"]["id"])))
-        unsigned = await asyncio.to_thread(_render_with_attachment, receipt, seal_png)
+        try:
+            unsigned = await asyncio.to_thread(_render_with_attachment, receipt, seal_png)
+        except ValueError as exc:  # a receipt that lacks what the rendering shows
+            raise Conflict(f"receipt {number} cannot be rendered as a PDF: {exc}") from None
         signed = await self._sealer.seal(
             unsigned, await self._platform_seal_key(), b"",
             PdfSealOptions(visible=False, reason="备案回执 Filing receipt",

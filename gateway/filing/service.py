@@ -23,6 +23,7 @@ from gateway.audit import AuditLog
 from gateway.clock import isoformat, parse, utcnow
 from gateway.errors import (
     Conflict,
+    FieldError,
     InvalidTransition,
     NotFound,
     PayloadTooLarge,
@@ -105,6 +106,7 @@ class FilingService:
         states.check_action(
             seal["status"], action, expired=states.is_expired(parse(seal.get("valid_to")), now)
         )
+        await self._require_certified_key(seal)
         applicant = _object(body, "applicant")
         phone = _text(applicant, "phone", "applicant.")
         if not _PHONE.match(phone):
@@ -209,10 +211,13 @@ class FilingService:
         if filing["action"] == states.FilingAction.NEW:
             missing = [k for k in REQUIRED_FOR_NEW if k not in filing["materials"]]
             if missing:
-                raise ValidationFailed.one(
-                    f"materials.{missing[0]}", "is required before a new seal is submitted"
-                )
+                # Every missing one at once: the filer uploads them in one go.
+                raise ValidationFailed([
+                    FieldError(f"materials.{kind}", "is required before a new seal is submitted")
+                    for kind in missing
+                ])
         seal = await self._seals.record(filing["seal_id"])
+        await self._require_certified_key(seal.data)
         now = utcnow()
         states.check_action(
             seal.data["status"],
@@ -288,6 +293,14 @@ class FilingService:
         except StaleWrite:
             return (await self._record(filing_id)).data
         return data
+
+    async def _require_certified_key(self, seal: Mapping[str, Any]) -> None:
+        """The receipt names the seal's certificate (DOMAIN.md §2), so a seal is filed only
+        once its key has one."""
+        key = await self._storage.get(KEY, str(seal["key_id"]))
+        if key is None or not (key.data.get("certificate") or {}).get("sha256"):
+            raise Conflict("the seal's key has no certificate yet; import one "
+                           "(PUT /v1/keys/{id}/certificate) before filing the seal")
 
     async def _phone(self, filing: Mapping[str, Any]) -> str:
         applicant = filing["applicant"]

@@ -251,6 +251,31 @@ async def test_receipt_pdf_is_signed_readable_and_verifies(
     assert verdict["checks"][0] == {"name": "pdf_signature", "ok": False, "detail": ANY}
 
 
+async def test_a_seal_is_filed_only_once_its_key_is_certified_and_with_every_material(
+    filing: Filing,
+) -> None:
+    """The receipt names the seal's certificate: a seal whose key has none is refused at
+    filing; a submission names every missing material at once."""
+    bare = await filing.world.services.keys.create("bare", "ec-p256", "test")
+    uncertified = await filing.world.http.post("/v1/seals", headers=filing.filer, json={
+        "name": "合同专用章", "type": "04", "organization": ORGANIZATION, "key_id": bare["id"]})
+    response = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
+        "seal_id": (await uncertified.json())["id"], "action": "new", "authority": "local",
+        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
+    body = await assert_problem(response, 409, "conflict")
+    assert "no certificate" in body["detail"]
+
+    seal = await filing.seal()
+    created = await (await filing.world.http.post("/v1/filings", headers=filing.filer, json={
+        "seal_id": seal["id"], "action": "new", "authority": "local",
+        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})).json()
+    submitted = await filing.world.http.post(f"/v1/filings/{created['id']}/submit",
+                                             headers=filing.filer)
+    body = await assert_problem(submitted, 422, "validation-failed")
+    assert [e["field"] for e in body["errors"]] == [
+        "materials.business_license", "materials.legal_rep_id", "materials.seal_impression"]
+
+
 async def test_filing_through_the_simulator_authority(filing: Filing) -> None:
     """A filing to the http authority is reviewed there and its decision applied once."""
     seal = await filing.seal()
