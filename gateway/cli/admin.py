@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.approvals import add_identity, file_request, officer
-from gateway.cli.common import OPERATOR, opened, print_json
+from gateway.cli.common import OPERATOR, add_token_out, hand_out, opened, print_json
 from gateway.cli.filings import register_seal_commands
 
 
@@ -24,6 +24,7 @@ def register(sub: Any) -> None:
                         help="a key officer's token: grants and privileged roles need dual "
                              "control, so the client is then filed as an approval request")
     create.add_argument("--as", dest="as_name", metavar="CLIENT_NAME")
+    add_token_out(create)
     create.set_defaults(handler=clients_create)
     clients.add_parser("list").set_defaults(handler=clients_list)
     for action, help_text in (("revoke", "revoke a client's token"),
@@ -34,6 +35,8 @@ def register(sub: Any) -> None:
                        help="for a key officer: to revoke, any officer's token (filed for "
                             "approval); to rotate, that officer's own current token")
         p.add_argument("--as", dest="as_name", metavar="CLIENT_NAME")
+        if action == "rotate":
+            add_token_out(p)
         p.set_defaults(handler=clients_change, change=action)
     grant = clients.add_parser("grant", help="request a seal grant (dual control)")
     grant.add_argument("client")
@@ -114,7 +117,7 @@ async def clients_create(args: argparse.Namespace) -> int:
         client, token = await services.clients.create(args.name, args.role, args.seal,
                                                       OPERATOR.name)
     print_json(client.public())
-    print(f"token (shown once, store it now): {token}", file=sys.stderr)
+    hand_out(token, args.token_out, "token")
     return 0
 
 
@@ -147,7 +150,7 @@ async def clients_change(args: argparse.Namespace) -> int:
             print_json((await services.clients.revoke(client.id, OPERATOR.name)).public())
         else:
             token = await services.clients.rotate(client.id, OPERATOR.name)
-            print(f"new token (shown once): {token}", file=sys.stderr)
+            hand_out(token, args.token_out, "new token")
     return 0
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.common import opened, print_json
+from gateway.cli.common import add_token_out, hand_out, opened, print_json
 
 if TYPE_CHECKING:
     from gateway.auth import ApiClient
@@ -66,6 +66,7 @@ def register(sub: Any) -> None:
     approve = approvals.add_parser("approve", help="approve another officer's request; it runs")
     approve.add_argument("approval_id")
     add_identity(approve)
+    add_token_out(approve)
     approve.set_defaults(handler=approve_command)
     reject = approvals.add_parser("reject", help="reject (or, as its requester, withdraw)")
     reject.add_argument("approval_id")
@@ -144,8 +145,7 @@ async def approve_command(args: argparse.Namespace) -> int:
     token = result.pop("token", None)
     print_json({"approval": public_view(approval, utcnow()), "result": result})
     if token is not None:
-        name = result["client"]["name"]
-        print(f"token of client {name} (shown once; hand it to them): {token}", file=sys.stderr)
+        hand_out(token, args.token_out, f"token of client {result['client']['name']}")
     return 0
 
 

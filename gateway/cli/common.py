@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.auth import ApiClient
@@ -39,3 +42,22 @@ async def opened(args: argparse.Namespace) -> AsyncIterator[Services]:
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+def add_token_out(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token-out", type=Path, metavar="FILE",
+                        help="write the new token to FILE (mode 0600) instead of stderr")
+
+
+def hand_out(token: str, out: Path | None, what: str) -> None:
+    """The one moment a token is visible: into ``out`` (replaced whole, mode 0600, so a
+    rotated officer token can go back into its own file), or onto stderr."""
+    if out is None:
+        print(f"{what} (shown once, store it now): {token}", file=sys.stderr)
+        return
+    staged = out.with_name(f".{out.name}.new")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    os.replace(staged, out)
+    print(f"{what} written to {out}", file=sys.stderr)

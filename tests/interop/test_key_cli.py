@@ -189,10 +189,13 @@ def test_the_operator_cannot_take_over_or_remove_a_key_officer_alone(
                                 "--reason", "not leaked after all")
     assert json.loads(rejected.stdout)["status"] == "rejected"
 
-    rotated = installation.run("clients", "rotate", "officer-b", "--token-file", str(second))
-    new_token = rotated.stderr.rsplit("new token (shown once): ", 1)[1].split()[0]
+    old_token = second.read_text()
+    rotated = installation.run("clients", "rotate", "officer-b", "--token-file", str(second),
+                               "--token-out", str(second))
+    assert "sg_" not in rotated.stderr
+    assert second.read_text().strip() != old_token.strip()
+    assert oct(second.stat().st_mode & 0o777) == "0o600"
     decided = installation.run("approvals", "list", "--status", "rejected")
     assert filed["id"] in decided.stdout
-    second.write_text(new_token)
     listed = json.loads(installation.run("clients", "list").stdout)
     assert [c["status"] for c in listed if c["name"] == "officer-b"] == ["active"]
