@@ -69,6 +69,12 @@ def register(sub: Any) -> None:
     csr.add_argument("--organization", default="")
     csr.add_argument("--country", default="CN")
     csr.set_defaults(handler=keys_csr)
+    certify = keys.add_parser(
+        "certify", help="have the development CA certify a key (for trials, not production)")
+    certify.add_argument("key_id")
+    certify.add_argument("--common-name", required=True)
+    certify.add_argument("--organization", default="")
+    certify.set_defaults(handler=keys_certify)
     imp = keys.add_parser("import-certificate", help="attach a PEM chain (leaf first)")
     imp.add_argument("key_id")
     imp.add_argument("pem_file", type=Path)
@@ -82,6 +88,14 @@ def register(sub: Any) -> None:
     destroy.set_defaults(handler=keys_destroy)
 
     seals = sub.add_parser("seals", help="seals").add_subparsers(dest="action", required=True)
+    create_seal = seals.add_parser("create", help="a seal in draft, on a certified key")
+    create_seal.add_argument("name", help="e.g. 合同专用章")
+    create_seal.add_argument("--type", required=True, help="seal type code 01..05 or 99")
+    create_seal.add_argument("--organization", required=True, help="the organisation's name")
+    create_seal.add_argument("--uscc", required=True, help="its unified social credit code")
+    create_seal.add_argument("--key", required=True, dest="key_id", help="the key's id")
+    create_seal.add_argument("--image", type=Path, help="a PNG of the seal (default: drawn)")
+    create_seal.set_defaults(handler=seals_create)
     seals.add_parser("list").set_defaults(handler=seals_list)
     rotate = seals.add_parser("rotate-key", help="move a seal to another key; the old one is kept")
     rotate.add_argument("seal_id")
@@ -199,6 +213,24 @@ async def keys_csr(args: argparse.Namespace) -> int:
     return 0
 
 
+async def keys_certify(args: argparse.Namespace) -> int:
+    from gateway.errors import Conflict
+    from gateway.keys.registry import public_view
+    from gateway.pki.certs import chain_to_pem
+
+    async with opened(args) as services:
+        ca = services.dev_ca
+        if ca is None:
+            raise Conflict("no development CA here (`sealgate init` makes one); import a "
+                           "certificate from your CA with `keys import-certificate`")
+        key = await services.keys.get(args.key_id)
+        cert = ca.issue(services.keys.public_key_der(key), args.common_name, args.organization)
+        key = await services.keys.import_certificate(
+            args.key_id, chain_to_pem([cert, ca.certificate]).encode(), OPERATOR.name)
+        print_json(public_view(key))
+    return 0
+
+
 async def keys_import(args: argparse.Namespace) -> int:
     from gateway.keys.registry import public_view
 
@@ -220,6 +252,21 @@ async def keys_disable(args: argparse.Namespace) -> int:
 async def keys_destroy(args: argparse.Namespace) -> int:
     async with opened(args) as services:
         return await file_request(services, args, "destroy_key", {"key_id": args.key_id})
+
+
+async def seals_create(args: argparse.Namespace) -> int:
+    import base64
+
+    from gateway.seals.registry import public_view
+
+    body = {"name": args.name, "type": args.type, "key_id": args.key_id,
+            "organization": {"name": args.organization, "uscc": args.uscc}}
+    if args.image is not None:
+        body["image_png"] = base64.b64encode(args.image.read_bytes()).decode("ascii")
+    async with opened(args) as services:
+        seal = await services.seals.create(body, OPERATOR.name)
+        print_json(public_view(seal, dt.datetime.now(dt.UTC)))
+    return 0
 
 
 async def seals_rotate_key(args: argparse.Namespace) -> int:

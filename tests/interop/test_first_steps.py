@@ -152,3 +152,42 @@ def test_the_authority_simulator_command_takes_its_options(
     finally:
         simulator.terminate()
         simulator.wait(timeout=10)
+
+
+def test_from_a_new_key_to_a_sealed_pdf_on_the_command_line(
+    installation: Deployment, tmp_path: Path, poppler: str
+) -> None:
+    """The README's path, all by `sealgate`: a key, its development certificate, a seal,
+    its filing with the three materials, the local approval, the receipt PDF verified, and
+    a document sealed with the new seal that pdfsig accepts."""
+    def run(*args: str) -> dict[str, object]:
+        return dict(json.loads(installation.sealgate(*args).stdout))
+
+    key = run("keys", "create", "finance-seal", "--algorithm", "ec-p256")
+    run("keys", "certify", str(key["id"]), "--common-name", "示例科技有限公司 财务专用章",
+        "--organization", "示例科技有限公司")
+    seal = run("seals", "create", "财务专用章", "--type", "02", "--organization",
+               "示例科技有限公司", "--uscc", "91350100M000100Y43", "--key", str(key["id"]))
+    (tmp_path / "id.txt").write_text("11010519491231002X")
+    filing = run("filings", "create", "--seal", str(seal["id"]), "--applicant-name", "李四",
+                 "--applicant-phone", "13800000000", "--legal-name", "张三", "--legal-id-file",
+                 str(tmp_path / "id.txt"))
+    picture = tmp_path / "seal.png"
+    installation.sealgate("seals", "render-image", "--organization", "示例科技有限公司",
+                          "--type", "02", "--out", str(picture))
+    for kind in ("business_license", "legal_rep_id", "seal_impression"):
+        installation.sealgate("filings", "material", str(filing["id"]), kind, str(picture))
+    installation.sealgate("filings", "submit", str(filing["id"]))
+    approved = run("filings", "review", str(filing["id"]), "--approve")
+    receipt_pdf = tmp_path / "receipt.pdf"
+    installation.sealgate("receipts", "show", str(approved["receipt_number"]), "--pdf",
+                          str(receipt_pdf))
+    verdict = installation.sealgate("receipts", "verify", str(receipt_pdf))
+    assert json.loads(verdict.stdout)["valid"] is True
+    document = tmp_path / "invoice.pdf"
+    document.write_bytes(one_page_pdf())
+    installation.sealgate("sign", "pdf", "--seal", str(seal["id"]), "--out",
+                          str(tmp_path / "sealed"), str(document))
+    report = subprocess.run([poppler, str(tmp_path / "sealed" / "invoice.pdf")],
+                            capture_output=True, text=True, check=False)
+    assert "Signature is Valid" in report.stdout
