@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import gc
 import logging
 import os
@@ -46,6 +47,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.errors import ConfigError
 from gateway.log_setup import WORKER_FORMAT, configure_logging
 from gateway.settings import Settings
 
@@ -91,7 +93,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"{host}:{port} is in use; choose another port with [server] "
+                              "port or SEALGATE_SERVER__PORT") from None
+        raise
     sock.listen(LISTEN_BACKLOG)
     return sock
 

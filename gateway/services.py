@@ -76,7 +76,7 @@ async def open_services(
     clients = ClientRegistry(storage, audit)
     timestamps = TimestampService(settings, keys, hsm, storage)
     dev_ca = DevCA.open(Path(settings.pki.dev_ca_dir),
-                        crl_url=crl_url(settings.pki.public_base_url))
+                        crl_url=crl_url(settings.public_base_url))
     sealing = SealingService(settings, storage, hsm, seals, audit,
                              long_term=LongTermSigning(timestamps, LocalRevocation(dev_ca)))
     roots = load_trust_roots(settings.pki.trust_roots)

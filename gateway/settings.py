@@ -111,7 +111,9 @@ class StorageSettings:
 class PkiSettings:
     trust_roots: tuple[str, ...] = field(default=(), metadata={"path": True})
     dev_ca_dir: str = path_field("var/ca")
-    public_base_url: str = "http://127.0.0.1:8080"
+    # Where outsiders reach the gateway (the dev CA names its CRL there); empty: the
+    # address [server] listens on, so a changed port moves it too.
+    public_base_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,13 @@ class Settings:
     idempotency: IdempotencySettings = field(default_factory=IdempotencySettings)
     log: LogSettings = field(default_factory=LogSettings)
     filing: FilingSettings = field(default_factory=FilingSettings)
+
+    @property
+    def public_base_url(self) -> str:
+        if self.pki.public_base_url:
+            return self.pki.public_base_url
+        host = self.server.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.server.port}"
 
     def replace(self, **sections: Any) -> Settings:
         """A copy with whole sections or top-level values replaced (tests and the CLI use it)."""

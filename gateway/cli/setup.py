@@ -61,7 +61,7 @@ async def init_command(args: argparse.Namespace) -> int:
     var = Path(settings.var_dir)
     var.mkdir(parents=True, exist_ok=True)
     ca = DevCA.open_or_create(Path(settings.pki.dev_ca_dir),
-                              crl_url=crl_url(settings.pki.public_base_url))
+                              crl_url=crl_url(settings.public_base_url))
     async with opened(args) as services:
         await services.hsm.ensure_wrapping_key()
         platform = await services.keys.ensure_platform_key(ca)

@@ -93,3 +93,14 @@ def test_relative_paths_are_taken_from_the_project_root() -> None:
     settings = load_settings(environ={"SEALGATE_STORAGE__SQLITE_PATH": "var/x.db"})
     assert settings.storage.sqlite_path == str(PROJECT_ROOT / "var" / "x.db")
     assert settings.hsm.pin.file == str(PROJECT_ROOT / "var" / "softhsm" / "user-pin")
+
+
+def test_the_public_address_follows_the_listening_port_unless_set() -> None:
+    """The dev CA names its CRL at the public address: by default where [server] listens,
+    so a changed port moves the URL in the certificates too."""
+    moved = load_settings(environ={"SEALGATE_SERVER__PORT": "18090"})
+    assert moved.public_base_url == "http://127.0.0.1:18090"
+    ipv6 = load_settings(environ={"SEALGATE_SERVER__HOST": "::1"})
+    assert ipv6.public_base_url == "http://[::1]:8080"
+    named = load_settings(environ={"SEALGATE_PKI__PUBLIC_BASE_URL": "https://seal.example.cn"})
+    assert named.public_base_url == "https://seal.example.cn"
