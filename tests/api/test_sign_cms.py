@@ -91,6 +91,17 @@ async def test_level_b_t_adds_a_signature_time_stamp_that_verifies(
     assert report["valid"] is True, report
     assert report["signatures"][0]["level"] == "B-T"
 
+    # Anyone may post to /v1/verify: a CMS with more signers than any signature has is
+    # refused before any is checked (copies of this one cost seconds of CPU each).
+    info = cms.ContentInfo.load(der)
+    signer = info["content"]["signer_infos"][0]
+    info["content"]["signer_infos"] = cms.SignerInfos([signer] * 17)
+    crowded = await world.http.post("/v1/verify", json={
+        "cms": base64.b64encode(info.dump()).decode(),
+        "content": base64.b64encode(CONTENT).decode()})
+    body = await assert_problem(crowded, 422, "validation-failed")
+    assert body["errors"][0]["field"] == "cms"
+
 
 @pytest.mark.interop
 @pytest.mark.slow
