@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from asn1crypto import pem as asn1_pem
 from asn1crypto import x509 as asn1_x509
+from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.diff_analysis import ModificationLevel
 from pyhanko.sign.validation import (
@@ -33,6 +34,7 @@ from pyhanko_certvalidator import ValidationContext
 from gateway.errors import BadDocument
 
 SIGNATURE = "signature"
+MAX_SIGNATURES = 50
 DOCUMENT_TIMESTAMP = "document_timestamp"
 
 
@@ -138,12 +140,31 @@ def validate_pdf_signatures(
     """
     try:
         reader = PdfFileReader(io.BytesIO(document), strict=False)
-        signatures = list(reader.embedded_signatures)
+        signatures = _distinct(reader.embedded_signatures)
     except Exception as exc:  # pyHanko raises many types for damaged files
         raise BadDocument("the PDF cannot be read") from exc
+    if len(signatures) > MAX_SIGNATURES:
+        # Anyone may post a PDF here, and each signature costs tens of milliseconds.
+        raise BadDocument(f"the PDF has {len(signatures)} signatures; at most "
+                          f"{MAX_SIGNATURES} are verified")
     roots = trust_roots(roots_pem)
     context = ValidationContext(trust_roots=roots, allow_fetching=False)
     return [_report(sig, context, roots) for sig in signatures]
+
+
+def _distinct(signatures: Sequence[EmbeddedPdfSignature]) -> list[EmbeddedPdfSignature]:
+    """One entry per signature: many fields may name one signature dictionary, and each
+    would otherwise be validated again in full."""
+    seen: set[object] = set()
+    distinct = []
+    for signature in signatures:
+        ref = signature.sig_field.raw_get("/V")
+        key = (ref.idnum, ref.generation) if isinstance(ref, generic.IndirectObject) \
+            else id(signature.sig_object)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(signature)
+    return distinct
 
 
 def _report(

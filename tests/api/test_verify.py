@@ -157,6 +157,28 @@ async def test_b_lta_pdf_reports_the_seal_and_the_document_time_stamp(
     assert archive["intact"] and archive["trusted"]
 
 
+async def test_many_fields_naming_one_signature_are_verified_once(
+    signer_world: SignerWorld,
+) -> None:
+    """Sixty more fields whose value is the seal's one signature dictionary: that signature
+    is validated once, not sixty-one times (anyone may post such a file)."""
+    world, seal, headers = signer_world
+    writer = IncrementalPdfFileWriter(io.BytesIO(await sealed_pdf(world, seal, headers)))
+    fields = writer.root["/AcroForm"]["/Fields"]
+    value = fields[0].get_object().raw_get("/V")
+    for n in range(60):
+        fields.append(writer.add_object(generic.DictionaryObject({
+            generic.NameObject("/FT"): generic.NameObject("/Sig"),
+            generic.NameObject("/T"): generic.TextStringObject(f"copy-{n}"),
+            generic.NameObject("/V"): value,
+        })))
+    writer.update_container(fields)
+    out = io.BytesIO()
+    writer.write(out)  # type: ignore[no-untyped-call]  # pyHanko's writer is unannotated
+    body = await verify_pdf(world, out.getvalue())
+    assert len(body["signatures"]) == 1
+
+
 @pytest.mark.parametrize(
     ("marker", "offset"),
     [(b"Test page", 0), (b"%PDF-1.", 11), (b"/M (D", 12), (b"/ID [ <", 9)],
