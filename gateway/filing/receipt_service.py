@@ -13,8 +13,10 @@ import hashlib
 import io
 import json
 import uuid
+import zlib
 from typing import Any
 
+from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.embed import EmbeddedFileObject, FileSpec, embed_file
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
@@ -31,6 +33,7 @@ from gateway.signing.verify import validate_pdf_signatures
 from gateway.storage import Storage
 
 EMBEDDED_NAME = "receipt.json"
+MAX_EMBEDDED_RECEIPT_BYTES = 256 * 1024
 
 
 def pdf_blob_key(number: str) -> str:
@@ -135,6 +138,23 @@ def _render_with_attachment(receipt: dict[str, Any], seal_png: bytes | None) -> 
     return out.getvalue()
 
 
+def _bounded_data(stream: generic.StreamObject) -> bytes:
+    """The stream's data, decoded only up to ``MAX_EMBEDDED_RECEIPT_BYTES``: anyone may post
+    a receipt PDF, and a few hundred kilobytes of Flate can inflate to gigabytes."""
+    filters = stream.get("/Filter")
+    if filters is None:
+        data = stream.encoded_data
+    elif filters in ("/FlateDecode", ["/FlateDecode"]) and "/DecodeParms" not in stream:
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(stream.encoded_data, MAX_EMBEDDED_RECEIPT_BYTES + 1)
+    else:
+        raise BadDocument("the embedded receipt.json is encoded in a way receipts never are")
+    if len(data) > MAX_EMBEDDED_RECEIPT_BYTES:
+        raise BadDocument(f"the embedded receipt.json is larger than "
+                          f"{MAX_EMBEDDED_RECEIPT_BYTES} bytes; no receipt is")
+    return bytes(data)
+
+
 def _embedded_receipt(document: bytes) -> dict[str, Any] | None:
     try:
         reader = PdfFileReader(io.BytesIO(document), strict=False)
@@ -143,10 +163,12 @@ def _embedded_receipt(document: bytes) -> dict[str, Any] | None:
             if str(names[i]) == EMBEDDED_NAME:
                 spec = names[i + 1].get_object()
                 stream = spec["/EF"]["/F"].get_object()
-                value = json.loads(stream.data)
+                value = json.loads(_bounded_data(stream))
                 return value if isinstance(value, dict) else None
     except (KeyError, ValueError, TypeError, IndexError):
         return None
+    except BadDocument:
+        raise
     except Exception as exc:  # pyHanko raises many types for damaged files
         raise BadDocument("the receipt PDF cannot be read") from exc
     return None

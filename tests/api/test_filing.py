@@ -22,6 +22,7 @@ from joserfc import jws
 from joserfc.jwk import ECKey
 from PIL import Image
 from pyhanko.pdf_utils import generic
+from pyhanko.pdf_utils.embed import EmbeddedFileObject, FileSpec, embed_file
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
 from gateway.clock import isoformat, parse, utcnow
@@ -203,6 +204,25 @@ async def test_a_receipt_signed_with_a_seal_key_is_not_the_platform_s(filing: Fi
     signature = next(c for c in verdict["checks"] if c["name"] == "signature")
     assert signature["ok"] is False
     assert "platform" in signature["detail"]
+
+
+async def test_a_receipt_pdf_whose_attachment_inflates_to_gigabytes_is_refused(
+    filing: Filing,
+) -> None:
+    """receipt.json of 64 MiB that compresses to 64 KiB: refused after decoding a little more
+    than any receipt needs, not inflated whole (anyone may post to /v1/receipts/verify)."""
+    writer = IncrementalPdfFileWriter(io.BytesIO(one_page_pdf()))
+    embed_file(writer, FileSpec(
+        file_spec_string="receipt.json", file_name="receipt.json",
+        embedded_data=EmbeddedFileObject.from_file_data(writer, b" " * (64 * 1024 * 1024),
+                                                        mime_type="application/json")))
+    out = io.BytesIO()
+    writer.write(out)  # type: ignore[no-untyped-call]  # pyHanko's writer is unannotated
+    assert len(out.getvalue()) < 1024 * 1024
+    response = await filing.world.http.post("/v1/receipts/verify", data=out.getvalue(),
+                                            headers=PDF)
+    body = await assert_problem(response, 422, "bad-document")
+    assert "larger than" in body["detail"]
 
 
 @pytest.mark.interop
