@@ -28,7 +28,7 @@ from gateway.pki.revocation import LocalRevocation
 from gateway.privacy import PersonalDataVault
 from gateway.seals.registry import SealRegistry
 from gateway.seals.sealing import SealingService
-from gateway.seals.verification import SignatureVerifier
+from gateway.seals.verification import SignatureVerifier, VerificationGate
 from gateway.settings import Settings
 from gateway.signing.ltv import LongTermSigning
 from gateway.storage import Storage
@@ -81,6 +81,7 @@ async def open_services(
                              long_term=LongTermSigning(timestamps, LocalRevocation(dev_ca)))
     roots = load_trust_roots(settings.pki.trust_roots)
     roots_pem = [root.public_bytes(serialization.Encoding.PEM) for root in roots]
+    gate = VerificationGate(settings.server.max_verifications)
     platform = PlatformSigner(keys, hsm, roots)
     filings = FilingService(
         settings.filing, storage, seals, audit, PersonalDataVault(storage, hsm), platform,
@@ -91,8 +92,8 @@ async def open_services(
         clients=clients, keys=keys, seals=seals,
         sealing=sealing,
         platform=platform, timestamps=timestamps, dev_ca=dev_ca, filings=filings,
-        verifier=SignatureVerifier(storage, roots_pem),
-        receipts=ReceiptService(storage, hsm, platform, roots_pem),
+        verifier=SignatureVerifier(storage, roots_pem, gate),
+        receipts=ReceiptService(storage, hsm, platform, roots_pem, gate),
         approvals=DualControl(settings.auth, storage, audit, clients, keys, seals),
         csc=CscService(settings, storage, seals, keys, sealing),
         owns_hsm=owns_hsm,

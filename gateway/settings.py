@@ -74,6 +74,9 @@ class ServerSettings:
     workers: int = 1
     max_body_bytes: int = 64 * 1024 * 1024
     max_in_flight: int = 64
+    # Verifications (POST /v1/verify, /v1/receipts/verify: open to anyone) per worker at
+    # once; more get 503 with Retry-After.
+    max_verifications: int = 2
     shutdown_timeout_seconds: float = 10.0
     # A worker silent this long gets no more connections; three times as long, it is
     # replaced (see gateway/server.py).

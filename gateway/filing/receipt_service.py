@@ -27,6 +27,7 @@ from gateway.filing.receipts import load_receipt, verify_receipt
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.keys.platform import Check, PlatformKey, PlatformSigner
 from gateway.seals.registry import image_blob_key
+from gateway.seals.verification import VerificationGate
 from gateway.signing import PdfSealer, PdfSealOptions, SealKey
 from gateway.signing.jcs import canonicalize
 from gateway.signing.verify import validate_pdf_signatures
@@ -42,8 +43,9 @@ def pdf_blob_key(number: str) -> str:
 
 class ReceiptService:
     def __init__(self, storage: Storage, hsm: Hsm, platform: PlatformSigner,
-                 trust_roots_pem: list[bytes]) -> None:
+                 trust_roots_pem: list[bytes], gate: VerificationGate) -> None:
         self._storage = storage
+        self._gate = gate
         self._hsm = hsm
         self._platform = platform
         self._trust_roots_pem = trust_roots_pem
@@ -77,7 +79,7 @@ class ReceiptService:
         return _result(checks, receipt)
 
     async def verify_pdf(self, document: bytes, now: dt.datetime) -> dict[str, Any]:
-        signatures = await asyncio.to_thread(
+        signatures = await self._gate.run(
             validate_pdf_signatures, document, self._trust_roots_pem)
         platform_pem = await self._platform.certificate_pem()
         # Problems include a change after signing: an incremental update leaves the
@@ -89,7 +91,7 @@ class ReceiptService:
                         "the PDF is PAdES-signed by the platform and unchanged" if ok
                         and signed_by_platform else "the PDF signature is missing, broken, "
                         "untrusted or not the platform's, or the PDF changed after it")]
-        receipt = await asyncio.to_thread(_embedded_receipt, document)
+        receipt = await self._gate.run(_embedded_receipt, document)
         if receipt is None:
             checks.append(Check("embedded_receipt", False, "the PDF carries no receipt.json"))
             return _result(checks, None)

@@ -9,36 +9,62 @@ is, and the seal that holds that key now or held it before a rotation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from gateway.errors import Overloaded
 from gateway.keys.registry import KEY
 from gateway.seals.registry import SEAL
 from gateway.signing.cms_verify import verify_cms
 from gateway.signing.verify import SignatureReport, trust_roots, validate_pdf_signatures
 from gateway.storage import Storage
 
+T = TypeVar("T")
+
 # Every key and seal of one organisation fits in one listing many times over.
 _LISTING_LIMIT = 1_000_000
+
+
+class VerificationGate:
+    """Where the anonymous verifications of one worker run: one thread of their own, and at
+    most ``limit`` at a time, the rest refused with 503 and Retry-After.
+
+    Anyone may post a document to verify, and its checks hold the GIL for as long as they
+    take; on the default thread pool they also held up the spooling of documents to seal.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._slots = asyncio.Semaphore(limit)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._slots.locked():
+            raise Overloaded(f"{self._limit} verifications are in flight here; retry")
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
 
 class SignatureVerifier:
     """Verifies signed PDFs and CMS signatures against the configured trust roots."""
 
-    def __init__(self, storage: Storage, roots_pem: Sequence[bytes]) -> None:
+    def __init__(self, storage: Storage, roots_pem: Sequence[bytes],
+                 gate: VerificationGate) -> None:
         self._storage = storage
         self._roots_pem = list(roots_pem)
         self._roots = trust_roots(self._roots_pem)
+        self._gate = gate
 
     async def verify_pdf(self, document: bytes) -> dict[str, Any]:
-        reports = await asyncio.to_thread(validate_pdf_signatures, document, self._roots_pem)
+        reports = await self._gate.run(validate_pdf_signatures, document, self._roots_pem)
         return await self._answer(reports)
 
     async def verify_cms(self, signature: bytes, content: bytes | None) -> dict[str, Any]:
-        reports = await asyncio.to_thread(verify_cms, signature, content, self._roots)
+        reports = await self._gate.run(verify_cms, signature, content, self._roots)
         return await self._answer(reports)
 
     async def _answer(self, reports: Sequence[SignatureReport]) -> dict[str, Any]:
