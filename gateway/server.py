@@ -61,6 +61,7 @@ STABLE_WORKER_SECONDS = 10.0
 LISTEN_BACKLOG = 1024
 _READY = b"ready"
 _BEAT = b"beat"
+KEEPALIVE_SECONDS = 75.0
 HEARTBEAT_SECONDS = 1.0
 # A ready worker not heard from for ``[server] hung_worker_seconds`` gets no more connections
 # (its event loop is stuck); one silent for REPLACE_AFTER_HUNG times as long is sent SIGTERM
@@ -121,7 +122,9 @@ async def _serve_connections(
     from gateway import metrics
     from gateway.api.drain import IN_FLIGHT
 
-    runner = web.AppRunner(app, access_log=None,
+    # aiohttp keeps an idle keep-alive connection for an hour by default: a client that
+    # opens thousands and leaves them would hold as many descriptors of this worker.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS,
                            shutdown_timeout=settings.server.shutdown_timeout_seconds)
     await runner.setup()
     server = runner.server
@@ -134,13 +137,20 @@ async def _serve_connections(
 
     def take() -> None:
         try:
-            _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+            message, fds, _, _ = socket.recv_fds(channel, 16, 1)
         except BlockingIOError:
             return
-        except OSError:
-            fds = []
-        if not fds:  # the master is gone: nobody will send connections again
+        except OSError as exc:
+            log.warning("a connection could not be taken from the master: %s", exc)
+            return
+        if not message:  # end of the channel: the master is gone, no connection will come
             stop.set()
+            return
+        if not fds:
+            # Sent, but not received: this worker is out of file descriptors (the kernel
+            # dropped the descriptor). That client's connection is lost; the worker goes on.
+            log.warning("a connection from the master arrived without its descriptor "
+                        "(out of file descriptors?)")
             return
         connection = socket.socket(fileno=fds[0])
         task = loop.create_task(loop.connect_accepted_socket(server, connection))

@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -123,11 +124,14 @@ poll_interval_seconds = 60.0
         return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
     def serve(self, workers: int = 1, name: str = "gateway",
-              env: dict[str, str] | None = None) -> GatewayProcess:
+              env: dict[str, str] | None = None, open_files: int | None = None
+              ) -> GatewayProcess:
         """A `sealgate serve` on a free port, with its own metrics directory and log;
-        ``env`` adds variables (``SEALGATE_<SECTION>__<KEY>`` settings) for this one."""
+        ``env`` adds variables (``SEALGATE_<SECTION>__<KEY>`` settings) for this one, and
+        ``open_files`` limits the descriptors of its processes."""
         return GatewayProcess(self, workers, self.directory / f"{name}-metrics",
-                              self.directory / f"{name}.log", env=env or {})
+                              self.directory / f"{name}.log", env=env or {},
+                              open_files=open_files)
 
 
 @dataclass
@@ -139,6 +143,7 @@ class GatewayProcess:
     metrics_dir: Path
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    open_files: int | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -150,10 +155,13 @@ class GatewayProcess:
         env = {**self.deployment.env, **self.env,
                "SEALGATE_METRICS__MULTIPROCESS_DIR": str(self.metrics_dir)}
         with self.log_path.open("ab") as log:
+            limit = self.open_files
             self.process = subprocess.Popen(
                 [str(SEALGATE), "serve", "--workers", str(self.workers), "--port",
                  str(self.port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=None if limit is None else (
+                    lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))),
             )
         deadline = time.monotonic() + timeout
         while not (len(self.serving_workers()) == self.workers and self.ready()):

@@ -4,6 +4,7 @@ replaced mid-request with no lost, broken or doubled work, the audit chain intac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -245,3 +246,24 @@ def test_a_master_whose_workers_cannot_start_gives_up(deployment: Deployment) ->
         running.start(timeout=60)
     assert running.process is None or running.process.returncode == 1
     assert "giving up" in running.log()
+
+
+async def test_a_worker_out_of_descriptors_keeps_serving(deployment: Deployment) -> None:
+    """More idle connections than the worker may open files: the ones it cannot take are
+    lost, but it neither stops nor takes that for its master going away; once they close,
+    it serves again."""
+    with deployment.serve(workers=1, name="descriptors", open_files=160) as running:
+        [worker] = running.worker_pids()
+        idle = []
+        for _ in range(220):
+            with contextlib.suppress(OSError):
+                idle.append(await asyncio.open_connection("127.0.0.1", running.port))
+        await asyncio.sleep(1.0)
+        assert running.worker_pids() == {worker}, running.log()
+        for _, writer in idle:
+            writer.close()
+        await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as http, http.get(running.url("/healthz")) as answer:
+            assert answer.status == 200
+        assert running.worker_pids() == {worker}
+        assert "without its descriptor" in running.log()
