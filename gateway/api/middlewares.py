@@ -7,6 +7,7 @@ authentication in ``ALL``, because both are keyed by the authenticated client.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
@@ -140,7 +141,7 @@ async def _failed_authentication(request: web.Request) -> SealGateError:
     limits = request.app[SETTINGS].auth
     remote = client_address(request)
     _, wait = await svc.storage.take_tokens(
-        f"auth-failures/{remote}", rate=limits.failures_per_minute / 60,
+        f"auth-failures/{failure_bucket(remote)}", rate=limits.failures_per_minute / 60,
         burst=limits.failure_burst, now=time.time())
     if wait > 0:
         metrics.AUTH_FAILURES.labels("rate_limited").inc()
@@ -153,6 +154,20 @@ async def _failed_authentication(request: web.Request) -> SealGateError:
     await svc.audit.append("anonymous", "auth.failed", request.path,
                            {"remote": remote, "reason": "unknown or revoked token"})
     return Unauthorized("the token is unknown or revoked")
+
+
+def failure_bucket(remote: str) -> str:
+    """Whose failures count together: one IPv4 address, or one IPv6 /64 (a single host is
+    commonly given a whole /64, and could otherwise take a new address for every try)."""
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _route_template(request: web.Request) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.api.middlewares import failure_bucket
 from gateway.app import create_app
 from gateway.auth import ROLES
 from gateway.errors import ConfigError
@@ -289,3 +290,15 @@ async def test_without_trusted_proxies_x_forwarded_for_is_ignored(
 def test_a_trusted_proxy_that_is_no_address_stops_the_start(settings: Settings) -> None:
     with pytest.raises(ConfigError, match=r"server\.trusted_proxies"):
         create_app(with_proxies(settings, "proxy.internal"))
+
+
+@pytest.mark.parametrize(("remote", "bucket"), [
+    ("192.0.2.7", "192.0.2.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),
+])
+def test_failed_authentications_count_per_ipv4_address_and_per_ipv6_64(
+    remote: str, bucket: str
+) -> None:
+    assert failure_bucket(remote) == bucket
