@@ -48,6 +48,11 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = settings.replace(server=dataclasses.replace(settings.server, **overrides))
     if settings.server.workers < 1:
         raise ConfigError("server.workers must be at least 1")
+    if settings.server.hung_worker_seconds < 2 * server.HEARTBEAT_SECONDS:
+        # A worker beats once a second; less than two beats' time would call healthy
+        # workers silent.
+        raise ConfigError(f"server.hung_worker_seconds must be at least "
+                          f"{2 * server.HEARTBEAT_SECONDS:g}")
     logging.getLogger().setLevel(settings.log.level)  # the master logs at the workers' level
     server.serve(settings, settings.server.workers)
     return 0

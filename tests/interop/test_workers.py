@@ -182,11 +182,11 @@ async def test_a_silent_worker_gets_no_connections_and_is_replaced(
     hung_worker_seconds every connection goes to the other, and after three times that a
     new worker takes its slot; the stopped one, let go, finishes and exits."""
     with deployment.serve(workers=2, name="hung",
-                          env={"SEALGATE_SERVER__HUNG_WORKER_SECONDS": "1.0"}) as running:
+                          env={"SEALGATE_SERVER__HUNG_WORKER_SECONDS": "2.0"}) as running:
         frozen = min(running.worker_pids())
         os.kill(frozen, signal.SIGSTOP)
         try:
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(2.5)
             timeout = aiohttp.ClientTimeout(total=2)
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 for _ in range(10):  # one fresh connection each

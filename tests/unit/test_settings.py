@@ -104,3 +104,14 @@ def test_the_public_address_follows_the_listening_port_unless_set() -> None:
     assert ipv6.public_base_url == "http://[::1]:8080"
     named = load_settings(environ={"SEALGATE_PKI__PUBLIC_BASE_URL": "https://seal.example.cn"})
     assert named.public_base_url == "https://seal.example.cn"
+
+
+def test_serve_refuses_a_silence_limit_shorter_than_two_heartbeats(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Workers beat once a second: a shorter limit would take healthy workers for stuck."""
+    from gateway.cli import main
+
+    monkeypatch.setenv("SEALGATE_SERVER__HUNG_WORKER_SECONDS", "1.5")
+    assert main(["serve"]) != 0
+    assert "server.hung_worker_seconds must be at least 2" in capsys.readouterr().err
