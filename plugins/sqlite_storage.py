@@ -65,7 +65,7 @@ from gateway.storage import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: token_buckets_by_time (every statement above is idempotent)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY,
@@ -94,6 +94,7 @@ CREATE TABLE IF NOT EXISTS token_buckets (
     tokens REAL NOT NULL,
     updated REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS token_buckets_by_time ON token_buckets (updated);
 """
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ _OUTAGE_CODES = {5, 6, 8, 10, 13, 14, 15}
 _BUSY = 5
 BUSY_PAUSE_SECONDS = 0.0005
 LOCAL_WRITES_PER_CHECKPOINT = 500
+IDLE_BUCKET_SECONDS = 86400.0
 # A checkpoint that met a reader or writer tries again after 0.5, 1 and 1.5 s: each try
 # copies what it can and syncs the database file, a few milliseconds in which commits wait.
 CHECKPOINT_PAUSE_SECONDS = 0.5
@@ -492,13 +494,24 @@ class SqliteStorage:
             self._local_writes = 0
             self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
 
+    def _purge_idle_buckets(self) -> None:
+        """Forget token buckets untouched for ``IDLE_BUCKET_SECONDS``: by then every bucket
+        of a sane limit has refilled, and a missing bucket is a full one. Redis expires its
+        buckets the same way; here each client and failing address ever seen kept a row."""
+        with self._transaction(durable=False) as db:
+            db.execute("DELETE FROM token_buckets WHERE updated < ?",
+                       (time.time() - IDLE_BUCKET_SECONDS,))
+
     async def _checkpoint(self) -> None:
-        """TRUNCATE, because with writes from two connections interleaving, a passive
+        """Idle token buckets are purged first (:meth:`_purge_idle_buckets`).
+
+        TRUNCATE, because with writes from two connections interleaving, a passive
         checkpoint copied the frames back but the WAL was never started over. It reports busy
         (without raising) while a read or write is in progress, as it was for every one of a
         burst of writes; it is tried again a little later, or the WAL would keep the burst's
         size until the next checkpoint is due."""
         try:
+            await self._run(self._purge_idle_buckets)
             for attempt in range(1, CHECKPOINT_ATTEMPTS + 1):
                 busy, _, _ = await self._run(lambda: self._conn().execute(
                     "PRAGMA wal_checkpoint(TRUNCATE)").fetchone())

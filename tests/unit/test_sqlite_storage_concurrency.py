@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from gateway.audit import AuditLog
 from gateway.storage import StaleWrite, Write
-from plugins.sqlite_storage import SqliteStorage
+from plugins.sqlite_storage import IDLE_BUCKET_SECONDS, SqliteStorage
 
 
 @pytest.fixture
@@ -76,3 +77,24 @@ async def test_point_reads_see_what_was_just_committed(storage: SqliteStorage) -
         record = await storage.get("thing", "x")
         assert record is not None and record.version == version + 1
         assert record.data == {"v": version}
+
+
+async def test_token_buckets_idle_for_a_day_are_forgotten_at_the_next_checkpoint(
+    storage: SqliteStorage,
+) -> None:
+    """A bucket untouched for a day has long refilled: its row goes, one in use stays, and
+    a forgotten bucket is full again (as Redis's expired ones are)."""
+    now = time.time()
+    await storage.take_tokens("auth-failures/192.0.2.7", rate=0.2, burst=20,
+                              now=now - 2 * IDLE_BUCKET_SECONDS, want=20)
+    await storage.take_tokens("client/a", rate=100.0, burst=200, now=now, want=5)
+    await storage._checkpoint()  # what LOCAL_WRITES_PER_CHECKPOINT local writes trigger
+
+    def buckets() -> list[str]:
+        rows = storage._conn().execute("SELECT bucket FROM token_buckets ORDER BY bucket")
+        return [row[0] for row in rows]
+
+    assert await storage._run(buckets) == ["client/a"]
+    refilled = await storage.take_tokens("auth-failures/192.0.2.7", rate=0.2, burst=20,
+                                         now=now, want=20)
+    assert refilled.taken == 20
