@@ -171,6 +171,13 @@ class Storage(Protocol):
 
     async def set_expiring(self, key: str, value: JSON, ttl_seconds: float) -> None: ...
 
+    async def replace_expiring(
+        self, key: str, value: JSON, ttl_seconds: float, *, if_field: str, equals: str
+    ) -> bool:
+        """Replace the value under ``key`` only while it is there and its ``if_field`` is
+        ``equals``; True when replaced. An idempotency claim is renewed and settled only by
+        the attempt that holds it, never over a later claimant's."""
+
     async def incr(self, key: str, amount: int = 1) -> int:
         """Atomic counter shared by every process using the backend."""
 

@@ -125,6 +125,17 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {taken, string.format('%.17g', wait)}
 """
 
+# Replace an expiring value only while its field ARGV[1] still holds ARGV[2] (and keep the
+# new time to live): an idempotency claim is renewed and settled only by its own attempt.
+_REPLACE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local ok, value = pcall(cjson.decode, current)
+if not ok or type(value) ~= 'table' or value[ARGV[1]] ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1
+"""
+
 # Replies that mean "Redis cannot serve writes now", not "this command is wrong". redis-py
 # raises its own class for most of them, and then strips the code word from the message
 # (a replica's READONLY, MASTERDOWN during a failover, OOM past maxmemory); the others are
@@ -149,6 +160,7 @@ class RedisStorage:
         self._client: aioredis.Redis | None = None
         self._commit_script: Any = None
         self._token_script: Any = None
+        self._replace_script: Any = None
         self._append_turn = asyncio.Lock()
 
     # -- life cycle --------------------------------------------------------------------------
@@ -167,6 +179,7 @@ class RedisStorage:
             )
             self._commit_script = self._client.register_script(_COMMIT_SCRIPT)
             self._token_script = self._client.register_script(_BUCKET_SCRIPT)
+            self._replace_script = self._client.register_script(_REPLACE_SCRIPT)
         await self.ping()
 
     async def close(self) -> None:
@@ -313,6 +326,16 @@ class RedisStorage:
     async def set_expiring(self, key: str, value: JSON, ttl_seconds: float) -> None:
         async with self._available() as client:
             await client.set(self._key(f"exp:{key}"), _dumps(value), px=_milliseconds(ttl_seconds))
+
+    async def replace_expiring(
+        self, key: str, value: JSON, ttl_seconds: float, *, if_field: str, equals: str
+    ) -> bool:
+        async with self._available():
+            replaced = await self._replace_script(
+                keys=[self._key(f"exp:{key}")],
+                args=[if_field, equals, _dumps(value), _milliseconds(ttl_seconds)],
+            )
+        return bool(replaced)
 
     async def incr(self, key: str, amount: int = 1) -> int:
         async with self._available() as client:

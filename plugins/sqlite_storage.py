@@ -312,6 +312,23 @@ class SqliteStorage:
 
         await self._run(write)
 
+    async def replace_expiring(
+        self, key: str, value: JSON, ttl_seconds: float, *, if_field: str, equals: str
+    ) -> bool:
+        now = time.time()
+
+        def replace() -> bool:
+            with self._transaction() as db:
+                row = db.execute("SELECT value FROM expiring WHERE key = ? AND expires_at > ?",
+                                 (key, now)).fetchone()
+                if row is None or json.loads(row[0]).get(if_field) != equals:
+                    return False
+                db.execute("UPDATE expiring SET value = ?, expires_at = ? WHERE key = ?",
+                           (_dumps(value), now + ttl_seconds, key))
+                return True
+
+        return await self._run(replace)
+
     async def incr(self, key: str, amount: int = 1) -> int:
         rows = await self._execute(
             "INSERT INTO counters (key, value) VALUES (?, ?) "

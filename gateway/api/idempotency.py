@@ -225,15 +225,18 @@ class Attempt:
             except TimeoutError:
                 pass
             try:
-                await self.storage.set_expiring(self.key, self._running(),
-                                                self.settings.lock_seconds)
+                if not await self._replace(self._running(), self.settings.lock_seconds):
+                    # The claim lapsed (storage was away longer than lock_seconds) and
+                    # another attempt holds the key now: its record is not ours to touch.
+                    log.warning("idempotency claim lapsed while its request ran")
+                    return
             except BackendUnavailable as exc:
                 log.info("idempotency claim not renewed: %s", exc)
 
     async def _release(self) -> None:
         # No delete for expiring keys in the protocol: a claim that expires at once is one.
         try:
-            await self.storage.set_expiring(self.key, {"state": "released"}, 0.001)
+            await self._replace({"state": "released", "attempt": self.scope.attempt}, 0.001)
         except BackendUnavailable as exc:
             log.info("idempotency claim not released (it expires by itself): %s", exc)
 
@@ -248,7 +251,15 @@ class Attempt:
             "state": "done", "fingerprint": self.fingerprint, "attempt": self.scope.attempt,
             "status": status, "headers": headers, "body": output,
         }
-        await self.storage.set_expiring(self.key, record, self.settings.ttl_seconds)
+        ttl = self.settings.ttl_seconds
+        if not (await self._replace(record, ttl)
+                or await self.storage.put_expiring(self.key, record, ttl)):
+            log.warning("idempotent answer not stored: another attempt holds the key now")
+
+    async def _replace(self, value: JSON, ttl_seconds: float) -> bool:
+        """Write the key only while this attempt's claim is what it holds."""
+        return await self.storage.replace_expiring(
+            self.key, value, ttl_seconds, if_field="attempt", equals=self.scope.attempt)
 
     # -- everyone else -----------------------------------------------------------------------
 

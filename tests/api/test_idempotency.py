@@ -15,7 +15,7 @@ import pytest
 
 from gateway import storage
 from gateway.api import bodies
-from gateway.api.idempotency import IDEMPOTENT_ROUTES, fingerprint, record_key
+from gateway.api.idempotency import IDEMPOTENT_ROUTES, Attempt, fingerprint, record_key
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.idempotency_scope import CURRENT_SCOPE, IdempotencyScope
 from gateway.pki.devca import DevCA
@@ -460,3 +460,24 @@ async def test_a_keyed_document_above_the_spool_size_replays(
     assert retry.headers["Idempotent-Replayed"] == "true"
     assert await retry.read() == await first.read()
     assert len(await events(world, "seal.signed")) == 1
+
+
+async def test_an_attempt_whose_claim_lapsed_leaves_the_new_claimant_s_record_alone(
+    world: World,
+) -> None:
+    """Storage away longer than lock_seconds: the claim lapsed and a duplicate claimed the
+    key. The first attempt, finishing, neither stores its answer over that claim nor
+    releases it; with the key free, it stores its answer."""
+    settings = world.services.settings.idempotency
+    store = world.services.storage
+    first = Attempt(store, settings, IdempotencyScope("idem:lapsed", "fp", "first", 60.0))
+    theirs = {"state": "running", "fingerprint": "fp", "attempt": "second"}
+    await store.set_expiring("idem:lapsed", theirs, 60.0)
+    await first._store(200, [], b"{}")
+    await first._release()
+    assert await store.get_expiring("idem:lapsed") == theirs
+
+    alone = Attempt(store, settings, IdempotencyScope("idem:free", "fp", "first", 60.0))
+    await alone._store(200, [], b"{}")
+    stored = await store.get_expiring("idem:free")
+    assert stored is not None and stored["state"] == "done" and stored["attempt"] == "first"

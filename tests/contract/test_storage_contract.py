@@ -364,6 +364,27 @@ async def test_set_expiring_overwrites(storage: Storage) -> None:
     assert await storage.get_expiring("k") == {"n": 2}
 
 
+async def test_replace_expiring_replaces_only_its_own_value(storage: Storage) -> None:
+    """replace_expiring acts only while the value is there and its field matches: a claim
+    is renewed by its attempt, not over another's, and not once it has expired."""
+    await storage.set_expiring("claim", {"attempt": "a", "state": "running"}, 0.3)
+    assert await storage.replace_expiring(
+        "claim", {"attempt": "b", "state": "running"}, 30, if_field="attempt", equals="b"
+    ) is False
+    assert await storage.replace_expiring(
+        "claim", {"attempt": "a", "state": "done"}, 30, if_field="attempt", equals="a"
+    ) is True
+    await asyncio.sleep(0.4)  # the new time to live holds
+    assert await storage.get_expiring("claim") == {"attempt": "a", "state": "done"}
+    await storage.set_expiring("brief", {"attempt": "a"}, 0.2)
+    await asyncio.sleep(0.3)
+    assert await storage.replace_expiring(
+        "brief", {"attempt": "a"}, 30, if_field="attempt", equals="a") is False
+    assert await storage.replace_expiring(
+        "never", {"attempt": "a"}, 30, if_field="attempt", equals="a") is False
+    assert await storage.get_expiring("brief") is None
+
+
 async def test_expiring_bytes_round_trip_inline_and_in_chunks(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
