@@ -9,6 +9,7 @@
     │   ├── Forbidden                    403 forbidden
     │   │   └── DualControlRefused       403 dual-control
     │   ├── NotFound                     404 not-found
+    │   ├── RequestTimeout               408 request-timeout
     │   ├── Conflict                     409 conflict
     │   │   ├── IdempotencyConflict      409 idempotency-key-reused
     │   │   ├── IdempotencyInProgress    409 idempotency-key-in-progress
@@ -161,6 +162,12 @@ class SealMaySignNot(ClientError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail, type_slug=f"seal-{reason}")
         self.reason = reason
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    type_slug = "request-timeout"
+    title = "Request timeout"
 
 
 class PayloadTooLarge(ClientError):

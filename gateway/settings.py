@@ -78,6 +78,8 @@ class ServerSettings:
     # once; more get 503 with Retry-After.
     max_verifications: int = 2
     shutdown_timeout_seconds: float = 10.0
+    # A request whose body stops arriving this long is answered 408.
+    body_idle_seconds: float = 30.0
     # A worker silent this long gets no more connections; three times as long, it is
     # replaced (see gateway/server.py).
     hung_worker_seconds: float = 10.0

@@ -18,7 +18,13 @@ from typing import Any, BinaryIO
 from aiohttp import web
 
 from gateway.api.context import SETTINGS
-from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from gateway.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 CHUNK = 256 * 1024
 SPOOL_BYTES = 8 * 1024 * 1024
@@ -42,6 +48,18 @@ def check_declared_size(request: web.Request, limit: int | None = None) -> int:
     return limit
 
 
+async def next_chunk(request: web.Request) -> bytes:
+    """The next piece of the body (b"" at its end); 408 when none came for
+    ``[server] body_idle_seconds``: a client that stops sending its body would hold a
+    connection, a signing slot and a spool file for good."""
+    idle = request.app[SETTINGS].server.body_idle_seconds
+    try:
+        async with asyncio.timeout(idle):
+            return await request.content.read(CHUNK)
+    except TimeoutError:
+        raise RequestTimeout(f"no part of the body arrived for {idle:g} s") from None
+
+
 async def read_limited(request: web.Request, limit: int | None = None) -> bytes:
     """The whole body, refusing (413) as soon as it passes the limit, even when chunked."""
     parts, _ = await _read_in_memory(request, check_declared_size(request, limit))
@@ -55,7 +73,7 @@ async def _read_in_memory(
     ``stop_above`` bytes are in; the flag says whether the whole body was read."""
     parts: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(CHUNK):
+    while chunk := await next_chunk(request):
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
@@ -113,7 +131,7 @@ async def read_or_spool(
         for part in parts:
             await loop.run_in_executor(None, spool.add, part)
         del parts
-        while chunk := await request.content.read(CHUNK):
+        while chunk := await next_chunk(request):
             if spool.size + len(chunk) > limit:
                 raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
             await loop.run_in_executor(None, spool.add, chunk)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api.bodies import CHUNK, check_declared_size, json_object, json_response
+from gateway.api.bodies import check_declared_size, json_object, json_response, next_chunk
 from gateway.api.context import SETTINGS, client, roles, services
 from gateway.api.signing import RECEIPT_HEADER
 from gateway.errors import PayloadTooLarge, ValidationFailed
@@ -66,7 +66,7 @@ async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     """The body chunk by chunk, refusing (413) as soon as it passes the limit, even chunked."""
     limit = check_declared_size(request)
     size = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
+    while chunk := await next_chunk(request):
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")

@@ -230,6 +230,34 @@ async def test_health_readiness_and_metrics(signer_world: SignerWorld) -> None:
     assert 'route="/v1/seals/{id}/sign/pdf",status="200"' in text
 
 
+@pytest.mark.parametrize("path", ["sign/pdf", "sign/cms"])
+async def test_a_body_that_stops_arriving_is_408_and_the_seal_signs_on(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA, path: str
+) -> None:
+    """Half a document, then silence: after body_idle_seconds the answer is 408 and nothing
+    is signed or held; the next request signs."""
+    quick = settings.replace(server=dataclasses.replace(settings.server, body_idle_seconds=0.5))
+    async with World.running(quick, hsm, dev_ca) as world:
+        seal = await world.active_seal(KeyAlgorithm.EC_P256)
+        _, headers = await world.client("signer", [seal["id"]])
+        document = one_page_pdf()
+        host, port = world.http.server.host, world.http.server.port
+        reader, writer = await asyncio.open_connection(host, port)
+        head = (f"POST /v1/seals/{seal['id']}/{path} HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {headers['Authorization']}\r\n"
+                f"Content-Type: application/pdf\r\nContent-Length: {len(document)}\r\n\r\n")
+        writer.write(head.encode() + document[:200])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        signed = await world.http.post(sign_path(seal["id"]), data=document,
+                                       headers={**headers, **PDF})
+        assert signed.status == 200
+        assert not [e for e in await world.services.storage.events()
+                    if e["action"] == "seal.signed" and e["details"]["format"] == "cms"]
+
+
 async def test_storage_that_cannot_write_is_503_counted_and_not_ready(
     settings: Settings, hsm: Hsm, dev_ca: DevCA
 ) -> None:
