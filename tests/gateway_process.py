@@ -13,6 +13,7 @@ Everything runs as separate processes, as an operator would run it; nothing is m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -271,7 +272,9 @@ def worker_samples(metrics_dir: Path, sample: str, labels: dict[str, str] | None
     for pid, paths in files.items():
         with tempfile.TemporaryDirectory() as one_worker:
             for path in paths:
-                shutil.copy(path, one_worker)
+                # The master deletes a dead worker's live gauge files at any moment.
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.copy(path, one_worker)
             values[pid] = sum(
                 s.value for metric in worker_files_registry(one_worker).collect()
                 for s in metric.samples
