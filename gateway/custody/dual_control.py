@@ -105,6 +105,17 @@ def _refuse_the_target(officer: ApiClient, data: Mapping[str, Any]) -> None:
             "this request is about you; another key officer decides it")
 
 
+def _require_in_time(data: Mapping[str, Any]) -> None:
+    """For a claimed request, whose effective status is not ``expired`` while claimed."""
+    expires_at = parse_time(data.get("expires_at"))
+    if expires_at is not None and utcnow() >= expires_at:
+        raise _expired(data)
+
+
+def _expired(data: Mapping[str, Any]) -> ApprovalExpired:
+    return ApprovalExpired(f"the request expired at {data['expires_at']}; file a new one")
+
+
 def needs_dual_control(role: str, seals: Sequence[str] = ()) -> bool:
     """Whether creating a client with this role and these grants needs a second officer."""
     return role in PRIVILEGED_ROLES or bool(seals)
@@ -196,10 +207,7 @@ class DualControl:
                 raise Conflict("another key officer is approving this request right now")
             # Resuming an approval that was interrupted: the request must still be in time,
             # and its requester still an officer, as on the first attempt.
-            expires_at = parse_time(data.get("expires_at"))
-            if expires_at is not None and utcnow() >= expires_at:
-                raise ApprovalExpired(
-                    f"the request expired at {data['expires_at']}; file a new one")
+            _require_in_time(data)
             await self._require_requester_still_officer(data)
             claimed = record
         else:
@@ -329,7 +337,7 @@ class DualControl:
     def _require_pending(data: Mapping[str, Any]) -> None:
         status = effective_status(data, utcnow())
         if status == "expired":
-            raise ApprovalExpired(f"the request expired at {data['expires_at']}; file a new one")
+            raise _expired(data)
         if status != "pending":
             raise Conflict(f"the request is {status}, not pending")
 

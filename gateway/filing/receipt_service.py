@@ -25,7 +25,7 @@ from gateway.errors import BadDocument, Conflict
 from gateway.filing.receipt_pdf import render_receipt_pdf
 from gateway.filing.receipts import load_receipt, verify_receipt
 from gateway.hsm import Hsm, KeyAlgorithm
-from gateway.keys.platform import Check, PlatformKey, PlatformSigner
+from gateway.keys.platform import Check, PlatformKey, PlatformSigner, unsigned
 from gateway.seals.registry import image_blob_key
 from gateway.seals.verification import VerificationGate
 from gateway.signing import PdfSealer, PdfSealOptions, SealKey
@@ -123,8 +123,7 @@ def _result(checks: list[Check], receipt: dict[str, Any] | None) -> dict[str, An
 
 
 def _render_with_attachment(receipt: dict[str, Any], seal_png: bytes | None) -> bytes:
-    unsigned_content = {k: v for k, v in receipt.items() if k != "signature"}
-    content_digest = hashlib.sha256(canonicalize(unsigned_content)).hexdigest()
+    content_digest = hashlib.sha256(canonicalize(unsigned(receipt))).hexdigest()
     pdf = render_receipt_pdf({**receipt, "content_digest": content_digest,
                               **({"seal_image_png": seal_png} if seal_png else {})})
     writer = IncrementalPdfFileWriter(io.BytesIO(pdf))

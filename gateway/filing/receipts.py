@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.clock import isoformat, parse
 from gateway.errors import NotFound
-from gateway.keys.platform import Check, PlatformSigner
+from gateway.keys.platform import Check, PlatformSigner, unsigned
 from gateway.seals.policy import effective_status
 from gateway.seals.registry import SEAL
 from gateway.storage import Storage, Write
@@ -90,7 +90,7 @@ async def verify_receipt(
     stored = await storage.get(RECEIPT, number)
     if stored is None:
         checks.append(Check("issued", False, "the platform has no record of this receipt number"))
-    elif _content(stored.data) != _content(receipt):
+    elif unsigned(stored.data) != unsigned(receipt):
         checks.append(Check("issued", False, "the platform's record of this receipt number "
                                              "differs from the receipt presented"))
     else:
@@ -112,10 +112,6 @@ async def verify_receipt(
     checks.append(Check("validity", in_validity,
                         f"valid from {receipt.get('valid_from')} to {receipt.get('valid_to')}"))
     return checks
-
-
-def _content(receipt: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in receipt.items() if k != "signature"}
 
 
 def _mm(value: object) -> str | None:

@@ -85,7 +85,7 @@ class PlatformSigner:
     async def sign(self, document: Mapping[str, Any]) -> str:
         """The detached JWS over the canonical form of ``document`` (without ``signature``)."""
         key = await self.key()
-        payload = canonicalize(_unsigned(document))
+        payload = canonicalize(unsigned(document))
         signer = HsmDigestSigner(self._hsm, uuid.UUID(key.key_id).bytes, key.algorithm)
         return await sign_detached(
             payload,
@@ -109,7 +109,7 @@ class PlatformSigner:
             return [Check("signature", False, "the document has no 'signature' member")]
         platform = await self.key()
         try:
-            header = verify_detached(jws, canonicalize(_unsigned(document)),
+            header = verify_detached(jws, canonicalize(unsigned(document)),
                                      certificate=platform.chain[0])
         except (JwsInvalid, ValueError, TypeError) as exc:
             return [Check("signature", False, f"not a valid signature of the platform: {exc}")]
@@ -137,7 +137,8 @@ class PlatformSigner:
         return Check("certificate", False, "the certificate does not chain to a trusted root")
 
 
-def _unsigned(document: Mapping[str, Any]) -> dict[str, Any]:
+def unsigned(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A signed document's content: everything but its ``signature`` member."""
     return {k: v for k, v in document.items() if k != "signature"}
 
 
