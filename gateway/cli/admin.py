@@ -216,17 +216,14 @@ async def keys_csr(args: argparse.Namespace) -> int:
 async def keys_certify(args: argparse.Namespace) -> int:
     from gateway.errors import Conflict
     from gateway.keys.registry import public_view
-    from gateway.pki.certs import chain_to_pem
 
     async with opened(args) as services:
         ca = services.dev_ca
         if ca is None:
             raise Conflict("no development CA here (`sealgate init` makes one); import a "
                            "certificate from your CA with `keys import-certificate`")
-        key = await services.keys.get(args.key_id)
-        cert = ca.issue(services.keys.public_key_der(key), args.common_name, args.organization)
-        key = await services.keys.import_certificate(
-            args.key_id, chain_to_pem([cert, ca.certificate]).encode(), OPERATOR.name)
+        key = await services.keys.certify(await services.keys.get(args.key_id), ca,
+                                          args.common_name, args.organization, OPERATOR.name)
         print_json(public_view(key))
     return 0
 

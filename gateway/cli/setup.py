@@ -86,7 +86,6 @@ async def init_command(args: argparse.Namespace) -> int:
 
 async def _ensure_demo(services: Any, ca: Any, var: Path) -> dict[str, str]:
     from gateway.errors import NotFound
-    from gateway.pki.certs import chain_to_pem
 
     state_file = var / "demo.json"
     token_file = var / "demo-token"
@@ -98,12 +97,8 @@ async def _ensure_demo(services: Any, ca: Any, var: Path) -> dict[str, str]:
         except NotFound:
             pass
     key = await services.keys.create("demo-contract-seal", "rsa-2048", OPERATOR.name)
-    public_der = services.keys.public_key_der(key)
-    cert = ca.issue(
-        public_der, DEMO_ORGANIZATION["name"] + " 合同专用章", DEMO_ORGANIZATION["name"]
-    )
-    pem = chain_to_pem([cert, ca.certificate]).encode()
-    await services.keys.import_certificate(key["id"], pem, OPERATOR.name)
+    await services.keys.certify(key, ca, DEMO_ORGANIZATION["name"] + " 合同专用章",
+                                DEMO_ORGANIZATION["name"], OPERATOR.name)
     seal = await services.seals.create(
         {
             "name": "合同专用章",

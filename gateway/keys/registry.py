@@ -22,7 +22,13 @@ from gateway.errors import Conflict, NotFound, SealMaySignNot, ValidationFailed
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.certs import chain_to_pem, check_signing_leaf, parse_pem_chain, summarize
 from gateway.pki.csr import build_csr
-from gateway.pki.devca import PLATFORM_PROFILE, TSA_PROFILE, DevCA
+from gateway.pki.devca import (
+    PLATFORM_PROFILE,
+    SEAL_PROFILE,
+    TSA_PROFILE,
+    CertificateProfile,
+    DevCA,
+)
 from gateway.storage import EventSealer, Record, Storage, Write
 
 KEY = "key"
@@ -175,17 +181,26 @@ class KeyRegistry:
             return None
         return await self._storage.incr(usage_counter(str(data["id"])), 0)
 
+    async def certify(
+        self, key: JSONRecord, ca: DevCA, common_name: str, organization: str, actor: str,
+        *, profile: CertificateProfile = SEAL_PROFILE, days: int = 825,
+    ) -> JSONRecord:
+        """Have the development CA certify ``key`` and import the chain (trials, the demo,
+        and the platform's own keys; production seals bring their CA's chain)."""
+        cert = ca.issue(self.public_key_der(key), common_name, organization,
+                        profile=profile, days=days)
+        return await self.import_certificate(
+            str(key["id"]), chain_to_pem([cert, ca.certificate]).encode(), actor,
+            time_stamping=True if profile is TSA_PROFILE else None)
+
     async def ensure_platform_key(self, ca: DevCA) -> JSONRecord:
         """The key that signs filing and sealing receipts; created once, certified by ``ca``."""
         link = await self._storage.get(PLATFORM, RECEIPT_SIGNER)
         if link is not None:
             return await self.get(str(link.data["key_id"]))
         key = await self.create(PLATFORM_KEY_LABEL, KeyAlgorithm.EC_P256.value, "system")
-        cert = ca.issue(self.public_key_der(key), "SealGate Receipt Signing", "SealGate Platform",
-                        profile=PLATFORM_PROFILE, days=3 * 365)
-        key = await self.import_certificate(
-            key["id"], chain_to_pem([cert, ca.certificate]).encode(), "system"
-        )
+        key = await self.certify(key, ca, "SealGate Receipt Signing", "SealGate Platform",
+                                 "system", profile=PLATFORM_PROFILE, days=3 * 365)
         await self._storage.commit([Write(PLATFORM, RECEIPT_SIGNER, 0, {"key_id": key["id"]})])
         return key
 
@@ -196,12 +211,9 @@ class KeyRegistry:
         if link is not None:
             return await self.get(str(link.data["key_id"]))
         key = await self.create(TSA_KEY_LABEL, KeyAlgorithm.EC_P256.value, "system")
-        cert = ca.issue(self.public_key_der(key), "SealGate Time-Stamping Authority",
-                        "SealGate Platform", profile=TSA_PROFILE, days=3 * 365)
-        key = await self.import_certificate(
-            key["id"], chain_to_pem([cert, ca.certificate]).encode(), "system",
-            time_stamping=True,
-        )
+        key = await self.certify(key, ca, "SealGate Time-Stamping Authority",
+                                 "SealGate Platform", "system", profile=TSA_PROFILE,
+                                 days=3 * 365)
         await self._storage.commit([Write(PLATFORM, TSA_SIGNER, 0, {"key_id": key["id"]})])
         return key
 
