@@ -19,7 +19,6 @@ from gateway.api.context import SERVICES
 from gateway.app import create_app
 from gateway.auth import ApiClient
 from gateway.hsm import Hsm, KeyAlgorithm
-from gateway.pki.certs import chain_to_pem
 from gateway.pki.devca import DevCA
 from gateway.services import Services
 from gateway.settings import Settings
@@ -63,10 +62,8 @@ class World:
                   common_name: str = "测试合同专用章") -> dict[str, Any]:
         """A key in the HSM with a dev-CA certificate imported."""
         key = await self.services.keys.create(f"test-{algorithm}", algorithm.value, "test")
-        cert = self.ca.issue(self.services.keys.public_key_der(key), common_name,
-                             ORGANIZATION["name"])
-        return await self.services.keys.import_certificate(
-            key["id"], chain_to_pem([cert, self.ca.certificate]).encode(), "test")
+        return await self.services.keys.certify(key, self.ca, common_name,
+                                                ORGANIZATION["name"], "test")
 
     async def draft_seal(self, algorithm: KeyAlgorithm = KeyAlgorithm.RSA_2048,
                          seal_type: str = "04") -> dict[str, Any]:
