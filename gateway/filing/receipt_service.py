@@ -25,7 +25,8 @@ from gateway.errors import BadDocument, Conflict
 from gateway.filing.receipt_pdf import render_receipt_pdf
 from gateway.filing.receipts import load_receipt, verify_receipt
 from gateway.hsm import Hsm, KeyAlgorithm
-from gateway.keys.platform import Check, PlatformKey, PlatformSigner, unsigned
+from gateway.kept import Kept
+from gateway.keys.platform import Check, PlatformSigner, unsigned
 from gateway.seals.registry import image_blob_key
 from gateway.seals.verification import VerificationGate
 from gateway.signing import PdfSealer, PdfSealOptions, SealKey
@@ -51,7 +52,7 @@ class ReceiptService:
         self._trust_roots_pem = trust_roots_pem
         self._sealer = PdfSealer()
         # Made again whenever the platform key is (its certificate renewed).
-        self._seal_key: tuple[PlatformKey, SealKey] | None = None
+        self._seal_key: Kept[str, SealKey] = Kept()
 
     async def get(self, number: str) -> dict[str, Any]:
         return await load_receipt(self._storage, number)
@@ -100,11 +101,12 @@ class ReceiptService:
 
     async def _platform_seal_key(self) -> SealKey:
         key = await self._platform.key()
-        if self._seal_key is None or self._seal_key[0] is not key:
-            self._seal_key = (key, SealKey.create(self._hsm, uuid.UUID(key.key_id).bytes,
-                                                  KeyAlgorithm(key.algorithm), key.chain[0],
-                                                  tuple(key.chain[1:])))
-        return self._seal_key[1]
+        found = self._seal_key.get(key.key_id, key)
+        if found is None:
+            found = self._seal_key.keep(key.key_id, key, SealKey.create(
+                self._hsm, uuid.UUID(key.key_id).bytes, KeyAlgorithm(key.algorithm),
+                key.chain[0], tuple(key.chain[1:])))
+        return found
 
 
 def _result(checks: list[Check], receipt: dict[str, Any] | None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from gateway.hsm import Hsm, KeyAlgorithm
+from gateway.kept import Kept
 from gateway.keys.registry import KeyRegistry, certificate_chain
 from gateway.signing.jcs import canonicalize
 from gateway.signing.jws import (
@@ -62,20 +63,19 @@ class PlatformSigner:
         self._keys = keys
         self._hsm = hsm
         self._trust_roots = tuple(trust_roots)
-        # (the key's stored chain, the key made from it): a renewed certificate is used from
-        # the next receipt on, in every worker.
-        self._key: tuple[str, PlatformKey] | None = None
+        # Made from the key's stored chain: a renewed certificate is used from the next
+        # receipt on, in every worker.
+        self._key: Kept[str, PlatformKey] = Kept()
 
     async def key(self) -> PlatformKey:
         record = await self._keys.platform_key()
-        chain_pem = str(record.get("certificate_chain_pem"))
-        if self._key is None or self._key[0] != chain_pem:
-            self._key = (chain_pem, PlatformKey(
-                str(record["id"]),
-                KeyAlgorithm(record["algorithm"]),
-                tuple(certificate_chain(record)),
-            ))
-        return self._key[1]
+        chain_pem = record.get("certificate_chain_pem")
+        found = self._key.get(str(record["id"]), chain_pem)
+        if found is None:
+            found = self._key.keep(str(record["id"]), chain_pem, PlatformKey(
+                str(record["id"]), KeyAlgorithm(record["algorithm"]),
+                tuple(certificate_chain(record))))
+        return found
 
     async def certificate_pem(self) -> bytes:
         return b"".join(

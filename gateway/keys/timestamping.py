@@ -21,6 +21,7 @@ from asn1crypto import cms
 from gateway.clock import utcnow
 from gateway.errors import ServiceUnavailable
 from gateway.hsm import HASHES, Hsm, KeyAlgorithm
+from gateway.kept import Kept
 from gateway.keys.registry import KeyRegistry, certificate_chain
 from gateway.settings import Settings
 from gateway.signing.tsa import (
@@ -55,9 +56,9 @@ class TimestampService:
         self._keys = keys
         self._hsm = hsm
         self._storage = storage
-        # (the key's stored chain, the authority made from it): made again when the chain
-        # changes, so a renewed TSA certificate is used from the next token on.
-        self._authority: tuple[str, TimeStampAuthority] | None = None
+        # Made from the key's stored chain: a renewed TSA certificate is used from the next
+        # token on.
+        self._authority: Kept[str, TimeStampAuthority] = Kept()
         url = settings.signing.tsa_url
         self.outside = (
             OutsideTsa(url, settings.signing.tsa_timeout_seconds) if url else None
@@ -66,19 +67,21 @@ class TimestampService:
     async def authority(self) -> TimeStampAuthority:
         """The gateway's own TSA; 503 until `sealgate init` has created its key."""
         record = await self._keys.tsa_key()
-        chain_pem = str(record.get("certificate_chain_pem")) if record is not None else ""
-        if self._authority is not None and self._authority[0] == chain_pem:
-            return self._authority[1]
-        chain = certificate_chain(record) if record is not None else []
-        if record is None or not chain:
+        if record is None:
             raise tsa_unavailable("the time-stamp authority is not set up; run `sealgate init`")
-        authority = TimeStampAuthority.create(
-            self._hsm, uuid.UUID(str(record["id"])).bytes, KeyAlgorithm(record["algorithm"]),
-            chain[0], chain[1:], self._settings.tsa.policy_oid,
-            self._settings.tsa.accuracy_seconds,
-        )
-        self._authority = (chain_pem, authority)
-        return authority
+        key_id, chain_pem = str(record["id"]), record.get("certificate_chain_pem")
+        found = self._authority.get(key_id, chain_pem)
+        if found is None:
+            chain = certificate_chain(record)
+            if not chain:
+                raise tsa_unavailable(
+                    "the time-stamp authority is not set up; run `sealgate init`")
+            found = self._authority.keep(key_id, chain_pem, TimeStampAuthority.create(
+                self._hsm, uuid.UUID(key_id).bytes, KeyAlgorithm(record["algorithm"]),
+                chain[0], chain[1:], self._settings.tsa.policy_oid,
+                self._settings.tsa.accuracy_seconds,
+            ))
+        return found
 
     async def respond(self, query: bytes) -> bytes:
         """The DER ``TimeStampResp`` to a DER ``TimeStampReq``: a token, or a refusal."""

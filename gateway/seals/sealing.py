@@ -37,6 +37,7 @@ from gateway.errors import (
 )
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.idempotency_scope import CURRENT_SCOPE, IdempotencyScope
+from gateway.kept import Kept
 from gateway.keys.registry import certificate_chain, reserve_signatures
 from gateway.seals.once import Outcome, SignedOnce
 from gateway.seals.registry import SealRegistry
@@ -116,8 +117,8 @@ class SealingService:
         self._documents = ThreadPoolExecutor(max_workers=1, thread_name_prefix="documents")
         self._pdf = PdfSealer(executor=self._documents, long_term=long_term)
         self._cms = CmsSealer(long_term)
-        self._keys: dict[str, tuple[str, SealKey]] = {}  # key id -> (chain PEM, material)
-        self._images: dict[str, tuple[str, bytes]] = {}  # seal id -> (image SHA-256, PNG)
+        self._keys: Kept[str, SealKey] = Kept()  # by key id, made from its chain PEM
+        self._images: Kept[str, bytes] = Kept()  # by seal id, for its image's SHA-256
         self._slots = asyncio.BoundedSemaphore(settings.server.max_in_flight)
         self._max_in_flight = settings.server.max_in_flight
 
@@ -351,24 +352,21 @@ class SealingService:
     def _seal_key(self, key: Mapping[str, Any]) -> SealKey:
         """The key's signing material, made again whenever its stored chain changes (a
         renewed certificate, or the same one with an intermediate added); one per key."""
-        key_id, chain_pem = str(key["id"]), str(key.get("certificate_chain_pem"))
-        kept = self._keys.get(key_id)
-        if kept is not None and kept[0] == chain_pem:
-            return kept[1]
-        chain = certificate_chain(dict(key))
-        made = SealKey.create(self._hsm, uuid.UUID(key_id).bytes,
-                              KeyAlgorithm(key["algorithm"]), chain[0], tuple(chain[1:]))
-        self._keys[key_id] = (chain_pem, made)
-        return made
+        key_id, chain_pem = str(key["id"]), key.get("certificate_chain_pem")
+        found = self._keys.get(key_id, chain_pem)
+        if found is None:
+            chain = certificate_chain(dict(key))
+            found = self._keys.keep(key_id, chain_pem, SealKey.create(
+                self._hsm, uuid.UUID(key_id).bytes, KeyAlgorithm(key["algorithm"]), chain[0],
+                tuple(chain[1:])))
+        return found
 
     async def _image(self, seal: Mapping[str, Any]) -> bytes:
-        seal_id, digest = str(seal["id"]), str(seal["image_sha256"])
-        kept = self._images.get(seal_id)
-        if kept is not None and kept[0] == digest:
-            return kept[1]
-        png = await self._seals.image(seal_id)
-        self._images[seal_id] = (digest, png)
-        return png
+        seal_id, digest = str(seal["id"]), seal["image_sha256"]
+        found = self._images.get(seal_id, digest)
+        if found is None:
+            found = self._images.keep(seal_id, digest, await self._seals.image(seal_id))
+        return found
 
 
 def _recovered(
