@@ -28,6 +28,7 @@ from gateway.api import (
     tsa,
     verify,
 )
+from gateway.api.body_budget import BODY_BUDGET, BodyBudget
 from gateway.api.context import SERVICES, SETTINGS
 from gateway.api.drain import IN_FLIGHT, InFlight
 from gateway.api.limits import BUCKETS, LeasedBuckets
@@ -61,6 +62,8 @@ def create_app(
     app[SETTINGS] = settings
     app[BUCKETS] = LeasedBuckets(settings.limits)
     app[IN_FLIGHT] = InFlight()
+    app[BODY_BUDGET] = BodyBudget(settings.server.max_body_memory_bytes,
+                                  settings.server.max_spool_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(settings, hsm=hsm, extra_plugins=extra_plugins)

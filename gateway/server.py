@@ -61,7 +61,6 @@ STABLE_WORKER_SECONDS = 10.0
 LISTEN_BACKLOG = 1024
 _READY = b"ready"
 _BEAT = b"beat"
-KEEPALIVE_SECONDS = 75.0
 HEARTBEAT_SECONDS = 1.0
 # A ready worker not heard from for ``[server] hung_worker_seconds`` gets no more connections
 # (its event loop is stuck); one silent for REPLACE_AFTER_HUNG times as long is sent SIGTERM
@@ -123,8 +122,11 @@ async def _serve_connections(
     from gateway.api.drain import IN_FLIGHT
 
     # aiohttp keeps an idle keep-alive connection for an hour by default: a client that
-    # opens thousands and leaves them would hold as many descriptors of this worker.
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS,
+    # opens thousands and leaves them would hold as many descriptors of this worker. The same
+    # timer closes a connection whose request headers have not all come by then (aiohttp
+    # restarts it only when an answer is sent), so headers trickled in cannot hold one either.
+    runner = web.AppRunner(app, access_log=None,
+                           keepalive_timeout=settings.server.keepalive_seconds,
                            shutdown_timeout=settings.server.shutdown_timeout_seconds)
     await runner.setup()
     server = runner.server

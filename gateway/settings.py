@@ -73,6 +73,10 @@ class ServerSettings:
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 64 * 1024 * 1024
+    # Request bodies one worker holds at once, in memory and in spool files (api/body_budget.py);
+    # past either, 503 with Retry-After. Each is at least max_body_bytes.
+    max_body_memory_bytes: int = 256 * 1024 * 1024
+    max_spool_bytes: int = 4 * 1024 * 1024 * 1024
     max_in_flight: int = 64
     # Verifications (POST /v1/verify, /v1/receipts/verify: open to anyone) per worker at
     # once; more get 503 with Retry-After.
@@ -83,8 +87,17 @@ class ServerSettings:
     # A worker silent this long gets no more connections; three times as long, it is
     # replaced (see gateway/server.py).
     hung_worker_seconds: float = 10.0
+    # An idle keep-alive connection is closed after this long; so is one whose next request
+    # has not arrived whole by then (headers sent a byte at a time).
+    keepalive_seconds: float = 75.0
     # Addresses or networks of reverse proxies whose X-Forwarded-For names the client.
     trusted_proxies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_memory_bytes", "max_spool_bytes"):
+            if getattr(self, name) < self.max_body_bytes:
+                raise ConfigError(f"settings key 'server.{name}' must be at least "
+                                  f"server.max_body_bytes ({self.max_body_bytes})")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 from aiohttp import web
 
+from gateway.api.body_budget import BODY_ALLOWANCE
 from gateway.api.context import SETTINGS
 from gateway.errors import (
     BadRequest,
@@ -48,6 +49,11 @@ def check_declared_size(request: web.Request, limit: int | None = None) -> int:
     return limit
 
 
+class ClientClosed(ConnectionResetError):
+    """The client closed its connection before its body had arrived whole: there is no one
+    to answer, and nothing went wrong here (counted as 499, not as a server error)."""
+
+
 async def next_chunk(request: web.Request) -> bytes:
     """The next piece of the body (b"" at its end); 408 when none came for
     ``[server] body_idle_seconds``: a client that stops sending its body would hold a
@@ -58,6 +64,8 @@ async def next_chunk(request: web.Request) -> bytes:
             return await request.content.read(CHUNK)
     except TimeoutError:
         raise RequestTimeout(f"no part of the body arrived for {idle:g} s") from None
+    except ConnectionResetError:
+        raise ClientClosed("the client closed the connection while sending its body") from None
 
 
 async def read_limited(request: web.Request, limit: int | None = None) -> bytes:
@@ -70,13 +78,22 @@ async def _read_in_memory(
     request: web.Request, limit: int, stop_above: int | None = None
 ) -> tuple[list[bytes], bool]:
     """Chunks of the body up to ``limit`` (413 past it), stopping early once more than
-    ``stop_above`` bytes are in; the flag says whether the whole body was read."""
+    ``stop_above`` bytes are in; the flag says whether the whole body was read.
+
+    The bytes are taken from the worker's memory budget (api/body_budget.py): all those
+    declared before reading, when they are, or else chunk by chunk."""
+    allowance = request[BODY_ALLOWANCE]
+    taken = request.content_length or 0
+    allowance.take_memory(taken)
     parts: list[bytes] = []
     size = 0
     while chunk := await next_chunk(request):
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+        if size > taken:
+            allowance.take_memory(size - taken)
+            taken = size
         parts.append(chunk)
         if stop_above is not None and size > stop_above:
             return parts, False
@@ -125,6 +142,8 @@ async def read_or_spool(
         parts, whole = await _read_in_memory(request, limit, stop_above=spool_above)
         if whole:
             return b"".join(parts)
+    allowance = request[BODY_ALLOWANCE]
+    allowance.take_spool(declared if declared is not None else sum(map(len, parts)))
     loop = asyncio.get_running_loop()
     spool = await loop.run_in_executor(None, _new_spool, _spool_directory(request))
     try:
@@ -134,6 +153,8 @@ async def read_or_spool(
         while chunk := await next_chunk(request):
             if spool.size + len(chunk) > limit:
                 raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+            if declared is None:
+                allowance.take_spool(len(chunk))
             await loop.run_in_executor(None, spool.add, chunk)
         await loop.run_in_executor(None, spool.file.flush)
     except BaseException:

@@ -7,6 +7,7 @@ authentication in ``ALL``, because both are keyed by the authenticated client.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -17,6 +18,8 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.api import problems
+from gateway.api.bodies import ClientClosed
+from gateway.api.body_budget import body_budget_middleware
 from gateway.api.context import (
     CLIENT,
     OPEN_WHEN_ATTR,
@@ -59,6 +62,10 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     return response
 
 
+# What nginx logs for a request whose client closed the connection before the answer.
+CLIENT_CLOSED_STATUS = 499
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Counts and times every request by route template (not raw path: bounded labels)."""
@@ -71,6 +78,11 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        # The client left before its answer and aiohttp cancelled the handler: not a server
+        # error for the error-ratio alert.
+        status = CLIENT_CLOSED_STATUS
         raise
     finally:
         metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
@@ -101,6 +113,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         return problems.from_http_exception(exc, rid)
+    except ClientClosed as exc:
+        # An answer nobody reads (aiohttp would log the exception as its own error).
+        log.info("request %s: %s", rid, exc)
+        return web.Response(status=CLIENT_CLOSED_STATUS)
     except Exception:
         log.exception("request %s: unexpected error", rid)
         return problems.internal_error(rid)
@@ -176,4 +192,4 @@ def _route_template(request: web.Request) -> str:
 
 
 ALL = [in_flight_middleware, request_id_middleware, metrics_middleware, problem_middleware,
-       auth_middleware, rate_limit_middleware, idempotency_middleware]
+       body_budget_middleware, auth_middleware, rate_limit_middleware, idempotency_middleware]

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,3 +268,48 @@ async def test_a_worker_out_of_descriptors_keeps_serving(deployment: Deployment)
             assert answer.status == 200
         assert running.worker_pids() == {worker}
         assert "without its descriptor" in running.log()
+
+
+async def test_headers_trickled_in_are_cut_off_at_the_keepalive_time(
+    deployment: Deployment,
+) -> None:
+    """A client that sends its request headers a line a second (to hold a connection for
+    good) is disconnected once ``[server] keepalive_seconds`` have passed without a whole
+    request, like an idle one."""
+    with deployment.serve(workers=1, name="trickle",
+                          env={"SEALGATE_SERVER__KEEPALIVE_SECONDS": "2"}) as running:
+        _, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        with pytest.raises(ConnectionError):
+            for line in range(10):
+                await asyncio.sleep(1.0)
+                writer.write(f"X-Line-{line}: slow\r\n".encode())
+                await writer.drain()
+        assert 1.5 < time.monotonic() - started < 5
+        writer.close()
+
+
+async def test_a_client_gone_mid_body_is_counted_499_and_not_logged_as_an_error(
+    deployment: Deployment,
+) -> None:
+    """A client that closes its connection halfway through a document is no server error:
+    counted as 499 (the error-ratio alert reads 5xx), one line at INFO, no traceback."""
+    with deployment.serve(workers=1, name="gone") as running:
+        _, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write((f"POST /v1/seals/{deployment.seal_id}/sign/pdf HTTP/1.1\r\n"
+                      f"Host: x\r\nAuthorization: Bearer {deployment.token}\r\n"
+                      f"Content-Type: application/pdf\r\nContent-Length: {len(DOCUMENT)}\r\n"
+                      "\r\n").encode() + DOCUMENT[:100])
+        await writer.drain()
+        await asyncio.sleep(0.5)  # the worker has the headers and reads the body
+        writer.close()
+        await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as http:
+            text = await metrics_text(http, running)
+        route = 'route="/v1/seals/{id}/sign/pdf"'
+        assert sample_value(
+            text, f'sealgate_http_requests_total{{method="POST",{route},status="499"}}') == 1
+        assert "status=\"500\"" not in text
+        assert "closed the connection while sending its body" in running.log()
+        assert "Traceback" not in running.log()
