@@ -37,6 +37,7 @@ from gateway.clock import parse, utcnow
 from gateway.errors import SealGateError
 from gateway.filing.states import EXPIRED
 from gateway.hsm import Hsm
+from gateway.keys.registry import KEY
 from gateway.seals.policy import effective_status
 from gateway.seals.registry import SEAL
 from gateway.services import Services, close_services, open_services
@@ -125,11 +126,21 @@ async def _watch(services: Services) -> None:
 
 async def _publish_seal_validity(services: Services) -> None:
     """Active seals, and expired ones (still active in storage): the expiry alerts need
-    both, the one before the end and the one after it."""
+    both, the one before the end and the one after it. A seal signs until its filing's end
+    or its certificate's, whichever comes first: a certificate that ends sooner stops the
+    seal as surely, and the same alerts must see it coming."""
     now = utcnow()
+    certificate_ends = {
+        record.key: parse(record.data.get("certificate", {}).get("not_after"))
+        for record in await services.storage.list(KEY, limit=1_000_000)
+    }
     in_force: dict[tuple[str, str], float] = {}
     for record in await services.storage.list(SEAL, limit=1_000_000):
         valid_to = parse(record.data.get("valid_to"))
-        if valid_to is not None and effective_status(record.data, now) in ("active", EXPIRED):
-            in_force[(record.key, str(record.data.get("name", "")))] = valid_to.timestamp()
+        if valid_to is None or effective_status(record.data, now) not in ("active", EXPIRED):
+            continue
+        certificate_end = certificate_ends.get(str(record.data.get("key_id")))
+        if certificate_end is not None:
+            valid_to = min(valid_to, certificate_end)
+        in_force[(record.key, str(record.data.get("name", "")))] = valid_to.timestamp()
     metrics.publish_seal_validity(in_force)

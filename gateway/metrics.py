@@ -90,8 +90,8 @@ SIGNING_IN_FLIGHT = Gauge(
 )
 SEAL_VALID_TO = Gauge(
     "sealgate_seal_valid_to_timestamp_seconds",
-    "End of each seal's filing validity while it is active or expired (Unix time); 0 once "
-    "it is neither.",
+    "When each seal stops signing, while it is active or expired (Unix time): the end of "
+    "its filing validity or of its certificate, whichever comes first; 0 once it is neither.",
     ["seal_id", "seal_name"],
     # Every worker publishes the same values from storage; the latest write is the truth
     # (a renewal moves the date later, a cancellation ends it).

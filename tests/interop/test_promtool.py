@@ -59,7 +59,9 @@ tests:
           - exp_labels: {{seal_id: a, seal_name: 合同专用章, severity: warning}}
             exp_annotations:
               summary: "Seal 合同专用章 (a) expires within 30 days"
-              description: "Its filing validity ends in 9d 22h 30m 0s; file a renewal."
+              description: >-
+                It stops signing in 9d 22h 30m 0s, when its filing validity or its
+                certificate ends; file a renewal, or a change for a new certificate.
       - eval_time: 90m
         alertname: SealgateSealExpired
         exp_alerts:
@@ -67,8 +69,8 @@ tests:
             exp_annotations:
               summary: "Seal 发票专用章 (d) has expired"
               description: >-
-                Its filing validity ended 40m 0s ago; it signs nothing until a renewal is
-                approved.
+                Its filing validity or its certificate ended 40m 0s ago; it signs nothing
+                until a renewal, or a change for a new certificate, is approved.
       - eval_time: 6m
         alertname: SealgateStorageDown
         exp_alerts:
@@ -170,6 +172,28 @@ async def seal_gauge(world: World, seal_id: str, present: bool) -> float:
             return float(found.group(1)) if found else 0.0
         await asyncio.sleep(0.05)
     raise AssertionError(f"the gauge of seal {seal_id} never became {present}")
+
+
+async def test_a_certificate_ending_before_the_filing_is_the_seal_s_end_in_the_gauge(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA
+) -> None:
+    """A seal stops signing when its certificate ends, even with a year of filing left:
+    the gauge (and so the expiry alerts) show the earlier of the two ends."""
+    quick = settings.replace(metrics=dataclasses.replace(settings.metrics, refresh_seconds=0.05))
+    async with World.running(quick, hsm, dev_ca) as world:
+        seal = await world.active_seal()
+        key = await world.services.keys.get(seal["key_id"])
+        key = await world.services.keys.certify(key, world.ca, "测试合同专用章", "测试", "test",
+                                                days=10)
+        certificate_end = parse(key["certificate"]["not_after"])
+        filing_end = parse(seal["valid_to"])
+        assert certificate_end is not None and filing_end is not None
+        assert certificate_end < filing_end
+        for _ in range(100):
+            if await seal_gauge(world, seal["id"], present=True) == certificate_end.timestamp():
+                break
+            await asyncio.sleep(0.05)
+        assert await seal_gauge(world, seal["id"], present=True) == certificate_end.timestamp()
 
 
 async def test_seal_validity_gauge_follows_the_seals(
