@@ -14,6 +14,7 @@ from typing import Any
 from gateway.clock import isoformat, parse
 from gateway.errors import NotFound
 from gateway.keys.platform import Check, PlatformSigner, unsigned
+from gateway.keys.registry import KEY
 from gateway.seals.policy import effective_status
 from gateway.seals.registry import SEAL
 from gateway.storage import Storage, Write
@@ -111,7 +112,26 @@ async def verify_receipt(
     in_validity = start is not None and end is not None and start <= now < end
     checks.append(Check("validity", in_validity,
                         f"valid from {receipt.get('valid_from')} to {receipt.get('valid_to')}"))
+    if seal is not None:
+        checks.append(await _certificate_check(storage, seal.data, receipt))
     return checks
+
+
+async def _certificate_check(
+    storage: Storage, seal: Mapping[str, Any], receipt: Mapping[str, Any]
+) -> Check:
+    """The receipt files the seal's certificate (DOMAIN.md §2, item 6): once the seal signs
+    under another (a rotated key, a certificate imported anew), the receipt no longer
+    describes the seal, until a change filing files the new one."""
+    filed = (receipt.get("certificate") or {}).get("sha256")
+    key = await storage.get(KEY, str(seal.get("key_id")))
+    signing = ((key.data.get("certificate") or {}).get("sha256")) if key is not None else None
+    if filed == signing:
+        return Check("seal_certificate", True,
+                     "the seal signs with the certificate this receipt files")
+    return Check("seal_certificate", False,
+                 "the seal now signs with another certificate than the one this receipt "
+                 "files; a change filing files it")
 
 
 def _mm(value: object) -> str | None:

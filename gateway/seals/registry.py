@@ -41,6 +41,16 @@ def image_blob_key(seal_id: str) -> str:
     return f"seal-image/{seal_id}"
 
 
+# Seals whose key may not change, and why: the filing under review files the current
+# certificate, and a lost or cancelled seal is only ever cancelled.
+_KEEPS_ITS_KEY = {
+    "cancelled": "a cancelled seal keeps its last key",
+    "lost": "a seal reported lost keeps its key; cancel it and make a new seal",
+    "pending_filing": "the filing under review files the seal's current certificate; rotate "
+                      "after its decision",
+}
+
+
 class SealRegistry:
     """Owns records of kind ``seal`` and their images (blobs)."""
 
@@ -141,11 +151,13 @@ class SealRegistry:
         A request that read the seal before the switch finishes with the old key, which stays
         enabled; every later request signs with the new one, so there is no moment without a
         usable key. The old key and its certificate go into ``key_history`` for verifiers.
+        The seal's receipt files the old certificate: from now on it is no longer current
+        (filing/receipts.py) until a change filing files the new one.
         """
         record = await self.record(seal_id)
         seal = record.data
-        if seal["status"] == "cancelled":
-            raise Conflict("a cancelled seal keeps its last key")
+        if seal["status"] in _KEEPS_ITS_KEY:
+            raise Conflict(_KEEPS_ITS_KEY[seal["status"]])
         new_id = _required_text({"key_id": key_id}, "key_id", 64)
         if new_id == seal["key_id"]:
             raise ValidationFailed.one("key_id", "is the seal's current key already")

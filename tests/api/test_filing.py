@@ -474,6 +474,37 @@ async def test_renewal_before_expiry_extends_without_a_gap(filing: Filing) -> No
     assert (await filing.sign(seal["id"])).status == 200
 
 
+async def test_a_rotated_seal_s_receipt_is_not_current_until_a_change_files_the_new_key(
+    filing: Filing,
+) -> None:
+    """The receipt files the seal's certificate. After a rotation the seal signs on (no gap),
+    but its receipt no longer describes it; a change filing's receipt, which files the new
+    certificate, is current."""
+    world = filing.world
+    seal = await filing.active()
+    new_key = await world.key()
+    rotated = await world.http.post(f"/v1/seals/{seal['id']}/rotate-key",
+                                    json={"key_id": new_key["id"]},
+                                    headers=(await world.client("key_officer"))[1])
+    assert rotated.status == 200, await rotated.text()
+    assert (await filing.sign(seal["id"])).status == 200
+    receipt = await (await world.http.get(f"/v1/receipts/{seal['receipt_number']}",
+                                          headers=filing.filer)).json()
+    verdict = await (await world.http.post("/v1/receipts/verify", json=receipt)).json()
+    assert verdict["status"] == "authentic_not_current"
+    [check] = [c for c in verdict["checks"] if c["name"] == "seal_certificate"]
+    assert not check["ok"]
+    assert "change filing" in check["detail"]
+
+    change = await filing.file(seal["id"], "change")
+    decided = await filing.approve(change["id"])
+    changed = await (await world.http.get(f"/v1/receipts/{decided['receipt_number']}",
+                                          headers=filing.filer)).json()
+    assert changed["certificate"]["sha256"] == new_key["certificate"]["sha256"]
+    verdict = await (await world.http.post("/v1/receipts/verify", json=changed)).json()
+    assert verdict["status"] == "current", verdict
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -420,3 +420,17 @@ async def test_renewed_platform_and_tsa_certificates_are_used_from_the_next_sign
     assert tsa_certificate in carried
     verdict = await services.receipts.verify_json(earlier, dt.datetime.now(dt.UTC))
     assert verdict["status"] == "current", verdict
+
+
+@pytest.mark.parametrize("status", ["lost", "pending_filing"])
+async def test_a_lost_seal_or_one_under_review_keeps_its_key(world: World, status: str) -> None:
+    """A lost seal is only ever cancelled, and a filing under review files the current
+    certificate: neither seal's key may be rotated."""
+    seal = await world.active_seal(KeyAlgorithm.EC_P256)
+    record = await world.services.seals.record(seal["id"])
+    await world.services.seals.update(record, {"status": status})
+    new_key = await world.key(KeyAlgorithm.EC_P256)
+    refused = await world.http.post(f"/v1/seals/{seal['id']}/rotate-key",
+                                    json={"key_id": new_key["id"]}, headers=await officer(world))
+    await assert_problem(refused, 409, "conflict")
+    assert (await world.services.seals.record(seal["id"])).data["key_id"] == seal["key_id"]
