@@ -34,13 +34,14 @@ from gateway.api.idempotency import idempotency_middleware
 from gateway.api.limits import rate_limit_middleware
 from gateway.api.remote import client_address
 from gateway.errors import (
+    Conflict,
     Forbidden,
     SealGateError,
     StorageUnavailable,
     TooManyRequests,
     Unauthorized,
 )
-from gateway.storage import BackendUnavailable
+from gateway.storage import BackendUnavailable, StaleWrite
 
 log = logging.getLogger("gateway.api")
 
@@ -102,6 +103,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             log.warning("request %s failed: %s (%s)", rid, exc.type_slug,
                         type(exc.__cause__).__name__ if exc.__cause__ else "-")
         return problems.from_error(exc, rid)
+    except StaleWrite:
+        # Another request changed the same record between this one's read and its write
+        # (two reviewers deciding one filing at once): nothing of this one was written.
+        return problems.from_error(Conflict(
+            "another request changed it meanwhile; read it again and retry"), rid)
     except BackendUnavailable as exc:
         # The one place a storage outage becomes an answer: every handler and service below
         # lets BackendUnavailable rise, and the client gets a 503 it can retry, not a 500.

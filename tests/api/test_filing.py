@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime as dt
@@ -503,6 +504,25 @@ async def test_a_rotated_seal_s_receipt_is_not_current_until_a_change_files_the_
     assert changed["certificate"]["sha256"] == new_key["certificate"]["sha256"]
     verdict = await (await world.http.post("/v1/receipts/verify", json=changed)).json()
     assert verdict["status"] == "current", verdict
+
+
+async def test_two_reviewers_deciding_one_filing_at_once_get_one_200_and_one_409(
+    filing: Filing,
+) -> None:
+    """Both read the filing under review; the second write finds it changed. That reviewer
+    gets 409 (read it again), never a 500, and the filing is decided once."""
+    for _ in range(5):
+        seal = await filing.seal()
+        submitted = await filing.file(seal["id"], "new")
+
+        review = f"/v1/filings/{submitted['id']}/review"
+        answers = await asyncio.gather(*(
+            filing.world.http.post(review, headers=filing.reviewer, json={"decision": "approve"})
+            for _ in range(2)))
+        assert sorted(a.status for a in answers) == [200, 409], [a.status for a in answers]
+        [loser] = [a for a in answers if a.status == 409]
+        problem = await loser.json()
+        assert problem["type"].rsplit("/", 1)[1] in ("conflict", "invalid-transition")
 
 
 @pytest.mark.parametrize(
