@@ -64,6 +64,9 @@ class TokenSession:
         self._session: Any = None
         self._pid = 0
         self._broken_since: float | None = None
+        # A call ran past operation_timeout_seconds: the HSM counts as down (sealgate_hsm_up)
+        # until a call completes again. The session is not closed: the call still holds it.
+        self._timed_out = False
         self._on_reset: list[Callable[[], None]] = []
 
     # -- life cycle (called from the event loop) ---------------------------------------------
@@ -107,6 +110,8 @@ class TokenSession:
                 return await self._thread.call(lambda: self._call_locked(operation, fn))
         except TimeoutError:
             metrics.HSM_ERRORS.labels(operation, "timeout").inc()
+            self._timed_out = True
+            metrics.HSM_UP.set(0)
             raise HsmUnavailable(f"the HSM did not answer within "
                                  f"{self._settings.operation_timeout_seconds} s") from None
         finally:
@@ -125,7 +130,11 @@ class TokenSession:
     def _call(self, operation: str, fn: Callable[[Any], T]) -> T:
         session = self._ensure_session()
         try:
-            return fn(session)
+            result = fn(session)
+            if self._timed_out:  # the HSM answers again
+                self._timed_out = False
+                metrics.HSM_UP.set(1)
+            return result
         except OUTAGE_ERRORS as exc:
             self._mark_broken(operation, exc)
             raise HsmUnavailable("the HSM token cannot be reached") from exc

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from prometheus_client import REGISTRY
 
+from gateway.errors import HsmUnavailable
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
@@ -220,3 +222,28 @@ async def test_json_the_decoder_cannot_read_is_4xx_on_every_json_endpoint(
                                 headers={**headers, **json_type})
     assert csc.status == 400
     assert (await csc.json())["error"] == "invalid_request"
+
+
+async def test_an_hsm_that_stops_answering_is_down_in_the_metrics_until_it_answers(
+    signer_world: SignerWorld, hsm: Hsm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PKCS#11 call that hangs: signing answers 503 after the operation timeout, and
+    sealgate_hsm_up is 0 (the HsmDown alert reads it) until a call completes again."""
+    world, seal, headers = signer_world
+    monkeypatch.setattr(hsm.token, "_settings", dataclasses.replace(
+        hsm.token._settings, operation_timeout_seconds=0.3))
+    release = threading.Event()
+    stuck = asyncio.ensure_future(hsm.token.run("stuck", lambda _session: release.wait(10)))
+    try:
+        await asyncio.sleep(0.1)
+        body = {"hash_algorithm": "sha256", "hashes": [b64(digests_of("sha256", 1)[0])]}
+        response = await world.http.post(sign_path(seal["id"]), headers=headers, json=body)
+        await assert_problem(response, 503, "hsm-unavailable")
+        assert REGISTRY.get_sample_value("sealgate_hsm_up") == 0
+    finally:
+        release.set()
+        with pytest.raises(HsmUnavailable):
+            await stuck
+    response = await world.http.post(sign_path(seal["id"]), headers=headers, json=body)
+    assert response.status == 200, await response.text()
+    assert REGISTRY.get_sample_value("sealgate_hsm_up") == 1
