@@ -41,7 +41,7 @@ HTTP_REQUEST_SECONDS = Histogram(
 )
 SIGNING_SECONDS = Histogram(
     "sealgate_signing_seconds",
-    "Time to produce one signed result, by format (pdf, cms, hash, csc, tsa, receipt).",
+    "Time to produce one signed result, by format (pdf, cms, hash, csc).",
     ["format"],
     buckets=LATENCY_BUCKETS,
 )

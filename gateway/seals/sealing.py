@@ -279,6 +279,10 @@ class SealingService:
             # ratio alert would not see a storage outage at all.
             metrics.SIGNING_ERRORS.labels(fmt, StorageUnavailable.type_slug).inc()
             raise
+        except Exception:
+            # A bug: the client gets 500 internal-error, and the error ratio alert sees it.
+            metrics.SIGNING_ERRORS.labels(fmt, SealGateError.type_slug).inc()
+            raise
         metrics.SIGNATURES.labels(fmt).inc()
         metrics.SIGNING_SECONDS.labels(fmt).observe(time.perf_counter() - started)
         return result

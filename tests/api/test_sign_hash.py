@@ -247,3 +247,22 @@ async def test_an_hsm_that_stops_answering_is_down_in_the_metrics_until_it_answe
     response = await world.http.post(sign_path(seal["id"]), headers=headers, json=body)
     assert response.status == 200, await response.text()
     assert REGISTRY.get_sample_value("sealgate_hsm_up") == 1
+
+
+async def test_a_failure_nobody_foresaw_is_counted_as_a_signing_error(
+    signer_world: SignerWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect in the signing path (an exception no layer knows) answers 500 and is
+    counted with reason internal-error, which the signing error ratio alert reads."""
+    world, seal, headers = signer_world
+
+    async def defect(*_args: object, **_kwargs: object) -> list[bytes]:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(world.services.sealing._hsm, "sign_digests", defect)
+    labels = {"format": "hash", "reason": "internal-error"}
+    before = REGISTRY.get_sample_value("sealgate_signing_errors_total", labels) or 0.0
+    body = {"hash_algorithm": "sha256", "hashes": [b64(d) for d in digests_of("sha256", 2)]}
+    response = await world.http.post(sign_path(seal["id"]), headers=headers, json=body)
+    await assert_problem(response, 500, "internal-error")
+    assert REGISTRY.get_sample_value("sealgate_signing_errors_total", labels) == before + 1
