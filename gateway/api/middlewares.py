@@ -63,6 +63,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     return response
 
 
+# Methods that name themselves in the metrics; any other is "other": a client may send any
+# token as a method (aiohttp's pure-Python parser passes them on), and each would be a series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 # What nginx logs for a request whose client closed the connection before the answer.
 CLIENT_CLOSED_STATUS = 499
 
@@ -86,8 +89,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = CLIENT_CLOSED_STATUS
         raise
     finally:
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        metrics.HTTP_REQUEST_SECONDS.labels(route, request.method).observe(
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        metrics.HTTP_REQUESTS.labels(route, method, str(status)).inc()
+        metrics.HTTP_REQUEST_SECONDS.labels(route, method).observe(
             time.perf_counter() - started
         )
 

@@ -313,3 +313,18 @@ async def test_a_client_gone_mid_body_is_counted_499_and_not_logged_as_an_error(
         assert "status=\"500\"" not in text
         assert "closed the connection while sending its body" in running.log()
         assert "Traceback" not in running.log()
+
+
+async def test_methods_nobody_uses_share_one_metric_series(deployment: Deployment) -> None:
+    """With aiohttp's pure-Python parser any token is a method; the request metrics name
+    the methods of HTTP and count the rest as "other", so a client cannot add series."""
+    with deployment.serve(workers=1, name="methods",
+                          env={"AIOHTTP_NO_EXTENSIONS": "1"}) as running:
+        async with aiohttp.ClientSession() as http:
+            for n in range(5):
+                async with http.request(f"X{n:04d}", running.url("/healthz")) as answer:
+                    assert answer.status == 405
+            text = await metrics_text(http, running)
+    assert "X0000" not in text, [line for line in text.splitlines() if "X0000" in line]
+    assert sample_value(
+        text, 'sealgate_http_requests_total{method="other",route="unmatched",status="405"}') == 5
