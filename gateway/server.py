@@ -35,8 +35,8 @@ import gc
 import logging
 import os
 import pickle
+import re
 import selectors
-import shutil
 import signal
 import socket
 import sys
@@ -72,6 +72,9 @@ REPLACE_AFTER_HUNG = 3
 # port nobody answers on.
 MAX_FAILED_STARTS = 5
 GC_YOUNG_THRESHOLD = 20_000
+# prometheus_client's files in the multiprocess directory: counter_<pid>.db,
+# gauge_livesum_<pid>.db, ...
+METRIC_FILE = re.compile(r"[a-z_]+_\d+\.db")
 _TICK_SECONDS = 0.2  # how often the master looks for dead workers and due restarts
 _ACCEPTS_PER_TICK = 64  # then the master looks at its workers again
 
@@ -83,8 +86,17 @@ def prepare_metrics_dir(settings: Settings) -> None:
     after it is set, which is when prometheus_client chooses its value class.
     """
     directory = Path(settings.metrics.multiprocess_dir)
-    shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
+    entries = list(directory.iterdir())
+    # Only metric files are removed, and only from a directory that holds nothing else: a
+    # setting that named var/ by mistake deleted the database, the CA and the audit key.
+    others = sorted(e.name for e in entries if not METRIC_FILE.fullmatch(e.name))
+    if others:
+        raise ConfigError(
+            f"metrics.multiprocess_dir {directory} holds more than metric files "
+            f"({', '.join(others[:5])}); give the metrics a directory of their own")
+    for entry in entries:
+        entry.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 

@@ -17,7 +17,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.gateway_process import Deployment, GatewayProcess, sample_value, worker_samples
+from tests.gateway_process import (
+    SEALGATE,
+    Deployment,
+    GatewayProcess,
+    sample_value,
+    worker_samples,
+)
 from tests.pdf_samples import one_page_pdf
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -328,3 +334,20 @@ async def test_methods_nobody_uses_share_one_metric_series(deployment: Deploymen
     assert "X0000" not in text, [line for line in text.splitlines() if "X0000" in line]
     assert sample_value(
         text, 'sealgate_http_requests_total{method="other",route="unmatched",status="405"}') == 5
+
+
+def test_a_metrics_directory_holding_other_files_is_refused_and_left_alone(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The master empties the metrics directory at start; one that holds anything but
+    metric files (var/ named by mistake) is refused, and nothing in it is deleted."""
+    shared = tmp_path / "not-only-metrics"
+    shared.mkdir()
+    (shared / "counter_1.db").write_bytes(b"")
+    (shared / "sealgate.db").write_bytes(b"precious")
+    done = subprocess.run(
+        [str(SEALGATE), "serve", "--port", "0"], capture_output=True, text=True, timeout=60,
+        env={**deployment.env, "SEALGATE_METRICS__MULTIPROCESS_DIR": str(shared)}, check=False)
+    assert done.returncode != 0, done.stderr
+    assert "metrics.multiprocess_dir" in done.stderr and "sealgate.db" in done.stderr
+    assert sorted(p.name for p in shared.iterdir()) == ["counter_1.db", "sealgate.db"]
