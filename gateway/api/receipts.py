@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from gateway.api.bodies import (
@@ -11,9 +13,9 @@ from gateway.api.bodies import (
     parse_json,
     read_limited,
 )
-from gateway.api.context import roles, services
+from gateway.api.context import client, roles, services
 from gateway.clock import utcnow
-from gateway.errors import UnsupportedMediaType, ValidationFailed
+from gateway.errors import NotFound, UnsupportedMediaType, ValidationFailed
 
 routes = web.RouteTableDef()
 
@@ -24,13 +26,25 @@ MAX_RECEIPT_BYTES = 8 * 1024 * 1024
 @routes.get(f"/v1/receipts/{NUMBER}")
 @roles("filer", "auditor", "signer")
 async def get_receipt(request: web.Request) -> web.Response:
-    receipt = await services(request).receipts.get(request.match_info["number"])
-    return json_response(receipt)
+    return json_response(await _receipt_for_caller(request))
+
+
+async def _receipt_for_caller(request: web.Request) -> dict[str, Any]:
+    """The receipt; for a signer only that of a seal it was granted: others' do not exist
+    for it (a receipt names the organisation and its legal representative, and receipt
+    numbers follow each other)."""
+    number = request.match_info["number"]
+    receipt = await services(request).receipts.get(number)
+    caller = client(request)
+    if caller.role == "signer" and not caller.may_use_seal(str(receipt["seal"]["id"])):
+        raise NotFound(f"no receipt numbered {number}")
+    return receipt
 
 
 @routes.get(f"/v1/receipts/{NUMBER}.pdf")
 @roles("filer", "auditor", "signer")
 async def get_receipt_pdf(request: web.Request) -> web.Response:
+    await _receipt_for_caller(request)
     pdf = await services(request).receipts.pdf(request.match_info["number"])
     return web.Response(
         body=pdf,

@@ -111,6 +111,11 @@ async def test_signer_is_confined_to_its_grants_everywhere(world: World) -> None
             assert body["detail"] == f"no seal with id {seal_id}"
     receipt = await world.http.get(f"/v1/sealing-receipts/{their_receipt}", headers=mine)
     await assert_problem(receipt, 404, "not-found")
+    for suffix in ("", ".pdf"):
+        filed = await world.http.get(f"/v1/receipts/{hidden['receipt_number']}{suffix}",
+                                     headers=mine)
+        body = await assert_problem(filed, 404, "not-found")
+        assert body["detail"] == f"no receipt numbered {hidden['receipt_number']}"
 
     for path in (f"/v1/seals/{granted['id']}", f"/v1/seals/{granted['id']}/image"):
         assert (await world.http.get(path, headers=mine)).status == 200
@@ -120,6 +125,10 @@ async def test_signer_is_confined_to_its_grants_everywhere(world: World) -> None
     own = await world.http.get(f"/v1/sealing-receipts/{signed.headers['Sealgate-Receipt']}",
                                headers=mine)
     assert own.status == 200
+    for suffix in ("", ".pdf"):
+        filed = await world.http.get(f"/v1/receipts/{granted['receipt_number']}{suffix}",
+                                     headers=mine)
+        assert filed.status == 200
 
 
 async def test_grant_narrowed_to_a_format_refuses_other_formats(world: World) -> None:
