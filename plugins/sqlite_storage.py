@@ -35,6 +35,7 @@ import asyncio
 import builtins
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -385,6 +386,7 @@ class SqliteStorage:
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private(self.path)
         db = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=True)
         try:
             db.execute("PRAGMA busy_timeout = 0")  # waits are _translated's, see above
@@ -628,3 +630,13 @@ class SqliteBackendFactory:
 @hookimpl
 def sealgate_storage_backends(settings: Settings) -> list[SqliteBackendFactory]:
     return [SqliteBackendFactory()]
+
+
+def _private(path: Path) -> None:
+    """The database readable by its owner only: it holds filing materials, names, masked
+    identifiers and the token hashes. SQLite gives its -wal and -shm files the database
+    file's mode. A file made world-readable before is narrowed as well."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:
+            file.chmod(0o600)

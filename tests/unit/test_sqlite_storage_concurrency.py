@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -98,3 +99,26 @@ async def test_token_buckets_idle_for_a_day_are_forgotten_at_the_next_checkpoint
     refilled = await storage.take_tokens("auth-failures/192.0.2.7", rate=0.2, burst=20,
                                          now=now, want=20)
     assert refilled.taken == 20
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "made-world-readable"])
+async def test_the_database_files_are_readable_by_their_owner_only(
+    tmp_path: Path, existing: bool
+) -> None:
+    """The database holds filing materials, names and token hashes: it and its WAL files
+    are 0600, whatever the umask, and a file left world-readable is narrowed at open."""
+    path = tmp_path / "sealgate.db"
+    if existing:
+        path.write_bytes(b"")
+        path.chmod(0o644)
+    previous = os.umask(0o022)
+    try:
+        backend = SqliteStorage(path)
+        await backend.open()
+        await backend.commit([Write("thing", "a", 0, {"n": 1})])
+        files = sorted(tmp_path.glob("sealgate.db*"))
+        assert [f.name for f in files] == ["sealgate.db", "sealgate.db-shm", "sealgate.db-wal"]
+        assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(0o600)}
+        await backend.close()
+    finally:
+        os.umask(previous)
