@@ -46,6 +46,16 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     p11e.UserNotLoggedIn,
 )
 
+# The token refused the PIN itself: trying again changes nothing, and a real HSM locks the
+# user PIN after a few failures (then only its security officer can unlock it).
+PIN_REFUSED: tuple[type[Exception], ...] = (
+    p11e.PinIncorrect,
+    p11e.PinInvalid,
+    p11e.PinLenRange,
+    p11e.PinExpired,
+    p11e.PinLocked,
+)
+
 SWITCH_VALUES = ("auto", "on", "off")
 _OPEN_ATTEMPTS = 5  # pauses of 50, 100, 150, 200 ms: half a second in all
 _OPEN_PAUSE_SECONDS = 0.05
@@ -67,6 +77,8 @@ class TokenSession:
         # A call ran past operation_timeout_seconds: the HSM counts as down (sealgate_hsm_up)
         # until a call completes again. The session is not closed: the call still holds it.
         self._timed_out = False
+        # Set once the token refuses the PIN: no more logins until the process restarts.
+        self._pin_refused: str | None = None
         self._on_reset: list[Callable[[], None]] = []
 
     # -- life cycle (called from the event loop) ---------------------------------------------
@@ -148,6 +160,9 @@ class TokenSession:
             self._lib, self._session, self._pid = None, None, os.getpid()
         if self._session is not None:
             return self._session
+        if self._pin_refused is not None:
+            raise HsmUnavailable(f"the HSM refused the PIN ({self._pin_refused}); correct "
+                                 f"[hsm] pin and restart the gateway")
         if self._broken_since is not None:
             wait = self._settings.retry_interval_seconds - (time.monotonic() - self._broken_since)
             if wait > 0:
@@ -156,6 +171,13 @@ class TokenSession:
             self._session = self._open()
         except ConfigError:
             raise
+        except PIN_REFUSED as exc:
+            self._pin_refused = type(exc).__name__
+            metrics.HSM_ERRORS.labels("open", self._pin_refused).inc()
+            metrics.HSM_UP.set(0)
+            log.error("the HSM refused the PIN (%s): no more logins until the gateway is "
+                      "restarted with the right one", self._pin_refused)
+            raise HsmUnavailable(f"the HSM refused the PIN ({self._pin_refused})") from exc
         except (p11e.PKCS11Error, RuntimeError, OSError) as exc:
             self._mark_broken("open", exc)
             raise HsmUnavailable("the HSM token cannot be reached") from exc

@@ -66,3 +66,52 @@ def test_sessions_open_while_other_processes_log_in_at_the_same_moment(tmp_path:
         for worker in workers:
             worker.join(timeout=30)
     assert failures == [[], []]
+
+
+async def _probe_with_wrong_pin(settings: HsmSettings) -> tuple[list[str], float]:
+    from prometheus_client import REGISTRY
+
+    token = TokenSession(settings)
+    token.start()
+    answers = []
+    try:
+        for _ in range(4):
+            try:
+                await token.run("probe", lambda session: session.token.label)
+                answers.append("ok")
+            except HsmUnavailable as exc:
+                answers.append(str(exc))
+            await asyncio.sleep(0.05)  # past the retry interval
+    finally:
+        await token.close()
+    logins = REGISTRY.get_sample_value(
+        "sealgate_hsm_errors_total", {"operation": "open", "error": "PinIncorrect"}) or 0.0
+    return answers, logins
+
+
+def _wrong_pin_worker(settings: HsmSettings, results: Any) -> None:
+    results.put(asyncio.run(_probe_with_wrong_pin(settings)))
+
+
+def test_a_refused_pin_is_tried_once_not_until_the_hsm_locks_it(tmp_path: Path) -> None:
+    """A wrong PIN is a configuration error: logging in again only brings a real HSM closer
+    to locking the PIN. One login, then every call says why, until a restart."""
+    directory = tmp_path / "softhsm"
+    subprocess.run([str(PROJECT_ROOT / "softhsm" / "init-token.sh"), str(directory)], check=True)
+    wrong = tmp_path / "wrong-pin"
+    wrong.write_text("not-the-pin\n")
+    settings = HsmSettings(pin=SecretRef(file=str(wrong)),
+                           softhsm_conf=str(directory / "softhsm2.conf"),
+                           retry_interval_seconds=0.01)
+    spawn = multiprocessing.get_context("spawn")  # no PKCS#11 login of this process shared
+    results = spawn.Queue()
+    worker = spawn.Process(target=_wrong_pin_worker, args=(settings, results))
+    worker.start()
+    try:
+        answers, logins = results.get(timeout=120)
+    finally:
+        worker.join(timeout=30)
+    assert logins == 1
+    assert len(answers) == 4
+    assert all("refused the PIN (PinIncorrect)" in answer for answer in answers), answers
+    assert "restart" in answers[-1]
