@@ -2,6 +2,8 @@
 
     SealGateError
     ├── ConfigError                      (settings; not an HTTP answer)
+    ├── HsmError                         500 hsm-error
+    ├── WrappedDataInvalid               500 wrapped-data-invalid
     ├── ClientError                      4xx
     │   ├── BadRequest                   400 bad-request
     │   │   └── CscRequestError          400 csc-<error> (CSC API error code)
@@ -238,6 +240,14 @@ class StorageUnavailable(ServiceUnavailable):
 class Overloaded(ServiceUnavailable):
     type_slug = "overloaded"
     title = "Too many signing operations in flight"
+
+
+class WrappedDataInvalid(SealGateError):
+    """Data wrapped under the token's key (a data key) does not unwrap with it: changed in
+    storage, or wrapped by another token (a token made anew, a backup of another)."""
+
+    type_slug = "wrapped-data-invalid"
+    title = "Stored key material does not unwrap"
 
 
 class HsmError(SealGateError):

@@ -30,9 +30,10 @@ from asn1crypto.core import ObjectIdentifier, OctetString
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from gateway.errors import HsmError, HsmUnavailable, NotFound
+from gateway.errors import HsmError, HsmUnavailable, NotFound, WrappedDataInvalid
 from gateway.hsm.algorithms import (
     HASHES,
     KeyAlgorithm,
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 # The AES key that wraps data keys for personal data; its presence also proves the token is
 # the one `sealgate init` prepared (the health check looks it up).
 DATA_KEY_WRAPPING_LABEL = "sealgate-kek"
+_GCM_NONCE_BYTES = 12
 
 _PSS_PARAMS = {
     "sha256": (Mechanism.SHA256, MGF.SHA256, 32),
@@ -164,24 +166,48 @@ class Hsm:
         """Create the AES-256 key that wraps data keys, once per token."""
         await self.token.run("generate", _ensure_wrapping_key)
 
-    async def encrypt(self, plaintext: bytes) -> bytes:
-        """AES-CBC-PAD under the token's wrapping key; the IV is prepended."""
+    async def has_wrapping_key(self) -> bool:
+        def find(session: Any) -> bool:
+            try:
+                session.get_key(object_class=ObjectClass.SECRET_KEY,
+                                label=DATA_KEY_WRAPPING_LABEL)
+            except p11e.NoSuchKey:
+                return False
+            return True
+
+        return await self.token.run("probe", find)
+
+    async def wrap(self, secret: bytes, context: bytes) -> bytes:
+        """AES-GCM under the token's wrapping key, bound to ``context`` (authenticated: a
+        changed byte, or another context, does not unwrap); the nonce is prepended."""
 
         def run(session: Any) -> bytes:
-            key = self._secret(session)
-            iv = os.urandom(16)
-            return iv + bytes(key.encrypt(plaintext, mechanism=Mechanism.AES_CBC_PAD,
-                                          mechanism_param=iv))
+            nonce = os.urandom(_GCM_NONCE_BYTES)
+            return nonce + bytes(self._secret(session).encrypt(
+                secret, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, context)))
 
-        return await self.token.run("encrypt", run)
+        return await self.token.run("wrap", run)
 
-    async def decrypt(self, ciphertext: bytes) -> bytes:
+    async def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
+        """What :meth:`wrap` wrapped with ``context``; WrappedDataInvalid for anything else."""
+
         def run(session: Any) -> bytes:
-            key = self._secret(session)
-            return bytes(key.decrypt(ciphertext[16:], mechanism=Mechanism.AES_CBC_PAD,
-                                     mechanism_param=ciphertext[:16]))
+            nonce, sealed = wrapped[:_GCM_NONCE_BYTES], wrapped[_GCM_NONCE_BYTES:]
+            return _refused_as_invalid(session, lambda: bytes(self._secret(session).decrypt(
+                sealed, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, context))))
 
-        return await self.token.run("decrypt", run)
+        return await self.token.run("unwrap", run)
+
+    async def unwrap_cbc(self, wrapped: bytes) -> bytes:
+        """Data keys wrapped before AES-GCM: AES-CBC-PAD, the IV prepended. Unauthenticated,
+        so every failure is the same WrappedDataInvalid (bad padding and a wrong length told
+        apart made a padding oracle for anyone able to write storage)."""
+
+        def run(session: Any) -> bytes:
+            return _refused_as_invalid(session, lambda: bytes(self._secret(session).decrypt(
+                wrapped[16:], mechanism=Mechanism.AES_CBC_PAD, mechanism_param=wrapped[:16])))
+
+        return await self.token.run("unwrap", run)
 
     # -- on the HSM thread -------------------------------------------------------------------
 
@@ -268,6 +294,18 @@ def _lookup(session: Any, key_id: bytes, cls: ObjectClass) -> Any:
     if len(found) > 1:
         raise HsmError("the token holds more than one key object with this id")
     return found[0]
+
+
+def _refused_as_invalid(session: Any, decrypt: Callable[[], bytes]) -> bytes:
+    """Run ``decrypt``; SoftHSM refuses data that does not decrypt with a general error,
+    which is also what a vanished token gives: the token is probed to tell them apart."""
+    try:
+        return decrypt()
+    except (p11e.GeneralError, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange,
+            p11e.ArgumentsBad, p11e.MechanismParamInvalid) as exc:
+        _probe_token(session)  # raises TokenNotPresent when the token itself is gone
+        raise WrappedDataInvalid("the wrapped data does not unwrap with this token's key") \
+            from exc
 
 
 def _probe_token(session: Any) -> None:

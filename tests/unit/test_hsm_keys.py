@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
+from prometheus_client import REGISTRY
 
-from gateway.errors import ConfigError, HsmError, NotFound
+from gateway.errors import ConfigError, HsmError, NotFound, WrappedDataInvalid
 from gateway.hsm import Hsm, KeyAlgorithm, SignatureScheme, ecdsa_raw_to_der
 from gateway.hsm.token import softhsm_switch
 from gateway.settings import HsmSettings
@@ -203,11 +204,33 @@ async def test_a_key_that_may_not_be_copied_signs_with_its_token_object(hsm: Hsm
     assert await _private_key_objects(hsm, key_id) == [TOKEN_OBJECT]
 
 
-async def test_data_encryption_round_trip(hsm: Hsm) -> None:
-    """encrypt/decrypt under the token's wrapping key returns the plaintext, never equal to it."""
-    ciphertext = await hsm.encrypt(b"11010519491231002X")
-    assert b"11010519491231002X" not in ciphertext
-    assert await hsm.decrypt(ciphertext) == b"11010519491231002X"
+async def test_data_key_wrapping_round_trip(hsm: Hsm) -> None:
+    """wrap/unwrap under the token's wrapping key returns the secret, never shown wrapped."""
+    secret = os.urandom(32)
+    wrapped = await hsm.wrap(secret, b"key-1")
+    assert secret not in wrapped
+    assert await hsm.unwrap(wrapped, b"key-1") == secret
+
+
+async def test_a_changed_wrapping_or_another_context_does_not_unwrap_and_is_no_outage(
+    hsm: Hsm,
+) -> None:
+    """Every byte of a wrapped key is authenticated, and so is what it is bound to: any
+    change gives the same WrappedDataInvalid (nothing to learn from the answer), and the
+    HSM is not taken for down (its session and sealgate_hsm_up stay)."""
+    wrapped = await hsm.wrap(os.urandom(32), b"key-1")
+    changed = [bytes([wrapped[0] ^ 1]) + wrapped[1:], wrapped[:-1] + bytes([wrapped[-1] ^ 1]),
+               wrapped[:20], b""]
+    for attempt in changed:
+        with pytest.raises(WrappedDataInvalid):
+            await hsm.unwrap(attempt, b"key-1")
+    with pytest.raises(WrappedDataInvalid):
+        await hsm.unwrap(wrapped, b"key-2")
+    for padding_probe in (os.urandom(32), os.urandom(48), b"\x00" * 16):
+        with pytest.raises(WrappedDataInvalid):
+            await hsm.unwrap_cbc(padding_probe)
+    assert REGISTRY.get_sample_value("sealgate_hsm_up") == 1
+    await hsm.check()
 
 
 async def test_a_single_signature_runs_on_the_callers_thread_when_the_token_is_free(
