@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from gateway import privacy
 from gateway.cli.common import OPERATOR, opened, settings_from
 from gateway.errors import ConfigError
 
@@ -68,6 +69,13 @@ async def init_command(args: argparse.Namespace) -> int:
     ca = DevCA.open_or_create(Path(settings.pki.dev_ca_dir),
                               crl_url=crl_url(settings.public_base_url))
     async with opened(args) as services:
+        if not await services.hsm.has_wrapping_key() and await services.storage.list(
+                privacy.KIND, limit=1):
+            # A new wrapping key would make the personal data in storage unreadable for good.
+            raise ConfigError(
+                "storage holds personal-data keys wrapped by a token key that this token "
+                "does not have: use the token they were made with (or its backup), or "
+                "point [storage] at this token's database")
         await services.hsm.ensure_wrapping_key()
         platform = await services.keys.ensure_platform_key(ca)
         print(f"platform receipt key: {platform['id']} ({platform['algorithm']})")

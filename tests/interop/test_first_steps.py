@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.gateway_process import SEALGATE, Deployment
+from tests.gateway_process import PROJECT_ROOT, SEALGATE, Deployment
 from tests.pdf_samples import multi_page_pdf, one_page_pdf
 from tests.redis_server import free_port
 
@@ -35,6 +35,32 @@ def test_init_again_reuses_everything(installation: Deployment) -> None:
     assert before["seal_id"] in output
     assert oct((installation.var / "demo-token").stat().st_mode & 0o777) == "0o600"
     assert oct((installation.directory / "softhsm" / "user-pin").stat().st_mode & 0o777) == "0o600"
+
+
+def test_init_on_a_new_token_refuses_to_orphan_the_personal_data(
+    installation: Deployment, tmp_path: Path
+) -> None:
+    """The database's personal data is encrypted under keys the old token wraps. Run on a
+    token made anew, `init` stops and says so, instead of making a new wrapping key under
+    which that data could never be read again."""
+    other = tmp_path / "softhsm"
+    subprocess.run([str(PROJECT_ROOT / "softhsm" / "init-token.sh"), str(other), "sealgate"],
+                   check=True)
+    config = tmp_path / "sealgate.toml"
+    config.write_text(installation.config.read_text().replace(
+        str(installation.directory / "softhsm"), str(other)))
+    env = {**installation.env, "SEALGATE_CONFIG": str(config),
+           "SOFTHSM2_CONF": str(other / "softhsm2.conf")}
+    done = subprocess.run([str(SEALGATE), "init", "--demo"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "personal-data keys wrapped by a token key that this token does not have" \
+        in done.stderr
+    listed = subprocess.run(["pkcs11-tool", "--module", "/usr/lib/softhsm/libsofthsm2.so",
+                             "--list-objects", "--type", "secrkey", "--login", "--pin",
+                             (other / "user-pin").read_text().strip()], env=env,
+                            capture_output=True, text=True, check=False)
+    assert "sealgate-kek" not in listed.stdout, listed.stdout
 
 
 def test_printed_curl_command_seals_a_valid_pdf(
