@@ -179,6 +179,8 @@ class CscService:
         digests = [_digest(value, HASHES[hash_name].size) for value in values]
 
         async def run() -> DigestSignatures:
+            # The credential first: a SAD is only valid or not for a credential that exists.
+            _, key = await self._credential(client, credential_id)
             activation = await self.sads.find(sad)
             if activation.credential_id != credential_id or activation.client_id != client.id:
                 raise CscRequestError("Invalid parameter SAD")
@@ -186,7 +188,6 @@ class CscService:
                 raise CscRequestError("Hash is not authorized by the SAD")
             # A signAlgo the key cannot make is refused before the SAD is spent: the
             # corrected retry must not need a new authorization (for SCAL 2, the user again).
-            _, key = await self._credential(client, credential_id)
             check_key_signs(KeyAlgorithm(key["algorithm"]), sign_oid)
             # The SAD is spent before the key's usage budget is touched, so that replaying a
             # spent SAD can never use up the key's budget.

@@ -252,6 +252,20 @@ async def test_a_sad_for_another_credential_is_refused(world: World) -> None:
     await csc(world, "signatures/signHash", headers, sign_body(seal_a["id"], sad, digests))
 
 
+async def test_an_unknown_credential_is_named_even_with_a_valid_sad(
+    credential: Credential,
+) -> None:
+    """signHash for a credentialID the client cannot use names credentialID, not the SAD
+    that was issued for another one (CSC §11.9)."""
+    world, seal, headers = credential
+    digests = [digest("x")]
+    sad = await authorize(world, headers, seal["id"], digests)
+    description = await csc_error(world, "signatures/signHash", headers,
+                                  sign_body("no-such-seal", sad, digests))
+    assert description == "Invalid parameter credentialID"
+    await csc(world, "signatures/signHash", headers, sign_body(seal["id"], sad, digests))
+
+
 async def test_a_sad_of_another_client_is_refused(credential: Credential) -> None:
     """A SAD is bound to the client that asked for it, even when another holds a grant."""
     world, seal, headers = credential
