@@ -3,8 +3,10 @@
 A SAD is 256 random bits handed out once; storage keeps only its SHA-256 (as it does for API
 tokens), under an expiring key of the storage backend, so that every worker process and every
 gateway instance on the same backend sees the same SADs. What a SAD allows is fixed when it is
-issued: one credential (seal), one API client, ``numSignatures`` signatures in total and, for
-SCAL 2, only the hashes given at authorization.
+issued: one credential (seal), one API client, ``numSignatures`` signatures in total, the
+seal's key and certificate of that moment (the client puts that certificate into what it
+signs, so a key rotated or a certificate renewed since makes the SAD useless) and, for SCAL 2,
+only the hashes given at authorization.
 
 Spending has to be atomic across processes, and the storage protocol offers "store unless
 present" (``put_expiring``) but no compare-and-set of expiring values. The spent count is
@@ -21,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.errors import CscRequestError
 from gateway.storage import Storage
@@ -44,9 +47,16 @@ class Activation:
     num_signatures: int
     hashes: frozenset[str] | None  # hex digests, SCAL 2; None when not bound to hashes
     expires_at: float  # Unix time
+    key_id: str
+    certificate_sha256: str | None
 
     def allows(self, digest: bytes) -> bool:
         return self.hashes is None or digest.hex() in self.hashes
+
+    def signs_with(self, key: Mapping[str, Any]) -> bool:
+        """Whether ``key`` (a key record) is the key and certificate the SAD was issued for."""
+        return (str(key["id"]) == self.key_id
+                and _certificate_sha256(key) == self.certificate_sha256)
 
 
 class SadStore:
@@ -60,13 +70,15 @@ class SadStore:
         self.clock = clock
 
     async def issue(
-        self, credential_id: str, client_id: str, num_signatures: int,
+        self, credential_id: str, client_id: str, key: Mapping[str, Any], num_signatures: int,
         hashes: Sequence[bytes] | None,
     ) -> str:
-        """A new SAD for these signatures; the caller has checked the client may use them."""
+        """A new SAD for these signatures by ``key`` (the seal's key record now); the caller
+        has checked the client may use them."""
         sad = secrets.token_urlsafe(32)
         record = {
             "credential_id": credential_id, "client_id": client_id,
+            "key_id": str(key["id"]), "certificate_sha256": _certificate_sha256(key),
             "num_signatures": num_signatures,
             "hashes": None if hashes is None else sorted({h.hex() for h in hashes}),
             "expires_at": self.clock() + self.ttl_seconds,
@@ -92,7 +104,8 @@ class SadStore:
             storage_key=key, credential_id=str(data["credential_id"]),
             client_id=str(data["client_id"]), num_signatures=int(data["num_signatures"]),
             hashes=None if hashes is None else frozenset(str(h) for h in hashes),
-            expires_at=float(data["expires_at"]),
+            expires_at=float(data["expires_at"]), key_id=str(data.get("key_id")),
+            certificate_sha256=data.get("certificate_sha256"),
         )
 
     async def spend(self, activation: Activation, count: int) -> None:
@@ -112,6 +125,11 @@ class SadStore:
             if taken is None:  # only once the SAD itself is long gone
                 raise CscRequestError("SAD expired")
             spent = int(taken["to"])
+
+
+def _certificate_sha256(key: Mapping[str, Any]) -> str | None:
+    sha256 = (key.get("certificate") or {}).get("sha256")
+    return None if sha256 is None else str(sha256)
 
 
 def _storage_key(sad: str) -> str:

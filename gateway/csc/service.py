@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.auth import ApiClient
 from gateway.clock import utcnow
-from gateway.csc.sad import SadStore
+from gateway.csc.sad import Activation, SadStore
 from gateway.errors import (
     CscRequestError,
     Forbidden,
@@ -150,13 +150,13 @@ class CscService:
                                   "authorizes exactly one signature per hash given")
         try:
             # Grant (csc format included) and "may this seal sign now?"; nothing reserved yet.
-            await self._sealing.context(client, credential_id, FORMAT, 0)
+            ctx = await self._sealing.context(client, credential_id, FORMAT, 0)
         except (NotFound, Forbidden):
             raise CscRequestError("Invalid parameter credentialID") from None
         except SealMaySignNot as exc:
             raise CscRequestError(
                 f"The credential identified by credentialID is disabled: {exc.detail}") from None
-        sad = await self.sads.issue(credential_id, client.id, count, hashes)
+        sad = await self.sads.issue(credential_id, client.id, ctx.key, count, hashes)
         return {"SAD": sad, "expiresIn": self.sads.ttl_seconds}
 
     async def sign_hash(self, client: ApiClient, body: Mapping[str, Any]) -> tuple[JSON, str]:
@@ -186,6 +186,7 @@ class CscService:
                 raise CscRequestError("Invalid parameter SAD")
             if not all(activation.allows(d) for d in digests):
                 raise CscRequestError("Hash is not authorized by the SAD")
+            _check_signs_with(activation, key)
             # A signAlgo the key cannot make is refused before the SAD is spent: the
             # corrected retry must not need a new authorization (for SCAL 2, the user again).
             check_key_signs(KeyAlgorithm(key["algorithm"]), sign_oid)
@@ -193,7 +194,7 @@ class CscService:
             # spent SAD can never use up the key's budget.
             await self.sads.spend(activation, len(digests))
             ctx = await self._sealing.context(client, credential_id, FORMAT, len(digests))
-            check_key_signs(ctx.seal_key.algorithm, sign_oid)  # the seal's key may have rotated
+            _check_signs_with(activation, ctx.key)  # the seal's key may have rotated meanwhile
             return await self._sealing.sign_digests(client, ctx, FORMAT, hash_name, digests)
 
         try:
@@ -220,6 +221,13 @@ class CscService:
         except NotFound:
             raise CscRequestError("Invalid parameter credentialID") from None
         return seal, key
+
+
+def _check_signs_with(activation: Activation, key: Mapping[str, Any]) -> None:
+    """Refuse a SAD issued for another key or certificate than the seal's ``key`` now."""
+    if not activation.signs_with(key):
+        raise CscRequestError("Invalid parameter SAD: the credential's key or certificate "
+                              "has changed since it was authorized; authorize again")
 
 
 def _certificate_part(

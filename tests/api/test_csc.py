@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
-from tests.api.conftest import World
+from tests.api.conftest import ORGANIZATION, World
 from tests.conftest import on_redis
 from tests.redis_server import RedisServer
 
@@ -263,6 +263,33 @@ async def test_an_unknown_credential_is_named_even_with_a_valid_sad(
     description = await csc_error(world, "signatures/signHash", headers,
                                   sign_body("no-such-seal", sad, digests))
     assert description == "Invalid parameter credentialID"
+    await csc(world, "signatures/signHash", headers, sign_body(seal["id"], sad, digests))
+
+
+async def test_a_sad_signs_only_with_the_key_and_certificate_it_was_authorized_for(
+    credential: Credential,
+) -> None:
+    """After the seal moves to another key, or its key gets another certificate, a SAD
+    issued before is refused and nothing is signed: the client has already put the old
+    certificate into what it signs."""
+    world, seal, headers = credential
+    digests = [digest("rotated")]
+    sad = await authorize(world, headers, seal["id"], digests)
+    await world.services.seals.rotate_key(
+        seal["id"], (await world.key(KeyAlgorithm.EC_P256))["id"], "test")
+    description = await csc_error(world, "signatures/signHash", headers,
+                                  sign_body(seal["id"], sad, digests))
+    assert description.startswith("Invalid parameter SAD: ")
+    renewed = await authorize(world, headers, seal["id"], digests)
+    key = await world.services.keys.get(
+        (await world.services.seals.record(seal["id"])).data["key_id"])
+    await world.services.keys.certify(key, world.ca, "测试合同专用章", ORGANIZATION["name"],
+                                      "test")
+    description = await csc_error(world, "signatures/signHash", headers,
+                                  sign_body(seal["id"], renewed, digests))
+    assert description.startswith("Invalid parameter SAD: ")
+    assert await world.services.storage.list("sealing_receipt") == []
+    sad = await authorize(world, headers, seal["id"], digests)
     await csc(world, "signatures/signHash", headers, sign_body(seal["id"], sad, digests))
 
 

@@ -161,3 +161,30 @@ async def test_a_sad_pinned_to_other_hashes_makes_the_client_fail(world: World) 
         with pytest.raises(SigningError):
             await sign_with_csc(CSCSigner(session, prefetched), pdf_samples.one_page_pdf(), "X")
     assert await csc_receipts(world, seal["id"]) == []
+
+
+class RotatingAfterAuthorization(HashPinningAuthorization):
+    """Authorizes as pyHanko asks, then moves the seal to another key before signHash."""
+
+    world: World
+    seal_id: str
+
+    async def authorize_signature(self, hash_b64s: list[str]) -> CSCAuthorizationInfo:
+        answer = await super().authorize_signature(hash_b64s)
+        key = await self.world.key(KeyAlgorithm.EC_P256)
+        await self.world.services.seals.rotate_key(self.seal_id, key["id"], "test")
+        return answer
+
+
+async def test_a_key_rotated_after_authorization_makes_the_client_fail(world: World) -> None:
+    """The client has put the old certificate into the signed attributes; signHash refuses
+    the SAD instead of signing them with the new key, and pyHanko reports a signing error."""
+    seal, token = await csc_session(world, KeyAlgorithm.EC_P256)
+    info = CSCServiceSessionInfo(service_url(world), seal["id"], oauth_token=token)
+    async with aiohttp.ClientSession() as session:
+        credential = await fetch_certs_in_csc_credential(session, info)
+        rotating = RotatingAfterAuthorization(info, credential, session)
+        rotating.world, rotating.seal_id = world, seal["id"]
+        with pytest.raises(SigningError):
+            await sign_with_csc(CSCSigner(session, rotating), pdf_samples.one_page_pdf(), "R")
+    assert await csc_receipts(world, seal["id"]) == []
