@@ -8,19 +8,19 @@ seal's key and certificate of that moment (the client puts that certificate into
 signs, so a key rotated or a certificate renewed since makes the SAD useless) and, for SCAL 2,
 only the hashes given at authorization.
 
-Spending has to be atomic across processes, and the storage protocol offers "store unless
-present" (``put_expiring``) but no compare-and-set of expiring values. The spent count is
-therefore a chain of claims: a use that starts when ``N`` signatures are spent claims the key
-``…:spent:N`` and writes there the count it leaves. When another request claimed that key
-first, the claim tells where the count went and the use retries from there. No two uses can
-start from the same count, so together they never exceed ``numSignatures``, and the chain has
-at most ``numSignatures`` links. Claims outlive the SAD record, so an expired claim can never
-let a live SAD be spent twice.
+A request spends signatures before it signs and gives them back when it then signs nothing
+(the HSM or storage away before its commit, the key's usage budget used up), so that the same
+authorization can be used again. The spent count sits in the SAD record with a revision, and
+every change of it is a compare-and-set on that revision (``replace_expiring``): a change
+made from a count that another request has changed meanwhile fails and is redone from the new
+count, so concurrent requests in every worker and instance never spend more than
+``numSignatures`` together, and a give-back never returns signatures another request took.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import CscRequestError
-from gateway.storage import Storage
+from gateway.storage import JSON, BackendUnavailable, Storage
+
+log = logging.getLogger(__name__)
 
 # An expired SAD is kept this much longer, so that its use is answered "SAD expired" rather
-# than as an unknown SAD; claims are kept a little longer still.
+# than as an unknown SAD.
 EXPIRED_GRACE_SECONDS = 600
-CLAIM_MARGIN_SECONDS = 60
 MAX_SAD_LENGTH = 256
 
 
@@ -59,6 +60,14 @@ class Activation:
                 and _certificate_sha256(key) == self.certificate_sha256)
 
 
+@dataclass(frozen=True)
+class Spending:
+    """Signatures one request took from a SAD, to give back if it signs nothing."""
+
+    activation: Activation
+    count: int
+
+
 class SadStore:
     """Issues SADs, finds them again, and spends their signatures; ``clock`` is Unix time."""
 
@@ -82,6 +91,7 @@ class SadStore:
             "num_signatures": num_signatures,
             "hashes": None if hashes is None else sorted({h.hex() for h in hashes}),
             "expires_at": self.clock() + self.ttl_seconds,
+            "spent": 0, "revision": "0",
         }
         stored = await self._storage.put_expiring(
             _storage_key(sad), record, self.ttl_seconds + EXPIRED_GRACE_SECONDS)
@@ -108,23 +118,48 @@ class SadStore:
             certificate_sha256=data.get("certificate_sha256"),
         )
 
-    async def spend(self, activation: Activation, count: int) -> None:
+    async def spend(self, activation: Activation, count: int) -> Spending:
         """Take ``count`` of the SAD's signatures, or refuse when fewer are left."""
-        claim_ttl = self.ttl_seconds + EXPIRED_GRACE_SECONDS + CLAIM_MARGIN_SECONDS
-        spent = 0
         while True:
+            data = await self._current(activation)
+            spent = int(data["spent"])
             if spent + count > activation.num_signatures:
                 left = max(0, activation.num_signatures - spent)
                 raise CscRequestError(
                     f"Invalid parameter SAD: it authorizes {activation.num_signatures} "
                     f"signatures, {left} left, and {count} were requested")
-            claim = f"{activation.storage_key}:spent:{spent}"
-            if await self._storage.put_expiring(claim, {"to": spent + count}, claim_ttl):
-                return
-            taken = await self._storage.get_expiring(claim)
-            if taken is None:  # only once the SAD itself is long gone
-                raise CscRequestError("SAD expired")
-            spent = int(taken["to"])
+            if await self._change(activation, data, spent + count):
+                return Spending(activation, count)
+
+    async def give_back(self, spending: Spending) -> None:
+        """Return what a request took and did not sign with. Best effort: while storage is
+        away the signatures stay spent (fewer than authorized, never more)."""
+        try:
+            while True:
+                data = await self._current(spending.activation)
+                spent = max(0, int(data["spent"]) - spending.count)
+                if await self._change(spending.activation, data, spent):
+                    return
+        except CscRequestError:
+            return  # expired meanwhile: nothing left to give back to
+        except BackendUnavailable as exc:
+            log.warning("SAD signatures not given back (storage unavailable): %s", exc)
+
+    async def _current(self, activation: Activation) -> JSON:
+        data = await self._storage.get_expiring(activation.storage_key)
+        if data is None:  # only once the SAD itself is long gone
+            raise CscRequestError("SAD expired")
+        return data
+
+    async def _change(self, activation: Activation, data: JSON, spent: int) -> bool:
+        """Set the spent count, unless it was changed since ``data`` was read."""
+        kept_for = activation.expires_at + EXPIRED_GRACE_SECONDS - self.clock()
+        if kept_for <= 0:
+            raise CscRequestError("SAD expired")
+        revision = str(data["revision"])
+        return await self._storage.replace_expiring(
+            activation.storage_key, {**data, "spent": spent, "revision": str(int(revision) + 1)},
+            kept_for, if_field="revision", equals=revision)
 
 
 def _certificate_sha256(key: Mapping[str, Any]) -> str | None:
@@ -133,4 +168,7 @@ def _certificate_sha256(key: Mapping[str, Any]) -> str | None:
 
 
 def _storage_key(sad: str) -> str:
-    return "csc-sad:" + hashlib.sha256(sad.encode("utf-8")).hexdigest()
+    # "v2": SADs whose spent count is a revised field of their record. A worker of an
+    # earlier version (spending through claim keys) does not find them, so the two ways of
+    # counting never meet on one SAD while a deployment is being upgraded.
+    return "csc-sad:v2:" + hashlib.sha256(sad.encode("utf-8")).hexdigest()

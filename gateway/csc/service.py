@@ -31,7 +31,7 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.hsm import HASHES, KeyAlgorithm
-from gateway.keys.registry import KeyRegistry, certificate_chain
+from gateway.keys.registry import KeyRegistry, certificate_chain, reserve_signatures
 from gateway.seals.policy import may_sign
 from gateway.seals.registry import SealRegistry
 from gateway.seals.sealing import DigestSignatures, SealingService
@@ -44,7 +44,7 @@ from gateway.signing.digests import (
     key_bits,
     offered_signature_algorithms,
 )
-from gateway.storage import Storage
+from gateway.storage import StaleWrite, Storage
 
 SPECS = "1.0.4.0"
 METHODS = ("credentials/list", "credentials/info", "credentials/authorize",
@@ -68,6 +68,7 @@ class CscService:
         self._seals = seals
         self._keys = keys
         self._sealing = sealing
+        self._storage = storage
         self._multisign = settings.signing.max_hash_batch
         self.sads = SadStore(storage, settings.signing.csc_sad_ttl_seconds)
 
@@ -180,22 +181,37 @@ class CscService:
 
         async def run() -> DigestSignatures:
             # The credential first: a SAD is only valid or not for a credential that exists.
-            _, key = await self._credential(client, credential_id)
+            await self._credential(client, credential_id)
             activation = await self.sads.find(sad)
             if activation.credential_id != credential_id or activation.client_id != client.id:
                 raise CscRequestError("Invalid parameter SAD")
             if not all(activation.allows(d) for d in digests):
                 raise CscRequestError("Hash is not authorized by the SAD")
-            _check_signs_with(activation, key)
-            # A signAlgo the key cannot make is refused before the SAD is spent: the
-            # corrected retry must not need a new authorization (for SCAL 2, the user again).
-            check_key_signs(KeyAlgorithm(key["algorithm"]), sign_oid)
-            # The SAD is spent before the key's usage budget is touched, so that replaying a
-            # spent SAD can never use up the key's budget.
-            await self.sads.spend(activation, len(digests))
-            ctx = await self._sealing.context(client, credential_id, FORMAT, len(digests))
-            _check_signs_with(activation, ctx.key)  # the seal's key may have rotated meanwhile
-            return await self._sealing.sign_digests(client, ctx, FORMAT, hash_name, digests)
+            # Everything that can refuse is checked before the SAD is spent (a refused
+            # request must not need a new authorization: for SCAL 2, the user again); the
+            # key's usage budget comes after it, so that replaying a spent SAD never uses
+            # up the key's budget.
+            ctx = await self._sealing.context(client, credential_id, FORMAT, 0)
+            _check_signs_with(activation, ctx.key)
+            check_key_signs(ctx.seal_key.algorithm, sign_oid)
+            spending = await self.sads.spend(activation, len(digests))
+            try:
+                await reserve_signatures(self._storage, ctx.key, len(digests))
+                signed = await self._sealing.digest_signatures(ctx, hash_name, digests)
+            except BaseException:
+                # Nothing was signed for the client (usage budget, HSM or storage away, or
+                # the request cancelled): the authorization can be used again.
+                await self.sads.give_back(spending)
+                raise
+            try:
+                return await self._sealing.record_digests(
+                    client, ctx, FORMAT, hash_name, digests, signed)
+            except StaleWrite:
+                # Nothing of the commit was applied (another attempt under the request's
+                # idempotency key committed first, and its answer is the one given). A commit
+                # that failed otherwise may have been applied: its signatures stay spent.
+                await self.sads.give_back(spending)
+                raise
 
         try:
             result = await self._sealing.measured(FORMAT, run, DigestSignatures.from_outcome)

@@ -226,23 +226,35 @@ class SealingService:
         self, client: ApiClient, ctx: SealContext, fmt: str, hash_name: str,
         digests: Sequence[bytes],
     ) -> DigestSignatures:
-        """Sign digests in one HSM hop and commit the batch's receipt; run inside measured().
+        """Sign digests in one HSM hop and commit the batch's receipt; run inside measured()."""
+        signed = await self.digest_signatures(ctx, hash_name, digests)
+        return await self.record_digests(client, ctx, fmt, hash_name, digests, signed)
 
-        The receipt's before/after digests are SHA-256 over the length-prefixed digests and
-        signatures; the digests themselves are listed in hex.
-        """
+    async def digest_signatures(
+        self, ctx: SealContext, hash_name: str, digests: Sequence[bytes]
+    ) -> DigestSignatures:
+        """The signatures over digests, made in one HSM hop; no receipt yet (its id is "")."""
         key = ctx.seal_key
         signatures = await self._hsm.sign_digests(
             key.key_id, key.algorithm, digests, hash_name, signature_scheme(key.algorithm))
         oid = signature_algorithm_oid(key.algorithm, hash_name)
-        unnamed = DigestSignatures(signatures, oid, key.chain_der, receipt_id="")
+        return DigestSignatures(signatures, oid, key.chain_der, receipt_id="")
+
+    async def record_digests(
+        self, client: ApiClient, ctx: SealContext, fmt: str, hash_name: str,
+        digests: Sequence[bytes], signed: DigestSignatures,
+    ) -> DigestSignatures:
+        """Commit the receipt of a batch :meth:`digest_signatures` signed; ``signed`` with
+        its id. The receipt's before/after digests are SHA-256 over the length-prefixed
+        digests and signatures; the digests themselves are listed in hex."""
         receipt_id = await self.record(
             client, ctx, fmt, hashlib.sha256(batch_fingerprint(digests)).hexdigest(),
-            hashlib.sha256(batch_fingerprint(signatures)).hexdigest(),
-            {"hash_algorithm": hash_name, "signature_algorithm": oid, "count": len(digests)},
-            [d.hex() for d in digests], output=unnamed.output,
+            hashlib.sha256(batch_fingerprint(signed.signatures)).hexdigest(),
+            {"hash_algorithm": hash_name, "signature_algorithm": signed.signature_algorithm,
+             "count": len(digests)},
+            [d.hex() for d in digests], output=signed.output,
         )
-        return dataclasses.replace(unnamed, receipt_id=receipt_id)
+        return dataclasses.replace(signed, receipt_id=receipt_id)
 
     async def measured(
         self, fmt: str, run: Callable[[], Awaitable[T]],

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from gateway.hsm import Hsm, KeyAlgorithm
+from gateway.keys.registry import usage_counter
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
-from tests.api.conftest import ORGANIZATION, World
+from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
 from tests.conftest import on_redis
 from tests.redis_server import RedisServer
 
@@ -370,6 +372,80 @@ async def test_a_sign_algo_the_key_cannot_make_leaves_the_sad_unspent(
     assert "signAlgo" in await csc_error(world, "signatures/signHash", headers, wrong)
     answer = await csc(world, "signatures/signHash", headers, sign_body(seal["id"], sad, digests))
     assert len(answer["signatures"]) == 1
+
+
+async def file_locally(world: World, seal_id: str, action: str) -> None:
+    """A status change of the seal (suspend, resume) filed and approved locally."""
+    filings = world.services.filings
+    filing = await filings.create({
+        "seal_id": seal_id, "action": action, "authority": "local", "applicant": APPLICANT,
+        "legal_representative": LEGAL_REPRESENTATIVE}, "test")
+    await filings.submit(filing["id"], "test")
+    await filings.review(filing["id"], {"decision": "approve"}, "test")
+
+
+async def test_a_seal_that_may_not_sign_leaves_the_sad_unspent(credential: Credential) -> None:
+    """signHash for a suspended seal is refused before the SAD is spent: once the seal is
+    resumed, the same authorization signs."""
+    world, seal, headers = credential
+    digests = [digest("suspended")]
+    sad = await authorize(world, headers, seal["id"], digests)
+    await file_locally(world, seal["id"], "suspend")
+    assert "suspended" in await csc_error(world, "signatures/signHash", headers,
+                                          sign_body(seal["id"], sad, digests))
+    await file_locally(world, seal["id"], "resume")
+    answer = await csc(world, "signatures/signHash", headers, sign_body(seal["id"], sad, digests))
+    assert len(answer["signatures"]) == 1
+
+
+async def test_a_used_up_key_budget_gives_the_sad_back(world: World) -> None:
+    """A key whose usage budget is used up refuses signHash and gives the signatures back to
+    the SAD: with budget again (here: one use given back), the same authorization signs."""
+    key = await world.services.keys.create("budget", KeyAlgorithm.EC_P256.value, "test",
+                                           usage_limit=1)
+    key = await world.services.keys.certify(key, world.ca, "测试合同专用章",
+                                            ORGANIZATION["name"], "test")
+    seal = await world.services.seals.create(
+        {"name": "合同专用章", "type": "04", "organization": ORGANIZATION, "key_id": key["id"]},
+        "test")
+    await world.services.filings.file_and_approve_locally(
+        seal["id"], APPLICANT, LEGAL_REPRESENTATIVE, "test")
+    _, headers = await world.client("signer", [seal["id"]])
+    first, second = digest("first"), digest("second")
+    used = await authorize(world, headers, seal["id"], [first])
+    sad = await authorize(world, headers, seal["id"], [second])
+    await csc(world, "signatures/signHash", headers, sign_body(seal["id"], used, [first]))
+    assert "limit" in await csc_error(world, "signatures/signHash", headers,
+                                      sign_body(seal["id"], sad, [second]))
+    await world.services.storage.incr(usage_counter(key["id"]), -1)
+    await csc(world, "signatures/signHash", headers, sign_body(seal["id"], sad, [second]))
+
+
+async def test_sign_hash_in_an_hsm_outage_gives_the_sad_back(
+    credential: Credential, token_dir: Path
+) -> None:
+    """signHash answered 503 while the token is gone signed nothing, so it spends nothing:
+    the same request signs once the token is back, and the SAD is spent after that."""
+    world, seal, headers = credential
+    digests = [digest("outage")]
+    sad = await authorize(world, headers, seal["id"], digests)
+    tokens, away = token_dir / "tokens", token_dir / "tokens.away"
+    tokens.rename(away)
+    try:
+        await csc_error(world, "signatures/signHash", headers,
+                        sign_body(seal["id"], sad, digests), status=503,
+                        error="temporarily_unavailable")
+    finally:
+        away.rename(tokens)
+    for _ in range(50):
+        response = await world.http.post("/csc/v1/signatures/signHash", headers=headers,
+                                          json=sign_body(seal["id"], sad, digests))
+        if response.status != 503:
+            break
+        await asyncio.sleep(0.1)
+    assert response.status == 200, await response.text()
+    assert "SAD" in await csc_error(world, "signatures/signHash", headers,
+                                    sign_body(seal["id"], sad, digests))
 
 
 async def test_token_problems_are_csc_errors(credential: Credential) -> None:
