@@ -6,6 +6,10 @@ would lock out every client behind it. ``server.trusted_proxies`` lists the prox
 not itself a trusted proxy (each proxy appends the address it received the request from, so
 everything left of the first untrusted hop may be made up by the client). Without trusted
 proxies the header is ignored: anyone could send it.
+
+A gateway listening on "::" sees IPv4 peers as IPv4-mapped IPv6 addresses
+(``::ffff:10.0.0.5``); every address is read in its IPv4 form where it has one, so that an
+IPv4 proxy matches its IPv4 network and one client is one address however it arrived.
 """
 
 from __future__ import annotations
@@ -24,17 +28,19 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def client_address(request: web.Request) -> str:
     """The address the request came from, through trusted proxies; "unknown" if none."""
-    peer = request.remote or ""
+    peer_text = request.remote or ""
+    peer = _address(peer_text)
+    named = (peer_text or "unknown") if peer is None else str(peer)
     proxies = trusted_networks(request.app[SETTINGS].server.trusted_proxies)
-    if not proxies or not _within(_address(peer), proxies):
-        return peer or "unknown"
+    if not proxies or not _within(peer, proxies):
+        return named
     hops = [hop.strip() for header in request.headers.getall("X-Forwarded-For", [])
             for hop in header.split(",")]
     for hop in reversed(hops):
         address = _address(hop)
         if not _within(address, proxies):
-            return hop if address is not None else "unknown"
-    return peer
+            return "unknown" if address is None else str(address)
+    return named
 
 
 @functools.cache
@@ -52,10 +58,14 @@ def trusted_networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
 
 
 def _address(text: str) -> Address | None:
+    """The address ``text`` names, IPv4 when it is IPv4-mapped; None when it names none."""
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _within(address: Address | None, networks: tuple[Network, ...]) -> bool:

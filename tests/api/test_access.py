@@ -9,7 +9,9 @@ import re
 import uuid
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.api.middlewares import failure_bucket
 from gateway.app import create_app
@@ -17,6 +19,7 @@ from gateway.auth import ROLES
 from gateway.errors import ConfigError
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
+from gateway.server import bind_socket
 from gateway.settings import Settings
 from tests.api.conftest import World
 from tests.api.test_openapi import API_MD
@@ -294,6 +297,29 @@ async def test_without_trusted_proxies_x_forwarded_for_is_ignored(
         assert await failed_from(world, "203.0.113.7") == 401
         assert await failed_from(world, "203.0.113.8") == 429
         assert await audited_remotes(world) == ["127.0.0.1"]
+
+
+async def test_a_trusted_ipv4_proxy_is_recognised_on_a_dual_stack_listener(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA
+) -> None:
+    """Listening on "::", a connection from an IPv4 proxy arrives from its IPv4-mapped
+    address; it is still the trusted proxy, and the clients it forwards (mapped or not) are
+    told apart and named in plain IPv4 form."""
+    async with World.running(with_proxies(settings, "127.0.0.0/8"), hsm, dev_ca) as world:
+        listener = bind_socket("::", 0)
+        site = web.SockSite(world.http.server.runner, listener)
+        await site.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/keys"
+        statuses = []
+        async with aiohttp.ClientSession() as session:
+            for forwarded in ("203.0.113.7", "::ffff:203.0.113.7", "203.0.113.8"):
+                async with session.get(url, headers={
+                    "Authorization": f"Bearer sg_wrong-{uuid.uuid4().hex}",
+                    "X-Forwarded-For": f"{forwarded}, ::ffff:127.0.0.2",
+                }) as response:
+                    statuses.append(response.status)
+        assert statuses == [401, 429, 401]
+        assert await audited_remotes(world) == ["203.0.113.7", "203.0.113.8"]
 
 
 def test_a_trusted_proxy_that_is_no_address_stops_the_start(settings: Settings) -> None:
