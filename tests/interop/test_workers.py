@@ -74,6 +74,21 @@ async def sign_until_done(http: aiohttp.ClientSession, gateway: GatewayProcess,
     raise AssertionError(f"{key} was never signed")
 
 
+async def half_sent_document(
+    gateway: GatewayProcess, deployment: Deployment
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A sign/pdf request whose first 100 bytes of the document are sent, the rest not yet:
+    the worker has the headers and waits for the body (the caller sends DOCUMENT[100:])."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write((f"POST /v1/seals/{deployment.seal_id}/sign/pdf HTTP/1.1\r\n"
+                  f"Host: x\r\nAuthorization: Bearer {deployment.token}\r\n"
+                  f"Content-Type: application/pdf\r\nContent-Length: {len(DOCUMENT)}\r\n"
+                  "\r\n").encode() + DOCUMENT[:100])
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    return reader, writer
+
+
 async def metrics_text(http: aiohttp.ClientSession, gateway: GatewayProcess) -> str:
     async with http.get(gateway.url("/metrics")) as response:
         assert response.status == 200
@@ -221,13 +236,7 @@ async def test_at_sigterm_a_request_still_uploading_is_answered(
     running = deployment.serve(workers=1, name="drain")
     running.start()
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
-        writer.write((f"POST /v1/seals/{deployment.seal_id}/sign/pdf HTTP/1.1\r\n"
-                      f"Host: x\r\nAuthorization: Bearer {deployment.token}\r\n"
-                      f"Content-Type: application/pdf\r\nContent-Length: {len(DOCUMENT)}\r\n"
-                      "\r\n").encode() + DOCUMENT[:100])
-        await writer.drain()
-        await asyncio.sleep(0.5)  # the worker has the headers and waits for the body
+        reader, writer = await half_sent_document(running, deployment)
         assert running.process is not None
         running.process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.5)
@@ -302,13 +311,7 @@ async def test_a_client_gone_mid_body_is_counted_499_and_not_logged_as_an_error(
     """A client that closes its connection halfway through a document is no server error:
     counted as 499 (the error-ratio alert reads 5xx), one line at INFO, no traceback."""
     with deployment.serve(workers=1, name="gone") as running:
-        _, writer = await asyncio.open_connection("127.0.0.1", running.port)
-        writer.write((f"POST /v1/seals/{deployment.seal_id}/sign/pdf HTTP/1.1\r\n"
-                      f"Host: x\r\nAuthorization: Bearer {deployment.token}\r\n"
-                      f"Content-Type: application/pdf\r\nContent-Length: {len(DOCUMENT)}\r\n"
-                      "\r\n").encode() + DOCUMENT[:100])
-        await writer.drain()
-        await asyncio.sleep(0.5)  # the worker has the headers and reads the body
+        _, writer = await half_sent_document(running, deployment)
         writer.close()
         await asyncio.sleep(0.5)
         async with aiohttp.ClientSession() as http:
