@@ -131,7 +131,7 @@ async def _publish_seal_validity(services: Services) -> None:
     seal as surely, and the same alerts must see it coming."""
     now = utcnow()
     certificate_ends = {
-        record.key: parse(record.data.get("certificate", {}).get("not_after"))
+        record.key: parse((record.data.get("certificate") or {}).get("not_after"))
         for record in await services.storage.list(KEY, limit=1_000_000)
     }
     in_force: dict[tuple[str, str], float] = {}

@@ -182,6 +182,7 @@ async def test_a_certificate_ending_before_the_filing_is_the_seal_s_end_in_the_g
     quick = settings.replace(metrics=dataclasses.replace(settings.metrics, refresh_seconds=0.05))
     async with World.running(quick, hsm, dev_ca) as world:
         seal = await world.active_seal()
+        await world.services.keys.create("no certificate yet", "ec-p256", "test")
         key = await world.services.keys.get(seal["key_id"])
         key = await world.services.keys.certify(key, world.ca, "测试合同专用章", "测试", "test",
                                                 days=10)
