@@ -443,11 +443,9 @@ class FilingService:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         new_status = states.seal_status_on_approval(seal.data["status"], filing["action"])
         valid_from, valid_to = parse(seal.data.get("valid_from")), parse(seal.data.get("valid_to"))
-        if filing["action"] in (
-            states.FilingAction.NEW,
-            states.FilingAction.RENEW,
-            states.FilingAction.CHANGE,
-        ):
+        # A change alters the filed details only: its receipt carries the seal's period as it
+        # stands (an expired seal is renewed first, so it never needs to extend it).
+        if filing["action"] in (states.FilingAction.NEW, states.FilingAction.RENEW):
             days = dt.timedelta(days=decision.valid_days or self._settings.receipt_valid_days)
             if filing["action"] == states.FilingAction.RENEW and valid_to and valid_to > now:
                 # Renewed before expiry: the period continues from the old end, so the seal

@@ -525,6 +525,24 @@ async def test_two_reviewers_deciding_one_filing_at_once_get_one_200_and_one_409
         assert problem["type"].rsplit("/", 1)[1] in ("conflict", "invalid-transition")
 
 
+async def test_a_change_keeps_the_seal_s_validity(filing: Filing) -> None:
+    """A change alters the filed details, never the validity: its receipt and the seal keep
+    the period they had, whatever validity the reviewer names."""
+    seal = await filing.seal()
+    await filing.approve((await filing.file(seal["id"], "new"))["id"], valid_days=30)
+    before = (await filing.world.services.seals.record(seal["id"])).data
+    for extra in ({}, {"valid_days": 1}):
+        change = await filing.file(seal["id"], "change")
+        approved = await filing.approve(change["id"], **extra)
+        after = (await filing.world.services.seals.record(seal["id"])).data
+        assert (after["valid_from"], after["valid_to"]) == (before["valid_from"],
+                                                            before["valid_to"])
+        receipt = await filing.world.services.receipts.get(approved["receipt_number"])
+        assert (receipt["valid_from"], receipt["valid_to"]) == (before["valid_from"],
+                                                                before["valid_to"])
+        assert receipt["action"] == "change"
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
