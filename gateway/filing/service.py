@@ -453,7 +453,10 @@ class FilingService:
                 valid_to = valid_to + days
             else:
                 valid_from, valid_to = now, now + days
+            # Renewals stacked one on another end at most ten years from the decision.
+            valid_to = min(valid_to, now + dt.timedelta(days=MAX_VALID_DAYS))
         key = await self._storage.get(KEY, str(seal.data["key_id"]))
+        valid_to = _within_certificate(valid_to, key.data if key else {}, filing["action"], now)
         adapter = self.adapters[filing["authority"]]
         number = receipt_number(now, await self._storage.incr(f"receipt-seq:{now:%Y%m%d}"))
         receipt = build_receipt(
@@ -557,6 +560,20 @@ def _choice(body: Mapping[str, Any], field: str, allowed: list[str]) -> str:
     if value not in allowed:
         raise ValidationFailed.one(field, f"must be one of {', '.join(allowed)}")
     return str(value)
+
+
+def _within_certificate(
+    valid_to: dt.datetime | None, key: Mapping[str, Any], action: str, now: dt.datetime
+) -> dt.datetime | None:
+    """``valid_to`` ending no later than the certificate the receipt names: a receipt that
+    outlived it would call a seal filed that can no longer sign."""
+    not_after = parse((key.get("certificate") or {}).get("not_after"))
+    if not_after is None or valid_to is None or valid_to <= not_after:
+        return valid_to
+    if action in (states.FilingAction.NEW, states.FilingAction.RENEW) and not_after <= now:
+        raise Conflict(f"the seal's certificate expired at {isoformat(not_after)}; import a "
+                       "new one (PUT /v1/keys/{id}/certificate) before approving")
+    return not_after
 
 
 def _stopped_by(seal: Mapping[str, Any], filing_id: str) -> bool:

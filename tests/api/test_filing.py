@@ -32,6 +32,7 @@ from gateway.pki.devca import DevCA
 from gateway.settings import SecretRef, Settings
 from gateway.signing.jcs import canonicalize
 from gateway.signing.jws import b64url_encode, protected_header
+from gateway.storage import Write
 from plugins.authority_simulator import Faults, OrganisationNameContains, running_simulator
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
 from tests.api.test_sign_pdf import assert_problem
@@ -50,8 +51,9 @@ class Filing:
     reviewer: dict[str, str]
     simulator: Any
 
-    async def seal(self, organization: dict[str, str] | None = None) -> dict[str, Any]:
-        key = await self.world.key()
+    async def seal(self, organization: dict[str, str] | None = None,
+                   key: dict[str, Any] | None = None) -> dict[str, Any]:
+        key = key or await self.world.key()
         response = await self.world.http.post("/v1/seals", headers=self.filer, json={
             "name": "合同专用章", "type": "04", "organization": organization or ORGANIZATION,
             "key_id": key["id"]})
@@ -541,6 +543,52 @@ async def test_a_change_keeps_the_seal_s_validity(filing: Filing) -> None:
         assert (receipt["valid_from"], receipt["valid_to"]) == (before["valid_from"],
                                                                 before["valid_to"])
         assert receipt["action"] == "change"
+
+
+async def certified_for(filing: Filing, days: int) -> dict[str, Any]:
+    """A key whose dev-CA certificate is valid for ``days``."""
+    key = await filing.world.services.keys.create("test-short", "rsa-2048", "test")
+    return await filing.world.services.keys.certify(key, filing.world.ca, "测试合同专用章",
+                                                    ORGANIZATION["name"], "test", days=days)
+
+
+async def test_renewals_stack_no_further_than_ten_years_from_the_decision(
+    filing: Filing,
+) -> None:
+    """A renewal of ten years approved on a seal with ten years left ends ten years from the
+    approval, not twenty."""
+    seal = await filing.seal(key=await certified_for(filing, 30 * 365))
+    await filing.approve((await filing.file(seal["id"], "new"))["id"], valid_days=3650)
+    renew = await filing.file(seal["id"], "renew")
+    approved = await filing.approve(renew["id"], valid_days=3650)
+    receipt = await filing.world.services.receipts.get(approved["receipt_number"])
+    decided = parse(receipt["issued_at"])
+    assert parse(receipt["valid_to"]) == decided + dt.timedelta(days=3650)
+    seal_now = (await filing.world.services.seals.record(seal["id"])).data
+    assert seal_now["valid_to"] == receipt["valid_to"]
+
+
+async def test_a_receipt_ends_when_the_certificate_it_names_does(filing: Filing) -> None:
+    """Validity granted past the seal certificate's end stops at it; once that certificate
+    has expired, a new filing or renewal is refused until a new one is imported."""
+    key = await certified_for(filing, 10)
+    seal = await filing.seal(key=key)
+    new = await filing.file(seal["id"], "new")
+    approved = await filing.approve(new["id"], valid_days=365)
+    receipt = await filing.world.services.receipts.get(approved["receipt_number"])
+    assert parse(receipt["valid_to"]) == parse(key["certificate"]["not_after"])
+
+    renew = await filing.file(seal["id"], "renew")
+    record = await filing.world.services.storage.get("key", key["id"])
+    assert record is not None
+    expired = {**record.data["certificate"], "not_after": isoformat(utcnow())}
+    await filing.world.services.storage.commit(
+        [Write("key", key["id"], record.version, {**record.data, "certificate": expired})])
+    response = await filing.world.http.post(f"/v1/filings/{renew['id']}/review",
+                                            headers=filing.reviewer, json={"decision": "approve"})
+    body = await assert_problem(response, 409, "conflict")
+    assert "certificate expired" in body["detail"]
+    assert (await filing.world.services.filings.get(renew["id"]))["status"] == "under_review"
 
 
 @pytest.mark.parametrize(
