@@ -10,6 +10,7 @@ compare-and-set on the filing record makes the decision apply exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -55,6 +56,10 @@ FILING = "filing"
 MATERIAL_KINDS = ("business_license", "legal_rep_id", "seal_impression", "authorization_letter")
 REQUIRED_FOR_NEW = ("business_license", "legal_rep_id", "seal_impression")
 MAX_MATERIAL_BYTES = 10 * 1024 * 1024
+# How long one call into an authority adapter may take before it counts as unavailable. A
+# bound on plugins that hang, not a tuning knob: the http adapter's own retries
+# ([filing.http] timeout_seconds × max_attempts, plus backoff) end well inside it.
+ADAPTER_TIMEOUT_SECONDS = 60.0
 _PHONE = re.compile(r"^(1[3-9]\d{9}|0\d{2,3}-?\d{7,8})$")
 _SNIFF = (
     (b"%PDF-", "application/pdf"),
@@ -261,7 +266,7 @@ class FilingService:
             return record.data
         adapter = self.adapters[record.data["authority"]]
         try:
-            reference = await adapter.submit(await self._application(record.data))
+            reference = await _submitted(adapter, await self._application(record.data))
         except AuthorityUnavailable as exc:
             log.warning(
                 "filing %s: authority %s unavailable, will retry: %s", filing_id, adapter.name, exc
@@ -380,7 +385,7 @@ class FilingService:
         if record.data["status"] == states.FilingStatus.SUBMITTED:
             after = await self._hand_over(record.key)
             return int(after["status"] != states.FilingStatus.SUBMITTED)
-        decision = await adapter.decision(str(record.data["reference"]))
+        decision = await _decision(adapter, str(record.data["reference"]))
         if decision is None:
             return 0
         await self._decide(record, decision, f"authority:{adapter.name}")
@@ -560,6 +565,59 @@ def _choice(body: Mapping[str, Any], field: str, allowed: list[str]) -> str:
     if value not in allowed:
         raise ValidationFailed.one(field, f"must be one of {', '.join(allowed)}")
     return str(value)
+
+
+async def _submitted(adapter: FilingAdapter, application: Mapping[str, Any]) -> str:
+    """``adapter.submit``, bounded in time, its answer checked: whatever a plugin does wrong
+    leaves the filing ``submitted`` for the poller to try again."""
+    try:
+        async with asyncio.timeout(ADAPTER_TIMEOUT_SECONDS):
+            reference: object = await adapter.submit(application)
+    except TimeoutError as exc:
+        raise AuthorityUnavailable(
+            f"authority {adapter.name} did not answer within {ADAPTER_TIMEOUT_SECONDS:g} s"
+        ) from exc
+    if not isinstance(reference, str) or not reference.strip():
+        log.error("authority %s answered application %s with no reference: %r",
+                  adapter.name, application.get("id"), reference)
+        raise AuthorityUnavailable(f"authority {adapter.name} sent no reference")
+    return reference
+
+
+async def _decision(adapter: FilingAdapter, reference: str) -> Decision | None:
+    """``adapter.decision``, bounded in time, its answer checked as :func:`_submitted`'s: a
+    decision the gateway cannot apply as given leaves the filing under review."""
+    try:
+        async with asyncio.timeout(ADAPTER_TIMEOUT_SECONDS):
+            decision: object = await adapter.decision(reference)
+    except TimeoutError as exc:
+        raise AuthorityUnavailable(
+            f"authority {adapter.name} did not answer within {ADAPTER_TIMEOUT_SECONDS:g} s"
+        ) from exc
+    if decision is None:
+        return None
+    fault = _decision_fault(decision)
+    if fault or not isinstance(decision, Decision):
+        log.error("authority %s sent an unusable decision on %s (%s): %r",
+                  adapter.name, reference, fault, decision)
+        raise AuthorityUnavailable(f"authority {adapter.name} sent an unusable decision: {fault}")
+    return decision
+
+
+def _decision_fault(decision: object) -> str:
+    """What makes an adapter's answer no Decision the gateway may apply; "" when none."""
+    if not isinstance(decision, Decision):
+        return f"a {type(decision).__name__}, not a Decision"
+    if decision.outcome not in ("approved", "rejected"):
+        return f"outcome {decision.outcome!r} is neither approved nor rejected"
+    days = decision.valid_days
+    if days is not None and (
+        not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_VALID_DAYS
+    ):
+        return f"valid_days {days!r} is not a whole number of days, 1 to {MAX_VALID_DAYS}"
+    if not isinstance(decision.comment, str) or not isinstance(decision.reference, str):
+        return "comment and reference must be strings"
+    return ""
 
 
 def _within_certificate(

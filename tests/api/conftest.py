@@ -38,9 +38,11 @@ class World:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, settings: Settings, hsm: Hsm, ca: DevCA) -> AsyncIterator[World]:
-        """The app started on a free loopback port with these settings, stopped afterwards."""
-        app = create_app(settings, hsm=hsm)
+    async def running(cls, settings: Settings, hsm: Hsm, ca: DevCA,
+                      plugins: tuple[object, ...] = ()) -> AsyncIterator[World]:
+        """The app started on a free loopback port with these settings (and ``plugins``
+        besides the installed ones), stopped afterwards."""
+        app = create_app(settings, hsm=hsm, extra_plugins=plugins)
         client = TestClient(TestServer(app))
         await client.start_server()
         try:

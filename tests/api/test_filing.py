@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -12,7 +13,7 @@ import json
 import struct
 import subprocess
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
@@ -27,6 +28,9 @@ from pyhanko.pdf_utils.embed import EmbeddedFileObject, FileSpec, embed_file
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
 from gateway.clock import isoformat, parse, utcnow
+from gateway.filing import service as filing_service
+from gateway.filing.adapters import Decision
+from gateway.hookspecs import hookimpl
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
 from gateway.settings import SecretRef, Settings
@@ -98,9 +102,10 @@ class Filing:
                                           headers={**signer, **PDF})
 
 
-@pytest.fixture
-async def filing(settings: Settings, hsm: Hsm, dev_ca: DevCA, tmp_path: Path
-                 ) -> AsyncIterator[Filing]:
+@contextlib.asynccontextmanager
+async def filing_world(settings: Settings, hsm: Hsm, dev_ca: DevCA, tmp_path: Path,
+                       plugins: tuple[object, ...] = ()) -> AsyncIterator[Filing]:
+    """A :class:`Filing` world whose poller is idle (tests call ``process_pending``)."""
     token_file = tmp_path / "authority-token"
     token_file.write_text(AUTHORITY_TOKEN)
     async with running_simulator(AUTHORITY_TOKEN, review_delay_seconds=0.0,
@@ -110,10 +115,77 @@ async def filing(settings: Settings, hsm: Hsm, dev_ca: DevCA, tmp_path: Path
                                    max_attempts=2, timeout_seconds=2.0)
         configured = settings.replace(filing=dataclasses.replace(
             settings.filing, http=http, poll_interval_seconds=3600.0))
-        async with World.running(configured, hsm, dev_ca) as world:
+        async with World.running(configured, hsm, dev_ca, plugins) as world:
             _, filer = await world.client("filer")
             _, reviewer = await world.client("reviewer")
             yield Filing(world, filer, reviewer, simulator)
+
+
+@pytest.fixture
+async def filing(settings: Settings, hsm: Hsm, dev_ca: DevCA, tmp_path: Path
+                 ) -> AsyncIterator[Filing]:
+    async with filing_world(settings, hsm, dev_ca, tmp_path) as world:
+        yield world
+
+
+class UnrulyAuthority:
+    """A third-party authority plugin's adapter that misbehaves as a test tells it to."""
+
+    name = "unruly"
+    display_name = "Unruly authority plugin"
+    reviews_locally = False
+
+    def __init__(self) -> None:
+        self.fails: Exception | None = None
+        self.hangs = False
+        self.reference: object = ...
+        """What submit answers; ``...`` for a proper reference."""
+        self.decided: object = None
+
+    async def submit(self, application: Mapping[str, Any]) -> Any:
+        await self._misbehave()
+        return f"unruly-{application['id']}" if self.reference is ... else self.reference
+
+    async def decision(self, reference: str) -> Any:
+        await self._misbehave()
+        return self.decided
+
+    async def close(self) -> None:
+        return None
+
+    async def _misbehave(self) -> None:
+        if self.hangs:
+            await asyncio.sleep(3600)
+        if self.fails is not None:
+            raise self.fails
+
+
+class UnrulyPlugin:
+    def __init__(self, adapter: UnrulyAuthority) -> None:
+        self.adapter = adapter
+
+    @hookimpl
+    def sealgate_filing_adapters(self) -> list[UnrulyAuthority]:
+        return [self.adapter]
+
+
+@dataclasses.dataclass
+class Unruly:
+    filing: Filing
+    adapter: UnrulyAuthority
+
+    async def file(self, action: str = "renew") -> dict[str, Any]:
+        """An active seal's filing with the unruly authority, as submit answered."""
+        seal = await self.filing.active()
+        return await self.filing.file(seal["id"], action, authority="unruly")
+
+
+@pytest.fixture
+async def unruly(settings: Settings, hsm: Hsm, dev_ca: DevCA, tmp_path: Path
+                 ) -> AsyncIterator[Unruly]:
+    adapter = UnrulyAuthority()
+    async with filing_world(settings, hsm, dev_ca, tmp_path, (UnrulyPlugin(adapter),)) as world:
+        yield Unruly(world, adapter)
 
 
 async def test_new_seal_filed_locally_becomes_active_and_signs(filing: Filing) -> None:
@@ -371,6 +443,71 @@ async def test_a_filing_the_authority_refuses_to_show_does_not_hold_up_the_other
     too_long = await filing.file((await filing.seal())["id"], "new", authority="sim")
     assert await filing.world.services.filings.process_pending() == 0
     assert (await filing.world.services.filings.get(too_long["id"]))["status"] == "under_review"
+
+
+@pytest.mark.parametrize("decided", [
+    {"outcome": "approved"},
+    Decision("approve"),  # type: ignore[arg-type]
+    Decision("approved", valid_days=0),
+    Decision("approved", valid_days=-30),
+    Decision("approved", valid_days=100_000),
+    Decision("approved", valid_days="30"),  # type: ignore[arg-type]
+    Decision("approved", reference=None),  # type: ignore[arg-type]
+])
+async def test_an_unusable_decision_from_a_plugin_leaves_the_filing_under_review(
+    unruly: Unruly, decided: object
+) -> None:
+    """A decision that is no Decision, or names an unknown outcome or a validity outside
+    1 to 3650 days, is not applied: the filing waits under review, the seal keeps its
+    validity, and a proper decision later is applied."""
+    submitted = await unruly.file()
+    assert submitted["status"] == "under_review"
+    filings = unruly.filing.world.services.filings
+    seal_before = (await unruly.filing.world.services.seals.record(submitted["seal_id"])).data
+    unruly.adapter.decided = decided
+    assert await filings.process_pending() == 0
+    assert (await filings.get(submitted["id"]))["status"] == "under_review"
+    seal_after = (await unruly.filing.world.services.seals.record(submitted["seal_id"])).data
+    assert seal_after["valid_to"] == seal_before["valid_to"]
+    unruly.adapter.decided = Decision("approved", valid_days=30)
+    assert await filings.process_pending() == 1
+    assert (await filings.get(submitted["id"]))["status"] == "approved"
+
+
+@pytest.mark.parametrize("reference", [None, "", 42])
+async def test_a_submission_a_plugin_answers_without_a_reference_is_retried(
+    unruly: Unruly, reference: object
+) -> None:
+    """No reference is no hand-over: the filing stays submitted until one comes."""
+    unruly.adapter.reference = reference
+    submitted = await unruly.file("suspend")
+    assert submitted["status"] == "submitted"
+    assert submitted["reference"] is None
+    unruly.adapter.reference = ...
+    assert await unruly.filing.world.services.filings.process_pending() == 1
+    moved = await unruly.filing.world.services.filings.get(submitted["id"])
+    assert moved["status"] == "under_review"
+    assert moved["reference"] == f"unruly-{submitted['id']}"
+
+
+async def test_a_plugin_that_hangs_is_given_up_on_in_time(
+    unruly: Unruly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submission or poll into an adapter that never answers ends at the adapter timeout;
+    the filing waits for the next pass."""
+    monkeypatch.setattr(filing_service, "ADAPTER_TIMEOUT_SECONDS", 0.2)
+    seal = await unruly.filing.active()
+    unruly.adapter.hangs = True
+    submitted = await asyncio.wait_for(
+        unruly.filing.file(seal["id"], "suspend", authority="unruly"), 10)
+    assert submitted["status"] == "submitted"
+    filings = unruly.filing.world.services.filings
+    assert await asyncio.wait_for(filings.process_pending(), 10) == 0
+    unruly.adapter.hangs = False
+    assert await filings.process_pending() == 1
+    unruly.adapter.hangs = True
+    assert await asyncio.wait_for(filings.process_pending(), 10) == 0
+    assert (await filings.get(submitted["id"]))["status"] == "under_review"
 
 
 async def test_suspend_resume_loss_and_cancel_each_refuse_with_their_reason(
