@@ -365,7 +365,7 @@ class FilingService:
 
     async def process_pending(self) -> int:
         """Retry hand-overs and collect remote decisions; returns how many filings moved."""
-        moved = 0
+        moved = failed = 0
         for status in (states.FilingStatus.SUBMITTED, states.FilingStatus.UNDER_REVIEW):
             for record in await self._storage.list(FILING, where={"status": status.value}):
                 adapter = self.adapters.get(record.data["authority"])
@@ -379,6 +379,13 @@ class FilingService:
                     # This filing needs a person (the authority lost it, or its decision no
                     # longer fits the seal); the others in the pass still advance.
                     log.warning("filing %s cannot advance: %s", record.key, exc)
+                except Exception:
+                    # Not one of ours: a bug, logged with its traceback; the rest of the pass
+                    # still advances, and this filing is tried again in the next.
+                    failed += 1
+                    log.exception("filing %s failed to advance", record.key)
+        if failed:
+            log.error("%d filing(s) failed to advance in this pass", failed)
         return moved
 
     async def _advance(self, record: Record, adapter: FilingAdapter) -> int:
@@ -573,10 +580,10 @@ async def _submitted(adapter: FilingAdapter, application: Mapping[str, Any]) -> 
     try:
         async with asyncio.timeout(ADAPTER_TIMEOUT_SECONDS):
             reference: object = await adapter.submit(application)
-    except TimeoutError as exc:
-        raise AuthorityUnavailable(
-            f"authority {adapter.name} did not answer within {ADAPTER_TIMEOUT_SECONDS:g} s"
-        ) from exc
+    except (AuthorityUnavailable, AuthorityRefused):
+        raise
+    except Exception as exc:
+        raise _adapter_failed(adapter, f"application {application.get('id')}", exc) from exc
     if not isinstance(reference, str) or not reference.strip():
         log.error("authority %s answered application %s with no reference: %r",
                   adapter.name, application.get("id"), reference)
@@ -590,10 +597,10 @@ async def _decision(adapter: FilingAdapter, reference: str) -> Decision | None:
     try:
         async with asyncio.timeout(ADAPTER_TIMEOUT_SECONDS):
             decision: object = await adapter.decision(reference)
-    except TimeoutError as exc:
-        raise AuthorityUnavailable(
-            f"authority {adapter.name} did not answer within {ADAPTER_TIMEOUT_SECONDS:g} s"
-        ) from exc
+    except (AuthorityUnavailable, AuthorityRefused):
+        raise
+    except Exception as exc:
+        raise _adapter_failed(adapter, reference, exc) from exc
     if decision is None:
         return None
     fault = _decision_fault(decision)
@@ -602,6 +609,16 @@ async def _decision(adapter: FilingAdapter, reference: str) -> Decision | None:
                   adapter.name, reference, fault, decision)
         raise AuthorityUnavailable(f"authority {adapter.name} sent an unusable decision: {fault}")
     return decision
+
+
+def _adapter_failed(adapter: FilingAdapter, about: str, exc: Exception) -> AuthorityUnavailable:
+    """A timeout, or an exception no adapter should raise (a plugin's bug), as the
+    unavailability it amounts to: the filing is tried again later."""
+    if isinstance(exc, TimeoutError):
+        return AuthorityUnavailable(
+            f"authority {adapter.name} did not answer within {ADAPTER_TIMEOUT_SECONDS:g} s")
+    log.error("authority %s failed on %s", adapter.name, about, exc_info=exc)
+    return AuthorityUnavailable(f"authority {adapter.name} failed: {type(exc).__name__}")
 
 
 def _decision_fault(decision: object) -> str:

@@ -510,6 +510,34 @@ async def test_a_plugin_that_hangs_is_given_up_on_in_time(
     assert (await filings.get(submitted["id"]))["status"] == "under_review"
 
 
+async def test_a_plugin_that_raises_at_submission_leaves_the_filing_to_the_poller(
+    unruly: Unruly,
+) -> None:
+    """The submission is committed before the adapter is called: a plugin's exception then
+    answers 202 with the filing submitted (not 500), and the poller hands it over later."""
+    unruly.adapter.fails = RuntimeError("a bug in the plugin")
+    submitted = await unruly.file("suspend")
+    assert submitted["status"] == "submitted"
+    filings = unruly.filing.world.services.filings
+    assert await filings.process_pending() == 0
+    unruly.adapter.fails = None
+    assert await filings.process_pending() == 1
+    assert (await filings.get(submitted["id"]))["status"] == "under_review"
+
+
+async def test_a_plugin_that_raises_does_not_hold_up_the_other_filings(unruly: Unruly) -> None:
+    """One adapter raising on every filing it has leaves the other authorities' filings to
+    advance in the same pass."""
+    stuck = await unruly.file("suspend")
+    seal = await unruly.filing.seal()
+    remote = await unruly.filing.file(seal["id"], "new", authority="sim")
+    unruly.adapter.fails = KeyError("reference")
+    filings = unruly.filing.world.services.filings
+    assert await filings.process_pending() == 1
+    assert (await filings.get(remote["id"]))["status"] == "approved"
+    assert (await filings.get(stuck["id"]))["status"] == "under_review"
+
+
 async def test_suspend_resume_loss_and_cancel_each_refuse_with_their_reason(
     filing: Filing,
 ) -> None:
