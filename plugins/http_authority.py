@@ -25,9 +25,13 @@ What the adapter does with answers:
   has a ``Retry-After`` in seconds) up to ``max_attempts`` attempts, then
   AuthorityUnavailable. Retrying a POST is safe only because the authority is idempotent on
   the application id;
-- any other answer (4xx: bad token, invalid application, unknown reference; 3xx, since
-  redirects are not followed): AuthorityRefused at once, since sending the same request
-  again cannot change the answer.
+- 400, 409 and 422, answers about the application itself, and 404 to a GET (a reference
+  the authority does not know): AuthorityRefused at once, since sending the same request
+  again cannot change the answer; a refused submission rejects the filing;
+- any other answer (401/403: the gateway's own token; 404 to the POST: a wrong ``url``; 3xx,
+  since redirects are not followed; other 4xx) is the gateway's configuration, not a verdict
+  on the application: logged as an error and AuthorityUnavailable at once, so the filing
+  waits for the configuration to be fixed instead of being rejected for good.
 
 Responses are not signed. An HMAC keyed with the bearer token would add nothing: whoever can
 alter responses on the path can read the token from the requests too. Integrity and
@@ -74,6 +78,9 @@ MAX_MESSAGE_CHARS = 300
 # Jitter spreads load; it needs no cryptographic randomness.
 _JITTER = random.Random()  # noqa: S311
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# Answers about the application (malformed, in conflict with another, invalid), not about
+# how the gateway reached the authority.
+_REFUSALS = frozenset({400, 409, 422})
 # 17 digits and a check character: a resident ID number, wherever it turns up in a message.
 _ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 
@@ -203,8 +210,11 @@ class HttpAuthorityAdapter:
                     text = await response.text(encoding="utf-8", errors="replace")
                     if 200 <= response.status < 300:
                         return response.status, self._json_object(text, method, path)
-                    if response.status != 429 and response.status < 500:
+                    if response.status in _REFUSALS or (response.status == 404
+                                                        and method == "GET"):
                         raise AuthorityRefused(self._refusal(response.status, text))
+                    if response.status != 429 and response.status < 500:
+                        raise self._misconfigured(response, text, method, path)
                     failure = f"HTTP {response.status}"
                     retry_after = _retry_after(response.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -233,6 +243,29 @@ class HttpAuthorityAdapter:
         return answer
 
     def _refusal(self, status: int, text: str) -> str:
+        return (f"authority {self.name} refused the request (HTTP {status}): "
+                f"{self._message(text)}")
+
+    def _misconfigured(
+        self, response: aiohttp.ClientResponse, text: str, method: str, path: str
+    ) -> AuthorityUnavailable:
+        status = response.status
+        if status in (401, 403):
+            fix = "check the token ([filing.http] token) on both sides"
+        elif 300 <= status < 400:
+            fix = (f"it redirects to {response.headers.get('Location', '?')!r}; "
+                   "check [filing.http] url")
+        elif status == 404:
+            fix = "check [filing.http] url"
+        else:
+            fix = "check [filing.http] url and the authority's protocol version"
+        message = (f"authority {self.name} answered {method} {path} with HTTP {status} "
+                   f"({self._message(text)}): {fix}; filings wait until it is fixed")
+        logger.error("filing %s", message)
+        return AuthorityUnavailable(message)
+
+    def _message(self, text: str) -> str:
+        """The authority's wording from a problem document, masked and shortened."""
         message = ""
         try:
             problem = json.loads(text)
@@ -246,7 +279,7 @@ class HttpAuthorityAdapter:
         message = mask_id_numbers(message)
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-        return f"authority {self.name} refused the request (HTTP {status}): {message}"
+        return message
 
 
 def _plain(value: object) -> object:

@@ -21,11 +21,13 @@ MAX_VALID_DAYS = 3650
 
 
 class AuthorityUnavailable(Exception):
-    """The authority cannot be reached or answered with a server error; try again later."""
+    """The authority cannot be reached, answered with a server error, or cannot be used as
+    configured (wrong credentials or address); try again later."""
 
 
 class AuthorityRefused(Exception):
-    """The authority refused the request itself (4xx); retrying the same request will not help."""
+    """The authority refused the application itself (invalid, or a reference it does not
+    know); retrying the same request will not help, and a refused submission is rejected."""
 
 
 @dataclass(frozen=True)

@@ -418,6 +418,24 @@ async def test_authority_outage_leaves_filing_submitted_then_completes_once(
     assert len(state.filings_for(submitted["id"])) == 1
 
 
+async def test_a_token_the_authority_refuses_leaves_the_filing_for_later(
+    filing: Filing,
+) -> None:
+    """A 401 is the gateway's credentials, not a verdict on the application: the filing
+    stays submitted, the seal pending, and it is handed over once the token is right."""
+    token_file = Path(str(filing.world.services.settings.filing.http.token.file))
+    token_file.write_text("rotated-on-the-authority-side-first")
+    seal = await filing.seal()
+    submitted = await filing.file(seal["id"], "new", authority="sim")
+    assert submitted["status"] == "submitted"
+    assert (await filing.world.services.seals.record(seal["id"])).data["status"] == (
+        "pending_filing")
+    token_file.write_text(AUTHORITY_TOKEN)
+    filings = filing.world.services.filings
+    assert await filings.process_pending() == 2  # handed over, then decided
+    assert (await filings.get(submitted["id"]))["status"] == "approved"
+
+
 async def test_a_filing_the_authority_refuses_to_show_does_not_hold_up_the_others(
     filing: Filing,
 ) -> None:

@@ -28,7 +28,6 @@ import aiohttp
 import pytest
 
 from gateway.filing.adapters import (
-    AuthorityRefused,
     AuthorityUnavailable,
     Decision,
     FilingAdapter,
@@ -326,12 +325,15 @@ async def test_rejections_carry_the_authority_comment(authority: AuthorityUnderT
         assert decision.valid_days is None, case.name
 
 
-async def test_wrong_credentials_are_refused(authority: AuthorityUnderTest) -> None:
-    """An adapter presenting credentials the authority refuses gets AuthorityRefused."""
+async def test_wrong_credentials_leave_the_authority_unavailable(
+    authority: AuthorityUnderTest,
+) -> None:
+    """Credentials the authority refuses are the gateway's configuration, not a verdict on
+    the application: AuthorityUnavailable, so the filing is retried once they are fixed."""
     require_remote_review(authority)
     require(authority.wrong_credentials, "the authority takes no credentials")
     assert authority.wrong_credentials is not None
-    with pytest.raises(AuthorityRefused):
+    with pytest.raises(AuthorityUnavailable):
         await authority.wrong_credentials().submit(sample_application())
 
 

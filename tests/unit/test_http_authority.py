@@ -333,7 +333,7 @@ async def test_an_id_number_echoed_in_a_refusal_is_masked(token_env: SecretRef) 
 
     async def echo(request: web.Request) -> web.Response:
         detail = f"id_number {ID_NUMBER} is on a blocklist"
-        return web.json_response({"detail": detail}, status=403)
+        return web.json_response({"detail": detail}, status=409)
 
     async with serving(echo) as url:
         adapter = HttpAuthorityAdapter(adapter_settings(url, token_env))
@@ -342,6 +342,51 @@ async def test_an_id_number_echoed_in_a_refusal_is_masked(token_env: SecretRef) 
         await adapter.close()
     assert ID_NUMBER not in str(refused.value)
     assert "110105********002X is on a blocklist" in str(refused.value)
+
+
+@pytest.mark.parametrize("status", [400, 409, 422])
+@in_session_loop
+async def test_answers_about_the_application_refuse_it(token_env: SecretRef, status: int) -> None:
+    """400, 409 and 422 to a submission are AuthorityRefused at once."""
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"detail": "the application is incomplete"}, status=status)
+
+    async with serving(refuse) as url:
+        adapter = HttpAuthorityAdapter(adapter_settings(url, token_env))
+        with pytest.raises(AuthorityRefused, match=f"HTTP {status}"):
+            await adapter.submit(sample_application())
+        await adapter.close()
+
+
+@pytest.mark.parametrize(("status", "names"), [
+    (401, "token"), (403, "token"), (404, "url"), (405, "url"), (301, "https://elsewhere"),
+    (307, "url"),
+])
+@in_session_loop
+async def test_answers_about_the_gateway_s_configuration_do_not_refuse_the_application(
+    token_env: SecretRef, caplog: pytest.LogCaptureFixture, status: int, names: str
+) -> None:
+    """A refused token, a wrong address (404 to the POST) or a redirect is the gateway's
+    configuration, not a verdict on the application: AuthorityUnavailable at once, without
+    retrying, and an error in the log that says what to check."""
+    requests = 0
+
+    async def misconfigured(request: web.Request) -> web.Response:
+        nonlocal requests
+        requests += 1
+        return web.json_response({"detail": f"no ({ID_NUMBER})"}, status=status,
+                                 headers={"Location": "https://elsewhere/api/v1/filings"})
+
+    async with serving(misconfigured) as url:
+        adapter = HttpAuthorityAdapter(adapter_settings(url, token_env))
+        with caplog.at_level(logging.ERROR, logger="plugins.http_authority"), \
+                pytest.raises(AuthorityUnavailable, match=f"HTTP {status}") as unavailable:
+            await adapter.submit(sample_application())
+        await adapter.close()
+    assert requests == 1
+    assert names in str(unavailable.value)
+    assert [r.getMessage() for r in caplog.records] == [f"filing {unavailable.value}"]
+    assert ID_NUMBER not in caplog.text
 
 
 @in_session_loop
