@@ -364,12 +364,18 @@ class FilingService:
         return await self._decide(record, decision, reviewer)
 
     async def process_pending(self) -> int:
-        """Retry hand-overs and collect remote decisions; returns how many filings moved."""
+        """Retry hand-overs and collect remote decisions; returns how many filings moved.
+
+        Hand-overs to authorities that review locally are finished here too: a worker that
+        died between submit's two commits leaves such a filing ``submitted``, where no
+        reviewer can decide it.
+        """
         moved = failed = 0
         for status in (states.FilingStatus.SUBMITTED, states.FilingStatus.UNDER_REVIEW):
             for record in await self._storage.list(FILING, where={"status": status.value}):
                 adapter = self.adapters.get(record.data["authority"])
-                if adapter is None or adapter.reviews_locally:
+                if adapter is None or (adapter.reviews_locally
+                                       and status != states.FilingStatus.SUBMITTED):
                     continue
                 try:
                     moved += await self._advance(record, adapter)

@@ -133,9 +133,9 @@ class UnrulyAuthority:
 
     name = "unruly"
     display_name = "Unruly authority plugin"
-    reviews_locally = False
 
     def __init__(self) -> None:
+        self.reviews_locally = False
         self.fails: Exception | None = None
         self.hangs = False
         self.reference: object = ...
@@ -554,6 +554,25 @@ async def test_a_plugin_that_raises_does_not_hold_up_the_other_filings(unruly: U
     assert await filings.process_pending() == 1
     assert (await filings.get(remote["id"]))["status"] == "approved"
     assert (await filings.get(stuck["id"]))["status"] == "under_review"
+
+
+async def test_a_hand_over_to_a_local_authority_left_unfinished_is_finished_by_the_poller(
+    unruly: Unruly,
+) -> None:
+    """A filing for an authority whose reviewers decide in the gateway, left submitted
+    (its worker died between the two commits of submit), is handed over by the next pass
+    and can then be reviewed."""
+    unruly.adapter.reviews_locally = True
+    unruly.adapter.fails = RuntimeError("the worker died here")
+    submitted = await unruly.file("suspend")
+    assert submitted["status"] == "submitted"
+    unruly.adapter.fails = None
+    filings = unruly.filing.world.services.filings
+    assert await filings.process_pending() == 1
+    assert (await filings.get(submitted["id"]))["status"] == "under_review"
+    assert await filings.process_pending() == 0
+    approved = await unruly.filing.approve(submitted["id"])
+    assert approved["status"] == "approved"
 
 
 async def test_suspend_resume_loss_and_cancel_each_refuse_with_their_reason(
