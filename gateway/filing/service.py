@@ -68,7 +68,14 @@ _SNIFF = (
 )
 
 
-def material_blob_key(filing_id: str, kind: str) -> str:
+def material_blob_key(filing_id: str, sha256: str) -> str:
+    """Where a material's bytes are kept: under their digest, so that an upload that loses
+    the race to commit cannot overwrite the bytes the filing's record names."""
+    return f"filing-material/{filing_id}/sha256/{sha256}"
+
+
+def legacy_material_blob_key(filing_id: str, kind: str) -> str:
+    """Where materials uploaded before they were kept by digest are."""
     return f"filing-material/{filing_id}/{kind}"
 
 
@@ -176,11 +183,12 @@ class FilingService:
         content_type = sniff_material(body)
         record = await self._record(filing_id)
         self._require_status(record, states.FilingStatus.DRAFT)
-        await self._storage.put_blob(material_blob_key(filing_id, kind), body)
+        sha256 = hashlib.sha256(body).hexdigest()
+        await self._storage.put_blob(material_blob_key(filing_id, sha256), body)
         material = {
             "content_type": content_type,
             "size": len(body),
-            "sha256": hashlib.sha256(body).hexdigest(),
+            "sha256": sha256,
             "uploaded_at": isoformat(utcnow()),
         }
         data = {**record.data, "materials": {**record.data["materials"], kind: material}}
@@ -318,9 +326,12 @@ class FilingService:
         legal = filing["legal_representative"]
         materials = []
         for kind, meta in filing["materials"].items():
-            blob = await self._storage.get_blob(material_blob_key(filing["id"], kind)) or b""
+            blob = await self._storage.get_blob(material_blob_key(filing["id"], meta["sha256"]))
+            if blob is None:
+                blob = await self._storage.get_blob(legacy_material_blob_key(filing["id"], kind))
             materials.append(
-                {"kind": kind, **meta, "content_b64": base64.b64encode(blob).decode("ascii")}
+                {"kind": kind, **meta,
+                 "content_b64": base64.b64encode(blob or b"").decode("ascii")}
             )
         return {
             "id": filing["id"],

@@ -30,6 +30,7 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from gateway.clock import isoformat, parse, utcnow
 from gateway.filing import service as filing_service
 from gateway.filing.adapters import Decision
+from gateway.filing.service import legacy_material_blob_key
 from gateway.hookspecs import hookimpl
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
@@ -916,6 +917,60 @@ async def test_bad_materials_are_refused(filing: Filing) -> None:
     unknown = await filing.world.http.put(f"{base}/selfie", data=seal_png(),
                                           headers=filing.filer)
     await assert_problem(unknown, 404, "not-found")
+
+
+async def test_racing_uploads_of_one_material_send_the_authority_what_the_record_names(
+    filing: Filing,
+) -> None:
+    """Two uploads of one material at once: whichever commits, the authority is sent the
+    bytes whose digest the filing records (it rejects a material that does not match)."""
+    filings = filing.world.services.filings
+    seal = await filing.seal()
+    created = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
+        "seal_id": seal["id"], "action": "new", "authority": "sim",
+        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
+    filing_id = (await created.json())["id"]
+    for kind in ("business_license", "seal_impression"):
+        await filings.put_material(filing_id, kind, seal_png(), "test")
+    for _ in range(3):
+        outcomes = await asyncio.gather(
+            *(filings.put_material(filing_id, "legal_rep_id", document, "test")
+              for document in (seal_png(), one_page_pdf())),
+            return_exceptions=True)
+        assert [type(o) for o in outcomes].count(dict) >= 1, outcomes
+    submitted = await filing.world.http.post(f"/v1/filings/{filing_id}/submit",
+                                             headers=filing.filer)
+    assert (await submitted.json())["status"] == "under_review"
+    await filings.process_pending()
+    done = await filings.get(filing_id)
+    assert done["status"] == "approved", done["decision"]
+
+
+async def test_materials_stored_under_their_kind_are_still_sent(filing: Filing) -> None:
+    """A material uploaded before materials were kept by their digest (its bytes under the
+    filing and kind) is still handed to the authority whole."""
+    filings, storage = filing.world.services.filings, filing.world.services.storage
+    seal = await filing.seal()
+    created = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
+        "seal_id": seal["id"], "action": "new", "authority": "sim",
+        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
+    filing_id = (await created.json())["id"]
+    for kind in ("business_license", "seal_impression"):
+        await filings.put_material(filing_id, kind, seal_png(), "test")
+    document = one_page_pdf()
+    await storage.put_blob(legacy_material_blob_key(filing_id, "legal_rep_id"), document)
+    record = await storage.get("filing", filing_id)
+    assert record is not None
+    material = {"content_type": "application/pdf", "size": len(document),
+                "sha256": hashlib.sha256(document).hexdigest(), "uploaded_at": isoformat(utcnow())}
+    materials = {**record.data["materials"], "legal_rep_id": material}
+    await storage.commit([Write("filing", filing_id, record.version,
+                                {**record.data, "materials": materials})])
+    submitted = await filing.world.http.post(f"/v1/filings/{filing_id}/submit",
+                                             headers=filing.filer)
+    assert (await submitted.json())["status"] == "under_review"
+    await filings.process_pending()
+    assert (await filings.get(filing_id))["status"] == "approved"
 
 
 async def test_personal_numbers_are_encrypted_at_rest_and_masked_everywhere(
