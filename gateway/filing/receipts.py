@@ -103,8 +103,13 @@ async def verify_receipt(
     else:
         status = effective_status(seal.data, now)
         latest = seal.data.get("receipt_number")
-        current = status == "active" and latest == number
+        # A seal whose loss is reported signs nothing until the report is decided, so no
+        # receipt of it is current meanwhile, though its status is still active.
+        stopped = bool(seal.data.get("signing_stopped"))
+        current = status == "active" and latest == number and not stopped
         detail = f"the seal is {status}"
+        if stopped:
+            detail += "; its loss has been reported and is under review"
         if latest != number:
             detail += f"; receipt {latest} has superseded this one"
         checks.append(Check("seal_status", current, detail))

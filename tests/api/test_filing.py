@@ -604,6 +604,24 @@ async def test_suspend_resume_loss_and_cancel_each_refuse_with_their_reason(
     assert last["supersedes"]
 
 
+async def test_a_receipt_is_not_current_while_the_seal_s_loss_is_under_review(
+    filing: Filing,
+) -> None:
+    """From the loss report's submission the receipt verifies as authentic but not current,
+    saying why; a rejected report makes it current again."""
+    seal = await filing.active()
+    receipt = await filing.world.services.receipts.get(seal["receipt_number"])
+    loss = await filing.file(seal["id"], "report_loss")
+    verdict = await (await filing.world.http.post("/v1/receipts/verify", json=receipt)).json()
+    assert verdict["status"] == "authentic_not_current"
+    check = next(c for c in verdict["checks"] if c["name"] == "seal_status")
+    assert check == {"name": "seal_status", "ok": False,
+                     "detail": "the seal is active; its loss has been reported and is under review"}
+    await reject(filing, loss["id"])
+    verdict = await (await filing.world.http.post("/v1/receipts/verify", json=receipt)).json()
+    assert verdict["status"] == "current"
+
+
 async def reject(filing: Filing, filing_id: str) -> None:
     response = await filing.world.http.post(f"/v1/filings/{filing_id}/review",
                                             headers=filing.reviewer,
