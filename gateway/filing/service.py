@@ -221,6 +221,7 @@ class FilingService:
             return await self._hand_over(filing_id)
         self._require_status(record, states.FilingStatus.DRAFT)
         filing = record.data
+        self._adapter(filing["authority"])
         if filing["action"] == states.FilingAction.NEW:
             missing = [k for k in REQUIRED_FOR_NEW if k not in filing["materials"]]
             if missing:
@@ -272,7 +273,7 @@ class FilingService:
         record = await self._record(filing_id)
         if record.data["status"] != states.FilingStatus.SUBMITTED:
             return record.data
-        adapter = self.adapters[record.data["authority"]]
+        adapter = self._adapter(record.data["authority"])
         try:
             reference = await _submitted(adapter, await self._application(record.data))
         except AuthorityUnavailable as exc:
@@ -355,7 +356,7 @@ class FilingService:
         self, filing_id: str, body: Mapping[str, Any], reviewer: str
     ) -> dict[str, Any]:
         record = await self._record(filing_id)
-        adapter = self.adapters[record.data["authority"]]
+        adapter = self._adapter(record.data["authority"])
         if not adapter.reviews_locally:
             raise Conflict(f"authority '{adapter.name}' reviews filings itself")
         self._require_status(record, states.FilingStatus.UNDER_REVIEW)
@@ -486,7 +487,7 @@ class FilingService:
             valid_to = min(valid_to, now + dt.timedelta(days=MAX_VALID_DAYS))
         key = await self._storage.get(KEY, str(seal.data["key_id"]))
         valid_to = _within_certificate(valid_to, key.data if key else {}, filing["action"], now)
-        adapter = self.adapters[filing["authority"]]
+        adapter = self._adapter(filing["authority"])
         number = receipt_number(now, await self._storage.incr(f"receipt-seq:{now:%Y%m%d}"))
         receipt = build_receipt(
             number=number,
@@ -542,6 +543,13 @@ class FilingService:
         if record is None:
             raise NotFound(f"no filing with id {filing_id}")
         return record
+
+    def _adapter(self, authority: str) -> FilingAdapter:
+        adapter = self.adapters.get(authority)
+        if adapter is None:
+            raise Conflict(f"the filing's authority '{authority}' is not installed on this "
+                           "gateway; install and enable its plugin to go on with the filing")
+        return adapter
 
     @staticmethod
     def _require_status(record: Record, status: states.FilingStatus) -> None:

@@ -576,6 +576,32 @@ async def test_a_hand_over_to_a_local_authority_left_unfinished_is_finished_by_t
     assert approved["status"] == "approved"
 
 
+async def test_a_filing_whose_authority_is_no_longer_installed_is_a_conflict(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA, tmp_path: Path
+) -> None:
+    """A filing made for an authority plugin that is then removed is refused with 409 naming
+    that authority, at submission and review alike; the poller passes it by."""
+    async with filing_world(settings, hsm, dev_ca, tmp_path,
+                            (UnrulyPlugin(UnrulyAuthority()),)) as world:
+        seal = await world.active()
+        under_review = await world.file(seal["id"], "suspend", authority="unruly")
+        created = await world.world.http.post("/v1/filings", headers=world.filer, json={
+            "seal_id": seal["id"], "action": "renew", "authority": "unruly",
+            "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
+        draft = await created.json()
+    async with filing_world(settings, hsm, dev_ca, tmp_path) as world:
+        review = await world.world.http.post(f"/v1/filings/{under_review['id']}/review",
+                                             headers=world.reviewer, json={"decision": "reject"})
+        body = await assert_problem(review, 409, "conflict")
+        assert "'unruly' is not installed" in body["detail"]
+        submit = await world.world.http.post(f"/v1/filings/{draft['id']}/submit",
+                                             headers=world.filer)
+        body = await assert_problem(submit, 409, "conflict")
+        assert "'unruly' is not installed" in body["detail"]
+        assert (await world.world.services.filings.get(draft["id"]))["status"] == "draft"
+        assert await world.world.services.filings.process_pending() == 0
+
+
 async def test_suspend_resume_loss_and_cancel_each_refuse_with_their_reason(
     filing: Filing,
 ) -> None:
