@@ -60,7 +60,8 @@ MAX_MATERIAL_BYTES = 10 * 1024 * 1024
 # bound on plugins that hang, not a tuning knob: the http adapter's own retries
 # ([filing.http] timeout_seconds × max_attempts, plus backoff) end well inside it.
 ADAPTER_TIMEOUT_SECONDS = 60.0
-_PHONE = re.compile(r"^(1[3-9]\d{9}|0\d{2,3}-?\d{7,8})$")
+# [0-9], not \d: \d also matches fullwidth and other scripts' digits, which no one can dial.
+_PHONE = re.compile(r"^(1[3-9][0-9]{9}|0[0-9]{2,3}-?[0-9]{7,8})$")
 _SNIFF = (
     (b"%PDF-", "application/pdf"),
     (b"\x89PNG\r\n\x1a\n", "image/png"),

@@ -906,6 +906,8 @@ async def test_a_seal_picture_of_unknown_resolution_is_taken_at_300_dpi(filing: 
         ({"legal_representative": {"name": "张三", "id_number": "11010519491331002X"}},
          "legal_representative.id_number"),
         ({"applicant": {"name": "李四", "phone": "12345"}}, "applicant.phone"),
+        ({"applicant": {"name": "李四", "phone": "13８００１３８０００"}}, "applicant.phone"),
+        ({"applicant": {"name": "李四", "phone": "010-١٢٣٤٥٦٧٨"}}, "applicant.phone"),
         ({"action": "destroy"}, "action"),
         ({"authority": "nowhere"}, "authority"),
     ],
