@@ -39,23 +39,29 @@ class PersonalDataVault:
 
     async def encrypt(self, plaintext: str, context: str) -> str:
         """Ciphertext bound to ``context`` (e.g. the filing id): it cannot be moved elsewhere."""
-        key_id, aead = await self._current()
-        nonce = os.urandom(12)
-        sealed = aead.encrypt(nonce, plaintext.encode("utf-8"), context.encode("utf-8"))
-        return ":".join((FORMAT, key_id, _b64(nonce), _b64(sealed)))
+        return (await self.encrypt_bytes(plaintext.encode("utf-8"), context)).decode("ascii")
 
     async def decrypt(self, token: str, context: str) -> str:
-        version, key_id, nonce, sealed = token.split(":")
+        return (await self.decrypt_bytes(token.encode("ascii"), context)).decode("utf-8")
+
+    async def encrypt_bytes(self, plaintext: bytes, context: str) -> bytes:
+        """:meth:`encrypt` for bytes (a scanned document): the same format, as ASCII."""
+        key_id, aead = await self._current()
+        nonce = os.urandom(12)
+        sealed = aead.encrypt(nonce, plaintext, context.encode("utf-8"))
+        return ":".join((FORMAT, key_id, _b64(nonce), _b64(sealed))).encode("ascii")
+
+    async def decrypt_bytes(self, token: bytes, context: str) -> bytes:
+        version, key_id, nonce, sealed = token.decode("ascii").split(":")
         if version != FORMAT:
             raise HsmError(f"unknown personal-data format {version}")
         aead = await self._key(key_id)
         try:
-            plain = aead.decrypt(base64.b64decode(nonce), base64.b64decode(sealed),
-                                 context.encode("utf-8"))
+            return aead.decrypt(base64.b64decode(nonce), base64.b64decode(sealed),
+                                context.encode("utf-8"))
         except InvalidTag:
             raise WrappedDataInvalid(
                 f"personal data of {context} does not decrypt with data key {key_id}") from None
-        return plain.decode("utf-8")
 
     async def _current(self) -> tuple[str, AESGCM]:
         record = await self._storage.get(KIND, CURRENT)

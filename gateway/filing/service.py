@@ -75,6 +75,11 @@ def material_blob_key(filing_id: str, sha256: str) -> str:
     return f"filing-material/{filing_id}/sha256/{sha256}"
 
 
+def _material_context(filing_id: str, sha256: str) -> str:
+    """What a material's encryption is bound to: its filing and its content."""
+    return f"{filing_id}/material/{sha256}"
+
+
 def legacy_material_blob_key(filing_id: str, kind: str) -> str:
     """Where materials uploaded before they were kept by digest are."""
     return f"filing-material/{filing_id}/{kind}"
@@ -185,12 +190,16 @@ class FilingService:
         record = await self._record(filing_id)
         self._require_status(record, states.FilingStatus.DRAFT)
         sha256 = hashlib.sha256(body).hexdigest()
-        await self._storage.put_blob(material_blob_key(filing_id, sha256), body)
+        # Encrypted like the ID number: a legal representative's ID card scan carries it,
+        # with a photo and an address.
+        sealed = await self._vault.encrypt_bytes(body, _material_context(filing_id, sha256))
+        await self._storage.put_blob(material_blob_key(filing_id, sha256), sealed)
         material = {
             "content_type": content_type,
             "size": len(body),
             "sha256": sha256,
             "uploaded_at": isoformat(utcnow()),
+            "encrypted": True,
         }
         data = {**record.data, "materials": {**record.data["materials"], kind: material}}
         await self._audit.commit(
@@ -331,6 +340,9 @@ class FilingService:
             blob = await self._storage.get_blob(material_blob_key(filing["id"], meta["sha256"]))
             if blob is None:
                 blob = await self._storage.get_blob(legacy_material_blob_key(filing["id"], kind))
+            elif meta.get("encrypted"):
+                blob = await self._vault.decrypt_bytes(
+                    blob, _material_context(filing["id"], meta["sha256"]))
             materials.append(
                 {"kind": kind, **meta,
                  "content_b64": base64.b64encode(blob or b"").decode("ascii")}

@@ -1022,8 +1022,8 @@ async def test_materials_stored_under_their_kind_are_still_sent(filing: Filing) 
 async def test_personal_numbers_are_encrypted_at_rest_and_masked_everywhere(
     filing: Filing, settings: Settings
 ) -> None:
-    """The full ID and phone numbers are in no response and nowhere in the database file;
-    the authority still gets them whole."""
+    """The full ID and phone numbers, and the ID card scan, are in no response and nowhere in
+    the database file; the authority still gets them whole."""
     seal = await filing.active()
     filings = await (await filing.world.http.get(f"/v1/filings?seal_id={seal['id']}",
                                                   headers=filing.filer)).json()
@@ -1031,9 +1031,22 @@ async def test_personal_numbers_are_encrypted_at_rest_and_masked_everywhere(
     assert filings["filings"][0]["applicant"] == {"name": "李四", "phone": "138****0000"}
     secrets = (LEGAL_REPRESENTATIVE["id_number"], APPLICANT["phone"])
     assert not any(secret in json.dumps(filings) for secret in secrets)
-    # The simulated authority refuses a phone number it cannot dial (a masked one).
-    remote = await filing.file((await filing.seal())["id"], "new", authority="sim")
-    assert remote["status"] == "under_review"
+    # The simulated authority refuses a phone number it cannot dial (a masked one), and
+    # a material whose digest is not the one filed: the ID card scan, which carries the
+    # number, is sent whole.
+    seal = await filing.seal()
+    created = await (await filing.world.http.post("/v1/filings", headers=filing.filer, json={
+        "seal_id": seal["id"], "action": "new", "authority": "sim", "applicant": APPLICANT,
+        "legal_representative": LEGAL_REPRESENTATIVE})).json()
+    id_card_scan = one_page_pdf() + f"\n% {LEGAL_REPRESENTATIVE['id_number']}\n".encode()
+    for kind, document in (("business_license", seal_png()), ("seal_impression", seal_png()),
+                           ("legal_rep_id", id_card_scan)):
+        put = await filing.world.http.put(f"/v1/filings/{created['id']}/materials/{kind}",
+                                          data=document, headers=filing.filer)
+        assert put.status == 200, await put.text()
+    remote = await filing.world.http.post(f"/v1/filings/{created['id']}/submit",
+                                          headers=filing.filer)
+    assert (await remote.json())["status"] == "under_review"
     database = Path(settings.storage.sqlite_path)
     for path in database.parent.glob(database.name + "*"):
         assert not any(secret.encode() in path.read_bytes() for secret in secrets)
