@@ -14,6 +14,7 @@ needs and reveals nothing about them.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from gateway.errors import ValidationFailed
 
@@ -164,6 +165,17 @@ def mask_phone(value: str) -> str:
     return value[:3] + "*" * (len(value) - 7) + value[-4:]
 
 
+_ID_NUMBER_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+_MOBILE_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])1[3-9]\d{9}(?![0-9A-Za-z])")
+
+
+def mask_personal_numbers(text: str) -> str:
+    """``text`` (an authority's or a reviewer's words) with every resident-ID-shaped and
+    mainland-mobile-shaped run masked as :func:`mask_id_number` and :func:`mask_phone` do."""
+    text = _ID_NUMBER_IN_TEXT.sub(lambda m: mask_id_number(m.group(0)), text)
+    return _MOBILE_IN_TEXT.sub(lambda m: mask_phone(m.group(0)), text)
+
+
 __all__ = [
     "RESIDENT_ID_CHECK",
     "RESIDENT_ID_WEIGHTS",
@@ -172,6 +184,7 @@ __all__ = [
     "is_valid_resident_id",
     "is_valid_uscc",
     "mask_id_number",
+    "mask_personal_numbers",
     "mask_phone",
     "resident_id_check_character",
     "uscc_check_character",

@@ -51,7 +51,6 @@ import json
 import logging
 import math
 import random
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -67,7 +66,7 @@ from gateway.filing.adapters import (
     Decision,
 )
 from gateway.hookspecs import hookimpl
-from gateway.identifiers import mask_id_number
+from gateway.identifiers import mask_personal_numbers
 from gateway.settings import HttpAuthoritySettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -82,7 +81,6 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # how the gateway reached the authority.
 _REFUSALS = frozenset({400, 409, 422})
 # 17 digits and a check character: a resident ID number, wherever it turns up in a message.
-_ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 
 
 def backoff_delay(attempt: int, base_seconds: float, rng: random.Random | None = None) -> float:
@@ -93,11 +91,6 @@ def backoff_delay(attempt: int, base_seconds: float, rng: random.Random | None =
     """
     ceiling = min(base_seconds * 2.0 ** (attempt - 1), MAX_BACKOFF_SECONDS)
     return ceiling * (rng or _JITTER).uniform(0.5, 1.0)
-
-
-def mask_id_numbers(text: str) -> str:
-    """``text`` with every resident-ID-shaped run shown as its first 6 and last 4 only."""
-    return _ID_NUMBER.sub(lambda m: mask_id_number(m.group(0)), text)
 
 
 class HttpAuthorityAdapter:
@@ -276,7 +269,7 @@ class HttpAuthorityAdapter:
                           or problem.get("title") or "")
         if not message:
             message = text.strip() or "no reason given"
-        message = mask_id_numbers(message)
+        message = mask_personal_numbers(message)
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 1] + "…"
         return message

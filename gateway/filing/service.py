@@ -42,7 +42,12 @@ from gateway.filing.adapters import (
 )
 from gateway.filing.receipts import build_receipt, receipt_number, receipt_write
 from gateway.idempotency_scope import CURRENT_SCOPE
-from gateway.identifiers import mask_id_number, mask_phone, validate_resident_id
+from gateway.identifiers import (
+    mask_id_number,
+    mask_personal_numbers,
+    mask_phone,
+    validate_resident_id,
+)
 from gateway.keys.platform import PlatformSigner
 from gateway.keys.registry import KEY
 from gateway.privacy import PersonalDataVault
@@ -446,7 +451,9 @@ class FilingService:
             "status": target.value,
             "decision": {
                 "outcome": decision.outcome,
-                "comment": decision.comment,
+                # Authorities and reviewers quote numbers back ("ID ... does not match"):
+                # masked like every other copy of them.
+                "comment": mask_personal_numbers(decision.comment),
                 "decided_at": isoformat(now),
                 "by": actor,
                 "reference": decision.reference,
@@ -643,8 +650,9 @@ async def _decision(adapter: FilingAdapter, reference: str) -> Decision | None:
         return None
     fault = _decision_fault(decision)
     if fault or not isinstance(decision, Decision):
-        log.error("authority %s sent an unusable decision on %s (%s): %r",
-                  adapter.name, reference, fault, decision)
+        # Not the decision itself: its comment may quote personal numbers.
+        log.error("authority %s sent an unusable decision on %s (%s)",
+                  adapter.name, reference, fault)
         raise AuthorityUnavailable(f"authority {adapter.name} sent an unusable decision: {fault}")
     return decision
 

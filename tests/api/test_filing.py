@@ -1059,3 +1059,23 @@ async def test_only_reviewers_review(filing: Filing) -> None:
     response = await filing.world.http.post(f"/v1/filings/{submitted['id']}/review",
                                             headers=filing.filer, json={"decision": "approve"})
     await assert_problem(response, 403, "forbidden")
+
+
+async def test_numbers_quoted_in_a_decision_comment_are_masked(filing: Filing) -> None:
+    """Reviewers and authorities quote the numbers they object to; the decision keeps their
+    words with the ID and phone numbers masked, as everywhere else."""
+    seal = await filing.seal()
+    submitted = await filing.file(seal["id"], "new")
+    comment = (f"法定代表人身份证号{LEGAL_REPRESENTATIVE['id_number']}与姓名不符，"
+               f"请联系{APPLICANT['phone']}")
+    response = await filing.world.http.post(
+        f"/v1/filings/{submitted['id']}/review", headers=filing.reviewer,
+        json={"decision": "reject", "comment": comment})
+    assert response.status == 200, await response.text()
+    decided = await (await filing.world.http.get(f"/v1/filings/{submitted['id']}",
+                                                 headers=filing.filer)).json()
+    assert decided["decision"]["comment"] == \
+        "法定代表人身份证号110105********002X与姓名不符，请联系138****0000"
+    stored = await filing.world.services.storage.get("filing", submitted["id"])
+    assert stored is not None
+    assert LEGAL_REPRESENTATIVE["id_number"] not in json.dumps(stored.data, ensure_ascii=False)

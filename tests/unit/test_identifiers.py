@@ -16,6 +16,7 @@ from gateway.identifiers import (
     is_valid_resident_id,
     is_valid_uscc,
     mask_id_number,
+    mask_personal_numbers,
     mask_phone,
     resident_id_check_character,
     uscc_check_character,
@@ -258,3 +259,14 @@ def test_phone_numbers_are_masked_to_their_first_three_and_last_four(
 ) -> None:
     assert mask_phone(phone) == masked
     assert len(mask_phone(phone)) == len(phone)
+
+
+def test_personal_numbers_are_masked_in_text() -> None:
+    """ID-shaped runs lose their birth date, mobile numbers their middle; longer digit runs
+    and other text stay."""
+    assert mask_personal_numbers("身份证号11010519491231002X与姓名不符，请联系13800000000") == \
+        "身份证号110105********002X与姓名不符，请联系138****0000"
+    assert mask_personal_numbers("1" * 20) == "1" * 20
+    assert mask_personal_numbers("reference SIM-20250101-000001") == \
+        "reference SIM-20250101-000001"
+    assert mask_personal_numbers("order 12345678901234") == "order 12345678901234"
