@@ -55,3 +55,14 @@ async def review_filing(request: web.Request) -> web.Response:
     filing = await services(request).filings.review(request.match_info["id"], body,
                                                     client(request).name)
     return json_response(public_view(filing))
+
+
+@routes.post("/v1/filings/{id}/withdraw")
+@roles("reviewer")
+async def withdraw_filing(request: web.Request) -> web.Response:
+    """Reject a submitted filing its authority will not decide: ``{"reason"}``; the seal
+    returns to the status it had."""
+    body = await json_object(request)
+    filing = await services(request).filings.withdraw(request.match_info["id"], body,
+                                                      client(request).name)
+    return json_response(public_view(filing))

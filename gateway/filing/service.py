@@ -393,6 +393,24 @@ class FilingService:
         )
         return await self._decide(record, decision, reviewer)
 
+    async def withdraw(
+        self, filing_id: str, body: Mapping[str, Any], reviewer: str
+    ) -> dict[str, Any]:
+        """End an application its authority will not decide (it lost the reference, or its
+        decision could no longer apply): rejected with the reviewer's reason, and the seal
+        back to the status it had, so that a new application can be made. A seal filed
+        ``new`` would otherwise stay ``pending_filing`` for good. The authority is not told
+        (no adapter call exists for it): tell it the usual way."""
+        record = await self._record(filing_id)
+        if record.data["status"] not in (states.FilingStatus.SUBMITTED,
+                                         states.FilingStatus.UNDER_REVIEW):
+            raise InvalidTransition(
+                f"the filing is '{record.data['status']}'; only a submitted filing or one "
+                f"under review is withdrawn")
+        reason = _text(body, "reason")
+        return await self._decide(record, Decision("rejected", f"withdrawn: {reason}"),
+                                  reviewer)
+
     async def process_pending(self) -> int:
         """Retry hand-overs and collect remote decisions; returns how many filings moved.
 

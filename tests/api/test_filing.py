@@ -1079,3 +1079,35 @@ async def test_numbers_quoted_in_a_decision_comment_are_masked(filing: Filing) -
     stored = await filing.world.services.storage.get("filing", submitted["id"])
     assert stored is not None
     assert LEGAL_REPRESENTATIVE["id_number"] not in json.dumps(stored.data, ensure_ascii=False)
+
+
+async def test_a_filing_its_authority_will_not_decide_is_withdrawn_by_a_reviewer(
+    filing: Filing,
+) -> None:
+    """A new seal's filing at a remote authority that lost it kept the seal pending for
+    good. A reviewer withdraws it with a reason: rejected, the seal a draft again, filed
+    anew; the authority's later answer changes nothing."""
+    seal = await filing.seal()
+    remote = await filing.file(seal["id"], "new", authority="sim")
+    assert remote["status"] == "under_review"
+    path = f"/v1/filings/{remote['id']}/withdraw"
+    refused = await filing.world.http.post(path, headers=filing.filer, json={"reason": "x"})
+    await assert_problem(refused, 403, "forbidden")
+    unexplained = await filing.world.http.post(path, headers=filing.reviewer, json={})
+    await assert_problem(unexplained, 422, "validation-failed")
+    withdrawn = await filing.world.http.post(path, headers=filing.reviewer,
+                                             json={"reason": "the authority has no record"})
+    assert withdrawn.status == 200, await withdrawn.text()
+    decided = await withdrawn.json()
+    assert decided["status"] == "rejected"
+    assert decided["decision"]["comment"] == "withdrawn: the authority has no record"
+    shown = await (await filing.world.http.get(f"/v1/seals/{seal['id']}",
+                                               headers=filing.filer)).json()
+    assert shown["status"] == "draft"
+    again = await filing.world.http.post(path, headers=filing.reviewer, json={"reason": "x"})
+    await assert_problem(again, 409, "invalid-transition")
+    await filing.world.services.filings.process_pending()
+    assert (await filing.world.services.filings.get(remote["id"]))["status"] == "rejected"
+    local = await filing.file(seal["id"], "new")
+    await filing.approve(local["id"])
+    assert (await filing.sign(seal["id"])).status == 200
