@@ -52,7 +52,8 @@ SIGNATURES = Counter(
 )
 SIGNING_ERRORS = Counter(
     "sealgate_signing_errors_total",
-    "Signing requests refused or failed, by format and problem type.",
+    "Signing requests the signing service refused or failed, by format and problem type "
+    "(malformed requests are in sealgate_http_requests_total by status).",
     ["format", "reason"],
 )
 DOCUMENT_BYTES = Histogram(
