@@ -407,6 +407,11 @@ class FilingService:
             raise InvalidTransition(
                 f"the filing is '{record.data['status']}'; only a submitted filing or one "
                 f"under review is withdrawn")
+        if record.data["action"] == states.FilingAction.REPORT_LOSS:
+            # Its signing stop is lifted only by the authority's decision: a lost seal must
+            # not sign again because a reviewer gave up waiting.
+            raise InvalidTransition("a loss report is decided by its authority only; it is "
+                                    "not withdrawn")
         reason = _text(body, "reason")
         return await self._decide(record, Decision("rejected", f"withdrawn: {reason}"),
                                   reviewer)

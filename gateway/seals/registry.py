@@ -41,13 +41,12 @@ def image_blob_key(seal_id: str) -> str:
     return f"seal-image/{seal_id}"
 
 
-# Seals whose key may not change, and why: the filing under review files the current
-# certificate, and a lost or cancelled seal is only ever cancelled.
+# Seals whose key may not change, and why: a lost or cancelled seal is only ever cancelled.
+# (A filing's receipt files the certificate current at its decision, so a filing under
+# review does not stop a rotation.)
 _KEEPS_ITS_KEY = {
     "cancelled": "a cancelled seal keeps its last key",
     "lost": "a seal reported lost keeps its key; cancel it and make a new seal",
-    "pending_filing": "the filing under review files the seal's current certificate; rotate "
-                      "after its decision",
 }
 
 

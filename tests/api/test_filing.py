@@ -1111,3 +1111,15 @@ async def test_a_filing_its_authority_will_not_decide_is_withdrawn_by_a_reviewer
     local = await filing.file(seal["id"], "new")
     await filing.approve(local["id"])
     assert (await filing.sign(seal["id"])).status == 200
+
+
+async def test_a_loss_report_is_not_withdrawn(filing: Filing) -> None:
+    """A seal reported lost signs nothing until the authority decides; a reviewer cannot
+    lift that stop by withdrawing the report."""
+    seal = await filing.active()
+    report = await filing.file(seal["id"], "report_loss", authority="sim")
+    await assert_problem(await filing.sign(seal["id"]), 409, "seal-loss-reported")
+    refused = await filing.world.http.post(f"/v1/filings/{report['id']}/withdraw",
+                                           headers=filing.reviewer, json={"reason": "slow"})
+    await assert_problem(refused, 409, "invalid-transition")
+    await assert_problem(await filing.sign(seal["id"]), 409, "seal-loss-reported")

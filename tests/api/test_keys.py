@@ -422,10 +422,10 @@ async def test_renewed_platform_and_tsa_certificates_are_used_from_the_next_sign
     assert verdict["status"] == "current", verdict
 
 
-@pytest.mark.parametrize("status", ["lost", "pending_filing"])
-async def test_a_lost_seal_or_one_under_review_keeps_its_key(world: World, status: str) -> None:
-    """A lost seal is only ever cancelled, and a filing under review files the current
-    certificate: neither seal's key may be rotated."""
+@pytest.mark.parametrize("status", ["lost", "cancelled"])
+async def test_a_lost_or_cancelled_seal_keeps_its_key(world: World, status: str) -> None:
+    """A lost seal is only ever cancelled, and a cancelled one is done: their keys may not
+    be rotated."""
     seal = await world.active_seal(KeyAlgorithm.EC_P256)
     record = await world.services.seals.record(seal["id"])
     await world.services.seals.update(record, {"status": status})
