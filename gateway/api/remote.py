@@ -24,6 +24,7 @@ from gateway.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def client_address(request: web.Request) -> str:
@@ -47,13 +48,22 @@ def client_address(request: web.Request) -> str:
 def trusted_networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
     """``server.trusted_proxies`` parsed; an entry that is no address or network is an error
     naming the setting."""
-    networks = []
+    networks: list[Network] = []
     for entry in entries:
         try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
+            network = ipaddress.ip_network(entry, strict=False)
         except ValueError:
             raise ConfigError(f"server.trusted_proxies: {entry!r} is not an IP address or "
                               "network") from None
+        networks.append(network)
+        # Addresses are compared in IPv4 form when IPv4-mapped (see _address), so a network
+        # written in the mapped form, or one containing all of it, names IPv4 ones too.
+        if isinstance(network, ipaddress.IPv6Network):
+            if network.subnet_of(_IPV4_MAPPED):
+                networks.append(ipaddress.IPv4Network(
+                    (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)))
+            elif network.supernet_of(_IPV4_MAPPED):
+                networks.append(ipaddress.IPv4Network("0.0.0.0/0"))
     return tuple(networks)
 
 

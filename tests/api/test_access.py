@@ -299,13 +299,15 @@ async def test_without_trusted_proxies_x_forwarded_for_is_ignored(
         assert await audited_remotes(world) == ["127.0.0.1"]
 
 
+@pytest.mark.parametrize("proxies", ["127.0.0.0/8", "::ffff:127.0.0.0/104"])
 async def test_a_trusted_ipv4_proxy_is_recognised_on_a_dual_stack_listener(
-    settings: Settings, hsm: Hsm, dev_ca: DevCA
+    settings: Settings, hsm: Hsm, dev_ca: DevCA, proxies: str
 ) -> None:
     """Listening on "::", a connection from an IPv4 proxy arrives from its IPv4-mapped
-    address; it is still the trusted proxy, and the clients it forwards (mapped or not) are
-    told apart and named in plain IPv4 form."""
-    async with World.running(with_proxies(settings, "127.0.0.0/8"), hsm, dev_ca) as world:
+    address; it is still the trusted proxy, however the setting writes it (IPv4, or the
+    IPv4-mapped form that was the only one matching before), and the clients it forwards
+    (mapped or not) are told apart and named in plain IPv4 form."""
+    async with World.running(with_proxies(settings, proxies), hsm, dev_ca) as world:
         listener = bind_socket("::", 0)
         site = web.SockSite(world.http.server.runner, listener)
         await site.start()
