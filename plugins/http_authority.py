@@ -77,9 +77,9 @@ MAX_MESSAGE_CHARS = 300
 # Jitter spreads load; it needs no cryptographic randomness.
 _JITTER = random.Random()  # noqa: S311
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-# Answers about the application (malformed, in conflict with another, invalid), not about
-# how the gateway reached the authority.
-_REFUSALS = frozenset({400, 409, 422})
+# Answers about the application (malformed, in conflict with another, too large, in a type
+# the authority takes not, invalid), not about how the gateway reached the authority.
+_REFUSALS = frozenset({400, 409, 413, 415, 422})
 # 17 digits and a check character: a resident ID number, wherever it turns up in a message.
 
 

@@ -53,7 +53,7 @@ from gateway.keys.registry import KEY
 from gateway.privacy import PersonalDataVault
 from gateway.seals.registry import SealRegistry
 from gateway.settings import FilingSettings
-from gateway.storage import Record, StaleWrite, Storage, Write
+from gateway.storage import BackendUnavailable, Record, StaleWrite, Storage, Write
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ def material_blob_key(filing_id: str, sha256: str) -> str:
     """Where a material's bytes are kept: under their digest, so that an upload that loses
     the race to commit cannot overwrite the bytes the filing's record names."""
     return f"filing-material/{filing_id}/sha256/{sha256}"
+
+
+# What the authority learns of each material besides its bytes (not how it is stored here).
+_MATERIAL_FIELDS_SENT = ("content_type", "size", "sha256", "uploaded_at")
 
 
 def _material_context(filing_id: str, sha256: str) -> str:
@@ -349,7 +353,7 @@ class FilingService:
                 blob = await self._vault.decrypt_bytes(
                     blob, _material_context(filing["id"], meta["sha256"]))
             materials.append(
-                {"kind": kind, **meta,
+                {"kind": kind, **{k: meta[k] for k in _MATERIAL_FIELDS_SENT},
                  "content_b64": base64.b64encode(blob or b"").decode("ascii")}
             )
         return {
@@ -432,6 +436,8 @@ class FilingService:
                     continue
                 try:
                     moved += await self._advance(record, adapter)
+                except BackendUnavailable:
+                    raise  # storage is down for every filing: the pass ends, said once
                 except (AuthorityUnavailable, StaleWrite) as exc:
                     log.info("filing %s not advanced now: %s", record.key, type(exc).__name__)
                 except (AuthorityRefused, SealGateError) as exc:

@@ -37,7 +37,7 @@ from gateway.pki.devca import DevCA
 from gateway.settings import SecretRef, Settings
 from gateway.signing.jcs import canonicalize
 from gateway.signing.jws import b64url_encode, protected_header
-from gateway.storage import Write
+from gateway.storage import BackendUnavailable, Write
 from plugins.authority_simulator import Faults, OrganisationNameContains, running_simulator
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
 from tests.api.test_sign_pdf import assert_problem
@@ -1123,3 +1123,40 @@ async def test_a_loss_report_is_not_withdrawn(filing: Filing) -> None:
                                            headers=filing.reviewer, json={"reason": "slow"})
     await assert_problem(refused, 409, "invalid-transition")
     await assert_problem(await filing.sign(seal["id"]), 409, "seal-loss-reported")
+
+
+async def test_the_authority_learns_each_material_s_facts_not_how_it_is_kept(
+    filing: Filing,
+) -> None:
+    """What the application says of a material: its type, size, digest and upload time,
+    and its bytes; not the gateway's storage details (it is encrypted here, not there)."""
+    seal = await filing.seal()
+    created = await filing.file(seal["id"], "new", authority="local")
+    record = await filing.world.services.storage.get("filing", created["id"])
+    assert record is not None
+    application = await filing.world.services.filings._application(record.data)
+    assert {m["kind"] for m in application["materials"]} == {
+        "business_license", "legal_rep_id", "seal_impression"}
+    for material in application["materials"]:
+        assert set(material) == {"kind", "content_type", "size", "sha256", "uploaded_at",
+                                 "content_b64"}
+        content = base64.b64decode(material["content_b64"])
+        assert hashlib.sha256(content).hexdigest() == material["sha256"]
+
+
+async def test_a_storage_outage_ends_a_poller_pass_once(
+    filing: Filing, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage gone while the poller advances filings: the pass ends with the outage (its
+    caller says so once), not a traceback per filing as if each were a defect."""
+    for _ in range(3):
+        await filing.file((await filing.seal())["id"], "new", authority="sim")
+    filings = filing.world.services.filings
+
+    async def storage_gone(*_args: object) -> int:
+        raise BackendUnavailable("storage is gone")
+
+    monkeypatch.setattr(filings, "_advance", storage_gone)
+    with pytest.raises(BackendUnavailable):
+        await filings.process_pending()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -336,10 +336,11 @@ async def test_an_id_number_echoed_in_a_refusal_is_masked(token_env: SecretRef) 
     assert "110105********002X is on a blocklist" in str(refused.value)
 
 
-@pytest.mark.parametrize("status", [400, 409, 422])
+@pytest.mark.parametrize("status", [400, 409, 413, 415, 422])
 @in_session_loop
 async def test_answers_about_the_application_refuse_it(token_env: SecretRef, status: int) -> None:
-    """400, 409 and 422 to a submission are AuthorityRefused at once."""
+    """400, 409, 413 (too large), 415 (a type it takes not) and 422 to a submission are
+    AuthorityRefused at once: resending the same application cannot change them."""
     async def refuse(request: web.Request) -> web.Response:
         return web.json_response({"detail": "the application is incomplete"}, status=status)
 
