@@ -239,7 +239,7 @@ class StorageUnavailable(ServiceUnavailable):
 
 class Overloaded(ServiceUnavailable):
     type_slug = "overloaded"
-    title = "Too many signing operations in flight"
+    title = "Too busy; retry shortly"
 
 
 class WrappedDataInvalid(SealGateError):

@@ -70,8 +70,20 @@ async def next_chunk(request: web.Request) -> bytes:
 
 async def read_limited(request: web.Request, limit: int | None = None) -> bytes:
     """The whole body, refusing (413) as soon as it passes the limit, even when chunked."""
-    parts, _ = await _read_in_memory(request, check_declared_size(request, limit))
+    limit = check_declared_size(request, limit)
+    buffered = _buffered(request, limit)
+    if buffered is not None:
+        return buffered
+    parts, _ = await _read_in_memory(request, limit)
     return b"".join(parts)
+
+
+def _buffered(request: web.Request, limit: int) -> bytes | None:
+    """The body a middleware has read already (in memory and in the budget once), if any."""
+    buffered = request.get(BUFFERED_BODY)
+    if buffered is not None and len(buffered) > limit:
+        raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+    return buffered
 
 
 async def _read_in_memory(
@@ -130,10 +142,8 @@ async def read_or_spool(
     Same limit and 413 as :func:`read_limited`; the caller closes a returned spool.
     """
     limit = check_declared_size(request, limit)
-    if BUFFERED_BODY in request:
-        buffered = request[BUFFERED_BODY]
-        if len(buffered) > limit:
-            raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+    buffered = _buffered(request, limit)
+    if buffered is not None:
         return buffered
     spool_above = SPOOL_BYTES if spool_above is None else spool_above
     declared = request.content_length
@@ -143,13 +153,15 @@ async def read_or_spool(
         if whole:
             return b"".join(parts)
     allowance = request[BODY_ALLOWANCE]
-    allowance.take_spool(declared if declared is not None else sum(map(len, parts)))
+    in_memory = sum(map(len, parts))
+    allowance.take_spool(declared if declared is not None else in_memory)
     loop = asyncio.get_running_loop()
     spool = await loop.run_in_executor(None, _new_spool, _spool_directory(request))
     try:
         for part in parts:
             await loop.run_in_executor(None, spool.add, part)
         del parts
+        allowance.give_back_memory(in_memory)  # those bytes are in the spool file now
         while chunk := await next_chunk(request):
             if spool.size + len(chunk) > limit:
                 raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")

@@ -55,6 +55,12 @@ class BodyAllowance:
         self._budget.memory.take(size)
         self._memory += size
 
+    def give_back_memory(self, size: int) -> None:
+        """Bytes of this request no longer held in memory (moved to a spool file)."""
+        size = min(size, self._memory)
+        self._budget.memory.held -= size
+        self._memory -= size
+
     def take_spool(self, size: int) -> None:
         self._budget.spool.take(size)
         self._spool += size

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import hashlib
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -132,3 +135,51 @@ async def test_a_client_that_leaves_mid_body_is_no_server_error(
 def test_a_budget_below_one_body_is_refused_at_start(name: str) -> None:
     with pytest.raises(ConfigError, match=f"server.{name}.*max_body_bytes"):
         ServerSettings(max_body_bytes=1024, **{name: 1023})
+
+
+async def test_a_keyed_body_counts_once_against_the_memory_budget(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA
+) -> None:
+    """The idempotency middleware reads a keyed body to fingerprint it and hands the same
+    bytes to the handler: one body in memory, counted once, so a body that fits the budget
+    alone is not refused on an idle worker because it carries a key."""
+    limited = with_server(settings, max_body_bytes=16 * KIB, max_body_memory_bytes=16 * KIB)
+    async with World.running(limited, hsm, dev_ca) as world:
+        seal = await world.active_seal(KeyAlgorithm.EC_P256)
+        _, headers = await world.client("signer", [seal["id"]])
+        digest = base64.b64encode(hashlib.sha256(b"x").digest()).decode()
+        body = {"hash_algorithm": "sha256", "hashes": [digest] * 256}  # about 12 KiB
+        signed = await world.http.post(
+            f"/v1/seals/{seal['id']}/sign/hash", json=body,
+            headers={**headers, "Idempotency-Key": str(uuid.uuid4())})
+        assert signed.status == 200, await signed.text()
+        await given_back(world)
+
+
+async def test_a_body_moved_to_a_spool_file_gives_its_memory_back(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunked document found large while it arrives moves from memory to a spool file:
+    from then on it counts against the spool budget only."""
+    monkeypatch.setattr(bodies, "SPOOL_BYTES", 64 * KIB)
+    async with World.running(settings, hsm, dev_ca) as world:
+        seal = await world.active_seal(KeyAlgorithm.EC_P256)
+        _, headers = await world.client("signer", [seal["id"]])
+        budget = world.http.server.app[BODY_BUDGET]
+        arrived = asyncio.Event()
+        document = padded_pdf(400 * KIB)
+
+        async def slowly() -> AsyncIterator[bytes]:
+            yield document[:200 * KIB]
+            arrived.set()
+            await asyncio.sleep(0.5)
+            yield document[200 * KIB:]
+
+        sealing = asyncio.ensure_future(world.http.post(
+            sign_path(seal["id"]), data=slowly(), headers={**headers, **PDF}))
+        await arrived.wait()
+        await asyncio.sleep(0.2)
+        assert budget.spool.held > 0
+        assert budget.memory.held == 0
+        assert (await sealing).status == 200
+        await given_back(world)
