@@ -165,15 +165,25 @@ def mask_phone(value: str) -> str:
     return value[:3] + "*" * (len(value) - 7) + value[-4:]
 
 
-_ID_NUMBER_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
-_MOBILE_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])1[3-9]\d{9}(?![0-9A-Za-z])")
+# As people write them: run together or grouped by spaces or hyphens (6-8-4 for an ID
+# number, 3-4-4 for a mobile), right after a word ("ID11010…"), a mobile after +86 or 0086.
+_GAP = r"[ \-]?"
+_ID_NUMBER_IN_TEXT = re.compile(
+    rf"(?<![0-9])\d{{6}}{_GAP}\d{{8}}{_GAP}\d{{3}}[\dXx](?![0-9A-Za-z])")
+_MOBILE_IN_TEXT = re.compile(
+    rf"(?<![0-9])(?:(?:\+|00)86{_GAP})?1[3-9]\d{_GAP}\d{{4}}{_GAP}\d{{4}}(?![0-9])")
 
 
 def mask_personal_numbers(text: str) -> str:
     """``text`` (an authority's or a reviewer's words) with every resident-ID-shaped and
-    mainland-mobile-shaped run masked as :func:`mask_id_number` and :func:`mask_phone` do."""
-    text = _ID_NUMBER_IN_TEXT.sub(lambda m: mask_id_number(m.group(0)), text)
-    return _MOBILE_IN_TEXT.sub(lambda m: mask_phone(m.group(0)), text)
+    mainland-mobile-shaped run masked as :func:`mask_id_number` and :func:`mask_phone` do
+    (its grouping dropped)."""
+    text = _ID_NUMBER_IN_TEXT.sub(lambda m: mask_id_number(_digits(m.group(0))), text)
+    return _MOBILE_IN_TEXT.sub(lambda m: mask_phone(_digits(m.group(0))[-11:]), text)
+
+
+def _digits(text: str) -> str:
+    return re.sub(r"[^0-9Xx]", "", text)
 
 
 __all__ = [

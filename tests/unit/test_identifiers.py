@@ -270,3 +270,16 @@ def test_personal_numbers_are_masked_in_text() -> None:
     assert mask_personal_numbers("reference SIM-20250101-000001") == \
         "reference SIM-20250101-000001"
     assert mask_personal_numbers("order 12345678901234") == "order 12345678901234"
+
+
+@pytest.mark.parametrize(("written", "masked"), [
+    ("ID11010519491231002X", "ID110105********002X"),
+    ("ID 110105 19491231 002X", "ID 110105********002X"),
+    ("110105-19491231-002x", "110105********002x"),
+    ("+8613800000000", "138****0000"),
+    ("tel:008613800000000", "tel:138****0000"),
+    ("电话 138 0000 0000。", "电话 138****0000。"),
+    ("138-0000-0000", "138****0000"),
+])
+def test_personal_numbers_are_masked_as_people_write_them(written: str, masked: str) -> None:
+    assert mask_personal_numbers(written) == masked
