@@ -17,8 +17,11 @@ reads its settings from a pipe and takes connections from the master over a Unix
   lands mostly on one worker: a 37/63 split doubled the tail latency at half load).
   Connections are long-lived; the hand-over costs the master a few tens of microseconds each.
 
-A worker that dies is replaced (a crashing one after a growing pause); its connections die
-with it. Workers beat once a second from their event loop; one silent for
+The master starts one worker first and the others once it is ready: a worker logs in to the
+HSM before it says so, and one whose PIN the token refuses exits with EXIT_PIN_REFUSED, which
+stops the master with that status (one start tries a wrong PIN once; a real HSM locks it
+after a few). A worker that dies is replaced (a crashing one after a growing pause); its
+connections die with it. Workers beat once a second from their event loop; one silent for
 ``[server] hung_worker_seconds`` gets no more connections, and one silent three times as long
 is sent SIGTERM and replaced. If no worker ever becomes ready in ``MAX_FAILED_STARTS``
 attempts, the master exits with status 1. SIGTERM/SIGINT close the listening socket at once
@@ -71,6 +74,10 @@ REPLACE_AFTER_HUNG = 3
 # (a bad setting, storage that cannot open), and the master gives up instead of holding a
 # port nobody answers on.
 MAX_FAILED_STARTS = 5
+# A worker whose PIN the token refused exits with this (EX_CONFIG), and so does the master:
+# restarting would try the wrong PIN again, and a real HSM locks it after a few. Until one
+# worker has logged in, the others are not started, so one start tries the PIN once.
+EXIT_PIN_REFUSED = 78
 GC_YOUNG_THRESHOLD = 20_000
 # prometheus_client's files in the multiprocess directory: counter_<pid>.db,
 # gauge_livesum_<pid>.db, ...
@@ -131,7 +138,9 @@ async def _serve_connections(
     app: web.Application, settings: Settings, channel: socket.socket
 ) -> None:
     from gateway import metrics
+    from gateway.api.context import SERVICES
     from gateway.api.drain import IN_FLIGHT
+    from gateway.errors import SealGateError
 
     # aiohttp keeps an idle keep-alive connection for an hour by default: a client that
     # opens thousands and leaves them would hold as many descriptors of this worker. The same
@@ -185,6 +194,15 @@ async def _serve_connections(
             with contextlib.suppress(OSError):  # master busy or gone: it notices otherwise
                 channel.send(_BEAT)
 
+    services = app[SERVICES]
+    with contextlib.suppress(SealGateError):
+        # Log in now: a PIN the token refuses ends the worker before it takes connections.
+        await services.hsm.check()
+    if services.hsm.token.pin_refused is not None:
+        log.error("the HSM refused the PIN (%s): fix [hsm] pin; the gateway stops, for a "
+                  "real HSM locks the PIN after a few wrong ones", services.hsm.token.pin_refused)
+        await runner.cleanup()
+        sys.exit(EXIT_PIN_REFUSED)
     channel.setblocking(False)
     loop.add_reader(channel.fileno(), take)
     metrics.WORKERS_UP.inc()
@@ -266,8 +284,7 @@ class _Master:
         self.exit_code = 0
 
     def run(self) -> int:
-        for slot in range(self.slots):
-            self.spawn(slot)
+        self.spawn(0)  # the others once it is ready (see hear)
         while self.workers or (self.restart_at and not self.stopping):
             for key, _ in self.selector.select(timeout=_TICK_SECONDS):
                 key.data()
@@ -312,6 +329,9 @@ class _Master:
         if message in (_READY, _BEAT):
             worker.heard = time.monotonic()
             if message == _READY:
+                if not self.ever_ready:
+                    for slot in range(1, self.slots):
+                        self.spawn(slot)
                 worker.served = self.ever_ready = True
             if worker.served and not worker.ready and not worker.replaced:
                 if message == _BEAT:
@@ -360,6 +380,13 @@ class _Master:
             _forget_worker_metrics(pid)
             self._accept_while(self._anyone_ready())
             if self.stopping or worker.replaced:
+                continue
+            if os.waitstatus_to_exitcode(status) == EXIT_PIN_REFUSED:
+                log.error("worker %d: the HSM refused the PIN; stopping the gateway (exit "
+                          "status %d: do not restart it until [hsm] pin is right)", pid,
+                          EXIT_PIN_REFUSED)
+                self.exit_code = EXIT_PIN_REFUSED
+                self.stop()
                 continue
             if not worker.served and not self.ever_ready:
                 self.failed_starts += 1

@@ -154,6 +154,11 @@ class TokenSession:
             metrics.HSM_ERRORS.labels(operation, type(exc).__name__).inc()
             raise HsmError(f"the HSM refused the {operation} operation") from exc
 
+    @property
+    def pin_refused(self) -> str | None:
+        """Why the token refused the PIN (the PKCS#11 error's name), or None."""
+        return self._pin_refused
+
     def _ensure_session(self) -> Any:
         if os.getpid() != self._pid:
             # A forked child must never use the parent's PKCS#11 state.

@@ -354,3 +354,23 @@ def test_a_metrics_directory_holding_other_files_is_refused_and_left_alone(
     assert done.returncode != 0, done.stderr
     assert "metrics.multiprocess_dir" in done.stderr and "sealgate.db" in done.stderr
     assert sorted(p.name for p in shared.iterdir()) == ["counter_1.db", "sealgate.db"]
+
+
+def test_a_pin_the_token_refuses_stops_the_gateway_after_one_try(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A real HSM locks its user PIN after a few wrong ones: with a wrong PIN, one worker
+    tries it once, and the master stops (exit status 78) instead of starting the others
+    or replacements that would try it again."""
+    wrong = tmp_path / "wrong-pin"
+    wrong.write_text("not-the-pin\n")
+    metrics_dir = tmp_path / "metrics"
+    done = subprocess.run(
+        [str(SEALGATE), "serve", "--port", "0", "--workers", "3"], capture_output=True,
+        text=True, timeout=60, check=False,
+        env={**deployment.env, "SEALGATE_HSM__PIN__FILE": str(wrong),
+             "SEALGATE_METRICS__MULTIPROCESS_DIR": str(metrics_dir)})
+    assert done.returncode == 78, done.stderr
+    assert "the HSM refused the PIN (PinIncorrect)" in done.stderr
+    tries = worker_samples(metrics_dir, "sealgate_hsm_errors_total", {"error": "PinIncorrect"})
+    assert sum(tries.values()) == 1, tries
