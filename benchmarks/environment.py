@@ -80,7 +80,7 @@ def free_port() -> int:
 def write_config(var: Path, port: int, workers: int) -> Path:
     """A settings file that points every path of the gateway into ``var``.
 
-    The body limits are raised for the 100 MB document and the in-flight bound so that no
+    The body limit is raised for the 100 MB document and the in-flight bound so that no
     concurrency level of the benchmark is answered with 503.
     """
     config = var / "sealgate.toml"
@@ -92,7 +92,6 @@ host = "127.0.0.1"
 port = {port}
 workers = {workers}
 max_body_bytes = {512 * 1024 * 1024}
-max_body_memory_bytes = {512 * 1024 * 1024}
 max_in_flight = 1024
 
 [hsm]

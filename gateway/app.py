@@ -63,8 +63,8 @@ def create_app(
     app[SETTINGS] = settings
     app[BUCKETS] = LeasedBuckets(settings.limits)
     app[IN_FLIGHT] = InFlight()
-    app[BODY_BUDGET] = BodyBudget(settings.server.max_body_memory_bytes,
-                                  settings.server.max_spool_bytes)
+    app[BODY_BUDGET] = BodyBudget(settings.server.body_memory_budget,
+                                  settings.server.spool_budget)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(settings, hsm=hsm, extra_plugins=extra_plugins)

@@ -67,6 +67,10 @@ class SecretRef:
         return f"SecretRef(env={self.env!r}, file={self.file!r})"
 
 
+DEFAULT_BODY_MEMORY_BYTES = 256 * 1024 * 1024
+DEFAULT_SPOOL_BYTES = 4 * 1024 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -74,9 +78,10 @@ class ServerSettings:
     workers: int = 1
     max_body_bytes: int = 64 * 1024 * 1024
     # Request bodies one worker holds at once, in memory and in spool files (api/body_budget.py);
-    # past either, 503 with Retry-After. Each is at least max_body_bytes.
-    max_body_memory_bytes: int = 256 * 1024 * 1024
-    max_spool_bytes: int = 4 * 1024 * 1024 * 1024
+    # past either, 503 with Retry-After. 0: 256 MiB and 4 GiB, or max_body_bytes when larger
+    # (see body_memory_budget); a value set must be at least max_body_bytes.
+    max_body_memory_bytes: int = 0
+    max_spool_bytes: int = 0
     max_in_flight: int = 64
     # Verifications (POST /v1/verify, /v1/receipts/verify: open to anyone) per worker at
     # once; more get 503 with Retry-After.
@@ -95,9 +100,17 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_body_memory_bytes", "max_spool_bytes"):
-            if getattr(self, name) < self.max_body_bytes:
+            if 0 < getattr(self, name) < self.max_body_bytes:
                 raise ConfigError(f"settings key 'server.{name}' must be at least "
                                   f"server.max_body_bytes ({self.max_body_bytes})")
+
+    @property
+    def body_memory_budget(self) -> int:
+        return self.max_body_memory_bytes or max(DEFAULT_BODY_MEMORY_BYTES, self.max_body_bytes)
+
+    @property
+    def spool_budget(self) -> int:
+        return self.max_spool_bytes or max(DEFAULT_SPOOL_BYTES, self.max_body_bytes)
 
 
 @dataclass(frozen=True)

@@ -183,3 +183,12 @@ async def test_a_body_moved_to_a_spool_file_gives_its_memory_back(
         assert budget.memory.held == 0
         assert (await sealing).status == 200
         await given_back(world)
+
+
+def test_budgets_left_unset_grow_with_a_larger_body_limit() -> None:
+    """A deployment whose body limit is above the default budgets starts as before the
+    budgets existed: unset (0), each is its default or one body, whichever is larger."""
+    large = ServerSettings(max_body_bytes=400_000_000)
+    assert large.body_memory_budget == 400_000_000
+    assert large.spool_budget == 4 * 1024 * 1024 * 1024
+    assert ServerSettings().body_memory_budget == 256 * 1024 * 1024
