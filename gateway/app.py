@@ -96,6 +96,11 @@ async def _poll_filings(services: Services) -> None:
     """
     interval = services.settings.filing.poll_interval_seconds
     holder = uuid.uuid4().hex
+    try:
+        if encrypted := await services.filings.encrypt_stored_materials():
+            log.info("encrypted %d filing material(s) stored before encryption", encrypted)
+    except Exception:  # e.g. storage or HSM down at start: the next start tries again
+        log.exception("filing materials stored before encryption are still plain")
     while True:
         await asyncio.sleep(interval)
         try:

@@ -341,20 +341,63 @@ class FilingService:
             return await self._vault.decrypt(applicant["phone_encrypted"], filing["id"])
         return str(applicant["phone"])  # a filing stored before phones were encrypted
 
+    async def _material(self, filing_id: str, kind: str, meta: Mapping[str, Any]) -> bytes:
+        """A material's bytes, from where its record says they are: encrypted under their
+        digest, or (uploaded before materials were encrypted) as they came, under their
+        kind. Checked against the digest filed: an authority refuses a mismatch for good."""
+        if meta.get("encrypted"):
+            sealed = await self._storage.get_blob(material_blob_key(filing_id, meta["sha256"]))
+            content = None if sealed is None else await self._vault.decrypt_bytes(
+                sealed, _material_context(filing_id, meta["sha256"]))
+        else:
+            content = await self._storage.get_blob(legacy_material_blob_key(filing_id, kind))
+        if content is None or hashlib.sha256(content).hexdigest() != meta["sha256"]:
+            raise SealGateError(f"material {kind} of filing {filing_id} is missing from "
+                                f"storage or does not match its digest")
+        return content
+
+    async def encrypt_stored_materials(self) -> int:
+        """Encrypt the materials stored before materials were encrypted, and blank their
+        plain copies; returns how many. Run at start by every worker: a material another
+        one encrypted meanwhile is skipped (its record changed)."""
+        done = 0
+        for record in await self._storage.list(FILING, limit=1_000_000):
+            plain = {k: m for k, m in record.data["materials"].items() if not m.get("encrypted")}
+            if not plain:
+                continue
+            materials = dict(record.data["materials"])
+            try:
+                for kind, meta in plain.items():
+                    content = await self._material(record.key, kind, meta)
+                    sealed = await self._vault.encrypt_bytes(
+                        content, _material_context(record.key, meta["sha256"]))
+                    await self._storage.put_blob(
+                        material_blob_key(record.key, meta["sha256"]), sealed)
+                    materials[kind] = {**meta, "encrypted": True}
+            except SealGateError as exc:
+                now = await self._storage.get(FILING, record.key)
+                if now is not None and now.version == record.version:  # not a race: damage
+                    log.warning("filing %s: %s", record.key, exc)
+                continue
+            try:
+                await self._storage.commit([Write(FILING, record.key, record.version,
+                                                  {**record.data, "materials": materials})])
+            except StaleWrite:
+                continue
+            for kind in plain:
+                await self._storage.put_blob(legacy_material_blob_key(record.key, kind), b"")
+            done += len(plain)
+        return done
+
     async def _application(self, filing: Mapping[str, Any]) -> dict[str, Any]:
         seal = (await self._seals.record(filing["seal_id"])).data
         legal = filing["legal_representative"]
         materials = []
         for kind, meta in filing["materials"].items():
-            blob = await self._storage.get_blob(material_blob_key(filing["id"], meta["sha256"]))
-            if blob is None:
-                blob = await self._storage.get_blob(legacy_material_blob_key(filing["id"], kind))
-            elif meta.get("encrypted"):
-                blob = await self._vault.decrypt_bytes(
-                    blob, _material_context(filing["id"], meta["sha256"]))
+            content = await self._material(filing["id"], kind, meta)
             materials.append(
                 {"kind": kind, **{k: meta[k] for k in _MATERIAL_FIELDS_SENT},
-                 "content_b64": base64.b64encode(blob or b"").decode("ascii")}
+                 "content_b64": base64.b64encode(content).decode("ascii")}
             )
         return {
             "id": filing["id"],
@@ -622,6 +665,9 @@ def public_view(filing: Mapping[str, Any]) -> dict[str, Any]:
         },
         "applicant": {"name": applicant["name"], "phone": phone},
         "legal_representative": {"name": legal["name"], "id_number": legal["id_number_masked"]},
+        # Masked when decided too; decisions kept before that are masked here.
+        **({"decision": {**decision, "comment": mask_personal_numbers(decision["comment"])}}
+           if (decision := filing.get("decision")) and decision.get("comment") else {}),
     }
 
 

@@ -992,26 +992,40 @@ async def test_racing_uploads_of_one_material_send_the_authority_what_the_record
     assert done["status"] == "approved", done["decision"]
 
 
-async def test_materials_stored_under_their_kind_are_still_sent(filing: Filing) -> None:
-    """A material uploaded before materials were kept by their digest (its bytes under the
-    filing and kind) is still handed to the authority whole."""
+@pytest.mark.parametrize("encrypted_at_start", [False, True], ids=["as-stored", "encrypted"])
+async def test_materials_stored_plain_before_an_upgrade_are_sent_whole(
+    filing: Filing, encrypted_at_start: bool
+) -> None:
+    """A draft whose materials an earlier release stored as they came (under the filing and
+    kind, no encryption), then one more uploaded after the upgrade with the same bytes as
+    one of them: each is read from where its record says, and the authority gets bytes that
+    match every digest. Encrypted at the next start, the plain copies are blanked."""
     filings, storage = filing.world.services.filings, filing.world.services.storage
     seal = await filing.seal()
     created = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
         "seal_id": seal["id"], "action": "new", "authority": "sim",
         "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
     filing_id = (await created.json())["id"]
-    for kind in ("business_license", "seal_impression"):
-        await filings.put_material(filing_id, kind, seal_png(), "test")
     document = one_page_pdf()
-    await storage.put_blob(legacy_material_blob_key(filing_id, "legal_rep_id"), document)
+    materials = {}
+    for kind, body, content_type in (("business_license", document, "application/pdf"),
+                                     ("seal_impression", seal_png(), "image/png")):
+        await storage.put_blob(legacy_material_blob_key(filing_id, kind), body)
+        materials[kind] = {"content_type": content_type, "size": len(body),
+                           "sha256": hashlib.sha256(body).hexdigest(),
+                           "uploaded_at": isoformat(utcnow())}
     record = await storage.get("filing", filing_id)
     assert record is not None
-    material = {"content_type": "application/pdf", "size": len(document),
-                "sha256": hashlib.sha256(document).hexdigest(), "uploaded_at": isoformat(utcnow())}
-    materials = {**record.data["materials"], "legal_rep_id": material}
     await storage.commit([Write("filing", filing_id, record.version,
                                 {**record.data, "materials": materials})])
+    await filings.put_material(filing_id, "legal_rep_id", document, "test")
+    if encrypted_at_start:
+        assert await filings.encrypt_stored_materials() == 2
+        for kind in ("business_license", "seal_impression"):
+            assert await storage.get_blob(legacy_material_blob_key(filing_id, kind)) == b""
+        stored = await filings.get(filing_id)
+        assert all(m["encrypted"] for m in stored["materials"].values())
+        assert await filings.encrypt_stored_materials() == 0
     submitted = await filing.world.http.post(f"/v1/filings/{filing_id}/submit",
                                              headers=filing.filer)
     assert (await submitted.json())["status"] == "under_review"
@@ -1076,9 +1090,16 @@ async def test_numbers_quoted_in_a_decision_comment_are_masked(filing: Filing) -
                                                  headers=filing.filer)).json()
     assert decided["decision"]["comment"] == \
         "法定代表人身份证号110105********002X与姓名不符，请联系138****0000"
-    stored = await filing.world.services.storage.get("filing", submitted["id"])
+    storage = filing.world.services.storage
+    stored = await storage.get("filing", submitted["id"])
     assert stored is not None
     assert LEGAL_REPRESENTATIVE["id_number"] not in json.dumps(stored.data, ensure_ascii=False)
+    # A decision kept unmasked by an earlier release is shown masked.
+    await storage.commit([Write("filing", stored.key, stored.version, {
+        **stored.data, "decision": {**stored.data["decision"], "comment": comment}})])
+    shown = await (await filing.world.http.get(f"/v1/filings/{submitted['id']}",
+                                               headers=filing.filer)).json()
+    assert shown["decision"]["comment"] == decided["decision"]["comment"]
 
 
 async def test_a_filing_its_authority_will_not_decide_is_withdrawn_by_a_reviewer(
