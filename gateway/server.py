@@ -186,6 +186,15 @@ async def _serve_connections(
             # The client hung up before the worker got its connection: nothing to serve.
             log.debug("a connection could not be taken over: %s", error)
 
+    token = app[SERVICES].hsm.token
+
+    def pin_refused() -> bool:
+        if token.pin_refused is None:
+            return False
+        log.error("the HSM refused the PIN (%s): fix [hsm] pin; the gateway stops, for a "
+                  "real HSM locks the PIN after a few wrong ones", token.pin_refused)
+        return True
+
     async def beat() -> None:
         # From the event loop itself: a loop that is stuck stops beating, and the master
         # stops dealing it connections.
@@ -193,16 +202,15 @@ async def _serve_connections(
             await asyncio.sleep(HEARTBEAT_SECONDS)
             with contextlib.suppress(OSError):  # master busy or gone: it notices otherwise
                 channel.send(_BEAT)
+            if pin_refused():  # at a later login (the HSM was away at start)
+                stop.set()
 
-    services = app[SERVICES]
     with contextlib.suppress(SealGateError):
         # Log in now: a PIN the token refuses ends the worker before it takes connections.
-        await services.hsm.check()
-    if services.hsm.token.pin_refused is not None:
-        log.error("the HSM refused the PIN (%s): fix [hsm] pin; the gateway stops, for a "
-                  "real HSM locks the PIN after a few wrong ones", services.hsm.token.pin_refused)
+        await app[SERVICES].hsm.check()
+    if pin_refused() or stop.is_set():  # refused, or SIGTERM came during the login
         await runner.cleanup()
-        sys.exit(EXIT_PIN_REFUSED)
+        sys.exit(EXIT_PIN_REFUSED if token.pin_refused else 0)
     channel.setblocking(False)
     loop.add_reader(channel.fileno(), take)
     metrics.WORKERS_UP.inc()
@@ -221,6 +229,8 @@ async def _serve_connections(
             log.warning("requests still in flight after %.0f s are cut short", timeout)
         heart.cancel()
         await runner.cleanup()
+    if token.pin_refused is not None:
+        sys.exit(EXIT_PIN_REFUSED)
 
 
 async def _freeze_startup_heap(app: object) -> None:
@@ -329,7 +339,7 @@ class _Master:
         if message in (_READY, _BEAT):
             worker.heard = time.monotonic()
             if message == _READY:
-                if not self.ever_ready:
+                if not self.ever_ready and not self.stopping:
                     for slot in range(1, self.slots):
                         self.spawn(slot)
                 worker.served = self.ever_ready = True

@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +21,7 @@ from tests.gateway_process import (
     SEALGATE,
     Deployment,
     GatewayProcess,
+    child_pids,
     sample_value,
     worker_samples,
 )
@@ -374,3 +375,91 @@ def test_a_pin_the_token_refuses_stops_the_gateway_after_one_try(
     assert "the HSM refused the PIN (PinIncorrect)" in done.stderr
     tries = worker_samples(metrics_dir, "sealgate_hsm_errors_total", {"error": "PinIncorrect"})
     assert sum(tries.values()) == 1, tries
+
+
+# Workers only (`python -m gateway.server`): a slow HSM login (a network HSM answering
+# slowly), or an HSM that is away while a file exists. SoftHSM does neither by itself.
+SLOW_HSM = """
+import os, sys, time
+if sys.argv[:1] == ["-m"]:
+    from gateway.hsm import token
+    _open_once = token.TokenSession._open_once
+    def _open_slowly(self):
+        away = os.environ.get("TEST_HSM_AWAY_WHILE", "")
+        if away and os.path.exists(away):
+            import pkcs11.exceptions
+            raise pkcs11.exceptions.DeviceRemoved()
+        open(os.path.join(os.environ["TEST_LOGINS_DIR"], str(os.getpid())), "w").close()
+        time.sleep(float(os.environ.get("TEST_LOGIN_SECONDS", "0")))
+        return _open_once(self)
+    token.TokenSession._open_once = _open_slowly
+"""
+
+
+def serve_with_slow_hsm(deployment: Deployment, tmp_path: Path, env: dict[str, str]
+                        ) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`sealgate serve --workers 3` whose workers log in through SLOW_HSM; returns the
+    master, the directory where each login leaves its pid, and the log."""
+    site, logins, log = tmp_path / "site", tmp_path / "logins", tmp_path / "serve.log"
+    site.mkdir()
+    logins.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_HSM)
+    with log.open("ab") as out:
+        master = subprocess.Popen(
+            [str(SEALGATE), "serve", "--port", "0", "--workers", "3"], stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            env={**deployment.env, "PYTHONPATH": str(site), "TEST_LOGINS_DIR": str(logins),
+                 "SEALGATE_METRICS__MULTIPROCESS_DIR": str(tmp_path / "metrics"), **env})
+    return master, logins, log
+
+
+def until(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_sigterm_while_the_first_worker_logs_in_stops_the_gateway(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """SIGTERM while the first worker is still logging in (before it is ready): the master
+    starts no other worker and exits once that one has."""
+    master, logins, log = serve_with_slow_hsm(deployment, tmp_path,
+                                              {"TEST_LOGIN_SECONDS": "3"})
+    try:
+        assert until(lambda: any(logins.iterdir()), 60), log.read_text()
+        master.send_signal(signal.SIGTERM)
+        assert master.wait(timeout=20) == 0, log.read_text()
+        assert len(list(logins.iterdir())) == 1
+    finally:
+        if master.poll() is None:
+            os.killpg(master.pid, signal.SIGKILL)
+            master.wait()
+
+
+def test_a_pin_refused_after_the_hsm_comes_back_stops_the_gateway(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The HSM is away at start (the workers serve without it), and the PIN is wrong: when
+    the HSM comes back, the worker that tries the PIN exits 78 and the gateway stops, so
+    that it is not tried again and again."""
+    wrong, away = tmp_path / "wrong-pin", tmp_path / "hsm-away"
+    wrong.write_text("not-the-pin\n")
+    away.write_text("")
+    master, _, log = serve_with_slow_hsm(deployment, tmp_path, {
+        "SEALGATE_HSM__PIN__FILE": str(wrong), "TEST_HSM_AWAY_WHILE": str(away)})
+    try:
+        # Every worker has found the HSM away at its start, and serves without it.
+        assert until(lambda: log.read_text().count("HSM unavailable") >= 3, 60), log.read_text()
+        time.sleep(1.0)
+        assert len(child_pids(master.pid)) == 3
+        away.unlink()
+        assert master.wait(timeout=30) == 78, log.read_text()
+        assert "the HSM refused the PIN (PinIncorrect)" in log.read_text()
+    finally:
+        if master.poll() is None:
+            os.killpg(master.pid, signal.SIGKILL)
+            master.wait()
