@@ -165,21 +165,40 @@ def mask_phone(value: str) -> str:
     return value[:3] + "*" * (len(value) - 7) + value[-4:]
 
 
-# As people write them: run together or grouped by spaces or hyphens (6-8-4 for an ID
-# number, 3-4-4 for a mobile), right after a word ("ID11010…"), a mobile after +86 or 0086.
+# Numbers as people write them: run together, or grouped by a space or hyphen (6-8-4 for
+# an ID number, 3-4-4 for a mobile, which may follow +86 or 0086), in ASCII or full-width
+# digits (a Chinese input method's full-width mode), between non-alphanumerics. A grouped
+# ID-shaped run, or one right after a letter ("ID11010…"), is masked only when it is a valid
+# ID number: hex digests, UUIDs and references look like those often enough.
 _GAP = r"[ \-]?"
-_ID_NUMBER_IN_TEXT = re.compile(
-    rf"(?<![0-9])\d{{6}}{_GAP}\d{{8}}{_GAP}\d{{3}}[\dXx](?![0-9A-Za-z])")
-_MOBILE_IN_TEXT = re.compile(
-    rf"(?<![0-9])(?:(?:\+|00)86{_GAP})?1[3-9]\d{_GAP}\d{{4}}{_GAP}\d{{4}}(?![0-9])")
+_ID_WRITTEN = re.compile(
+    rf"(?<![0-9])[0-9]{{6}}{_GAP}[0-9]{{8}}{_GAP}[0-9]{{3}}[0-9Xx](?![0-9A-Za-z])")
+_MOBILE = re.compile(
+    rf"(?<![0-9A-Za-z])(?:(?:\+|00)86{_GAP})?1[3-9][0-9]{_GAP}[0-9]{{4}}{_GAP}[0-9]{{4}}"
+    rf"(?![0-9A-Za-z])")
+# Full-width digits and X as ASCII, one character for one: matches found in the ASCII view
+# of a text are at the same places in the text.
+_ASCII_VIEW = str.maketrans({chr(0xFF10 + d): str(d) for d in range(10)} | {"Ｘ": "X", "ｘ": "x"})
 
 
 def mask_personal_numbers(text: str) -> str:
-    """``text`` (an authority's or a reviewer's words) with every resident-ID-shaped and
-    mainland-mobile-shaped run masked as :func:`mask_id_number` and :func:`mask_phone` do
-    (its grouping dropped)."""
-    text = _ID_NUMBER_IN_TEXT.sub(lambda m: mask_id_number(_digits(m.group(0))), text)
-    return _MOBILE_IN_TEXT.sub(lambda m: mask_phone(_digits(m.group(0))[-11:]), text)
+    """``text`` (an authority's or a reviewer's words) with every resident ID number and
+    mainland mobile number in it masked as :func:`mask_id_number` and :func:`mask_phone`
+    do (its grouping dropped). Never raises: it runs on words kept and shown."""
+    view = text.translate(_ASCII_VIEW)
+    spans: list[tuple[int, int, str]] = []
+    for match in _ID_WRITTEN.finditer(view):
+        digits = _digits(match.group(0))
+        before = view[match.start() - 1] if match.start() else " "
+        bare = len(match.group(0)) == len(digits) and not (before.isascii() and before.isalpha())
+        if bare or is_valid_resident_id(digits):
+            spans.append((match.start(), match.end(), mask_id_number(digits)))
+    for match in _MOBILE.finditer(view):
+        if not any(start < match.end() and match.start() < end for start, end, _ in spans):
+            spans.append((match.start(), match.end(), mask_phone(_digits(match.group(0))[-11:])))
+    for start, end, masked in sorted(spans, reverse=True):
+        text = text[:start] + masked + text[end:]
+    return text
 
 
 def _digits(text: str) -> str:

@@ -280,6 +280,19 @@ def test_personal_numbers_are_masked_in_text() -> None:
     ("tel:008613800000000", "tel:138****0000"),
     ("电话 138 0000 0000。", "电话 138****0000。"),
     ("138-0000-0000", "138****0000"),
+    ("身份证号１１０１０５１９４９１２３１００２X不符", "身份证号110105********002X不符"),
+    ("联系13８0000０000", "联系138****0000"),
 ])
 def test_personal_numbers_are_masked_as_people_write_them(written: str, masked: str) -> None:
     assert mask_personal_numbers(written) == masked
+
+
+@pytest.mark.parametrize("text", [
+    "filing 3b9ea138-1234-5678-9abc-def012345678",
+    "sha256 ab13912345678cd",
+    "ref 330106-20261127-0001",
+    "ID 110105 19491231 0021",  # grouped, but its check character is wrong: no ID number
+    "订单号 2026112700000000001",
+])
+def test_what_only_looks_like_a_personal_number_is_left_as_written(text: str) -> None:
+    assert mask_personal_numbers(text) == text
