@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -80,6 +81,9 @@ def material_blob_key(filing_id: str, sha256: str) -> str:
     return f"filing-material/{filing_id}/sha256/{sha256}"
 
 
+# Records that one-off upgrades of stored data are done (see encrypt_stored_materials).
+MIGRATION = "migration"
+MATERIALS_ENCRYPTED = "materials-encrypted"
 # What the authority learns of each material besides its bytes (not how it is stored here).
 _MATERIAL_FIELDS_SENT = ("content_type", "size", "sha256", "uploaded_at")
 
@@ -249,6 +253,10 @@ class FilingService:
                     FieldError(f"materials.{kind}", "is required before a new seal is submitted")
                     for kind in missing
                 ])
+        for kind, meta in filing["materials"].items():
+            # Readable before anything is committed: one that is not is uploaded again now,
+            # while the filing is a draft, not found by the hand-over after the submission.
+            await self._material(filing_id, kind, meta)
         seal = await self._seals.record(filing["seal_id"])
         await self._require_certified_key(seal.data)
         now = utcnow()
@@ -352,41 +360,49 @@ class FilingService:
         else:
             content = await self._storage.get_blob(legacy_material_blob_key(filing_id, kind))
         if content is None or hashlib.sha256(content).hexdigest() != meta["sha256"]:
-            raise SealGateError(f"material {kind} of filing {filing_id} is missing from "
-                                f"storage or does not match its digest")
+            raise Conflict(f"material {kind} of filing {filing_id} is missing from storage "
+                           f"or does not match its digest; upload it again")
         return content
 
     async def encrypt_stored_materials(self) -> int:
         """Encrypt the materials stored before materials were encrypted, and blank their
-        plain copies; returns how many. Run at start by every worker: a material another
-        one encrypted meanwhile is skipped (its record changed)."""
-        done = 0
+        plain copies; returns how many. Run at start by every worker until one finds none
+        left, which it records: new materials are encrypted as they come. A material
+        another worker encrypted meanwhile is skipped (its record changed)."""
+        if await self._storage.get(MIGRATION, MATERIALS_ENCRYPTED) is not None:
+            return 0
+        done, left = 0, 0
         for record in await self._storage.list(FILING, limit=1_000_000):
             plain = {k: m for k, m in record.data["materials"].items() if not m.get("encrypted")}
-            if not plain:
-                continue
             materials = dict(record.data["materials"])
-            try:
-                for kind, meta in plain.items():
+            for kind, meta in plain.items():
+                try:
                     content = await self._material(record.key, kind, meta)
-                    sealed = await self._vault.encrypt_bytes(
-                        content, _material_context(record.key, meta["sha256"]))
-                    await self._storage.put_blob(
-                        material_blob_key(record.key, meta["sha256"]), sealed)
-                    materials[kind] = {**meta, "encrypted": True}
-            except SealGateError as exc:
-                now = await self._storage.get(FILING, record.key)
-                if now is not None and now.version == record.version:  # not a race: damage
+                except Conflict as exc:  # gone or damaged: only an upload can mend it
                     log.warning("filing %s: %s", record.key, exc)
+                    left += 1
+                    continue
+                sealed = await self._vault.encrypt_bytes(
+                    content, _material_context(record.key, meta["sha256"]))
+                await self._storage.put_blob(material_blob_key(record.key, meta["sha256"]),
+                                             sealed)
+                materials[kind] = {**meta, "encrypted": True}
+            encrypted = [k for k in plain if materials[k].get("encrypted")]
+            if not encrypted:
                 continue
             try:
                 await self._storage.commit([Write(FILING, record.key, record.version,
                                                   {**record.data, "materials": materials})])
             except StaleWrite:
+                left += 1  # another worker's: the next start looks again
                 continue
-            for kind in plain:
+            for kind in encrypted:
                 await self._storage.put_blob(legacy_material_blob_key(record.key, kind), b"")
-            done += len(plain)
+            done += len(encrypted)
+        if not left:
+            with contextlib.suppress(StaleWrite):
+                await self._storage.commit([Write(MIGRATION, MATERIALS_ENCRYPTED, 0,
+                                                  {"at": isoformat(utcnow())})])
         return done
 
     async def _application(self, filing: Mapping[str, Any]) -> dict[str, Any]:

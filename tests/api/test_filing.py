@@ -30,7 +30,7 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from gateway.clock import isoformat, parse, utcnow
 from gateway.filing import service as filing_service
 from gateway.filing.adapters import Decision
-from gateway.filing.service import legacy_material_blob_key
+from gateway.filing.service import MATERIALS_ENCRYPTED, MIGRATION, legacy_material_blob_key
 from gateway.hookspecs import hookimpl
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
@@ -992,6 +992,26 @@ async def test_racing_uploads_of_one_material_send_the_authority_what_the_record
     assert done["status"] == "approved", done["decision"]
 
 
+async def stored_by_an_earlier_release(storage: Any, filing_id: str,
+                                       materials: dict[str, bytes]) -> None:
+    """Materials as an earlier release kept them: plain, under the filing and kind, with no
+    record yet that the encryption at start is done."""
+    done = await storage.get(MIGRATION, MATERIALS_ENCRYPTED)
+    if done is not None:
+        await storage.commit([Write(MIGRATION, MATERIALS_ENCRYPTED, done.version, None)])
+    kept = {}
+    for kind, body in materials.items():
+        await storage.put_blob(legacy_material_blob_key(filing_id, kind), body)
+        kept[kind] = {"content_type": "image/png" if kind == "seal_impression"
+                      else "application/pdf", "size": len(body),
+                      "sha256": hashlib.sha256(body).hexdigest(),
+                      "uploaded_at": isoformat(utcnow())}
+    record = await storage.get("filing", filing_id)
+    assert record is not None
+    await storage.commit([Write("filing", filing_id, record.version,
+                                {**record.data, "materials": kept})])
+
+
 @pytest.mark.parametrize("encrypted_at_start", [False, True], ids=["as-stored", "encrypted"])
 async def test_materials_stored_plain_before_an_upgrade_are_sent_whole(
     filing: Filing, encrypted_at_start: bool
@@ -1007,17 +1027,8 @@ async def test_materials_stored_plain_before_an_upgrade_are_sent_whole(
         "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
     filing_id = (await created.json())["id"]
     document = one_page_pdf()
-    materials = {}
-    for kind, body, content_type in (("business_license", document, "application/pdf"),
-                                     ("seal_impression", seal_png(), "image/png")):
-        await storage.put_blob(legacy_material_blob_key(filing_id, kind), body)
-        materials[kind] = {"content_type": content_type, "size": len(body),
-                           "sha256": hashlib.sha256(body).hexdigest(),
-                           "uploaded_at": isoformat(utcnow())}
-    record = await storage.get("filing", filing_id)
-    assert record is not None
-    await storage.commit([Write("filing", filing_id, record.version,
-                                {**record.data, "materials": materials})])
+    await stored_by_an_earlier_release(storage, filing_id, {
+        "business_license": document, "seal_impression": seal_png()})
     await filings.put_material(filing_id, "legal_rep_id", document, "test")
     if encrypted_at_start:
         assert await filings.encrypt_stored_materials() == 2
@@ -1181,3 +1192,34 @@ async def test_a_storage_outage_ends_a_poller_pass_once(
     with pytest.raises(BackendUnavailable):
         await filings.process_pending()
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_material_gone_from_storage_is_named_before_the_filing_is_submitted(
+    filing: Filing,
+) -> None:
+    """A draft from an earlier release one of whose materials is gone from storage: the
+    readable ones are encrypted all the same; its submission is refused (409 naming the
+    material) while it is still a draft, and goes through once the filer uploads it again.
+    With nothing plain left, the encryption at start is recorded as done."""
+    filings, storage = filing.world.services.filings, filing.world.services.storage
+    seal = await filing.seal()
+    created = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
+        "seal_id": seal["id"], "action": "new", "authority": "sim",
+        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
+    filing_id = (await created.json())["id"]
+    await stored_by_an_earlier_release(storage, filing_id, {
+        "business_license": one_page_pdf(), "legal_rep_id": one_page_pdf() + b"%scan",
+        "seal_impression": seal_png()})
+    await storage.put_blob(legacy_material_blob_key(filing_id, "legal_rep_id"), b"")  # lost
+    assert await filings.encrypt_stored_materials() == 2
+    assert await storage.get(MIGRATION, MATERIALS_ENCRYPTED) is None
+    submit = f"/v1/filings/{filing_id}/submit"
+    refused = await filing.world.http.post(submit, headers=filing.filer)
+    body = await assert_problem(refused, 409, "conflict")
+    assert "material legal_rep_id" in body["detail"]
+    assert (await filings.get(filing_id))["status"] == "draft"
+    await filings.put_material(filing_id, "legal_rep_id", one_page_pdf(), "test")
+    submitted = await filing.world.http.post(submit, headers=filing.filer)
+    assert (await submitted.json())["status"] == "under_review"
+    assert await filings.encrypt_stored_materials() == 0
+    assert await storage.get(MIGRATION, MATERIALS_ENCRYPTED) is not None
