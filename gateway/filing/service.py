@@ -18,8 +18,8 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from gateway.audit import AuditLog
 from gateway.clock import isoformat, parse, utcnow
@@ -57,6 +57,8 @@ from gateway.settings import FilingSettings
 from gateway.storage import BackendUnavailable, Record, StaleWrite, Storage, Write
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FILING = "filing"
 MATERIAL_KINDS = ("business_license", "legal_rep_id", "seal_impression", "authorization_letter")
@@ -710,16 +712,23 @@ def _choice(body: Mapping[str, Any], field: str, allowed: list[str]) -> str:
     return str(value)
 
 
-async def _submitted(adapter: FilingAdapter, application: Mapping[str, Any]) -> str:
-    """``adapter.submit``, bounded in time, its answer checked: whatever a plugin does wrong
-    leaves the filing ``submitted`` for the poller to try again."""
+async def _bounded(adapter: FilingAdapter, about: str, call: Callable[[], Awaitable[T]]) -> T:
+    """An adapter call that ends within ADAPTER_TIMEOUT_SECONDS, and whose exceptions other
+    than the two of the adapter contract become AuthorityUnavailable."""
     try:
         async with asyncio.timeout(ADAPTER_TIMEOUT_SECONDS):
-            reference: object = await adapter.submit(application)
+            return await call()
     except (AuthorityUnavailable, AuthorityRefused):
         raise
     except Exception as exc:
-        raise _adapter_failed(adapter, f"application {application.get('id')}", exc) from exc
+        raise _adapter_failed(adapter, about, exc) from exc
+
+
+async def _submitted(adapter: FilingAdapter, application: Mapping[str, Any]) -> str:
+    """``adapter.submit``, bounded in time, its answer checked: whatever a plugin does wrong
+    leaves the filing ``submitted`` for the poller to try again."""
+    reference: object = await _bounded(adapter, f"application {application.get('id')}",
+                                       lambda: adapter.submit(application))
     if not isinstance(reference, str) or not reference.strip():
         log.error("authority %s answered application %s with no reference: %r",
                   adapter.name, application.get("id"), reference)
@@ -730,13 +739,7 @@ async def _submitted(adapter: FilingAdapter, application: Mapping[str, Any]) -> 
 async def _decision(adapter: FilingAdapter, reference: str) -> Decision | None:
     """``adapter.decision``, bounded in time, its answer checked as :func:`_submitted`'s: a
     decision the gateway cannot apply as given leaves the filing under review."""
-    try:
-        async with asyncio.timeout(ADAPTER_TIMEOUT_SECONDS):
-            decision: object = await adapter.decision(reference)
-    except (AuthorityUnavailable, AuthorityRefused):
-        raise
-    except Exception as exc:
-        raise _adapter_failed(adapter, reference, exc) from exc
+    decision: object = await _bounded(adapter, reference, lambda: adapter.decision(reference))
     if decision is None:
         return None
     fault = _decision_fault(decision)
