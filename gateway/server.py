@@ -78,6 +78,9 @@ MAX_FAILED_STARTS = 5
 # restarting would try the wrong PIN again, and a real HSM locks it after a few. Until one
 # worker has logged in, the others are not started, so one start tries the PIN once.
 EXIT_PIN_REFUSED = 78
+# At start, connections wait in the backlog until every worker is ready, or this long after
+# the first one was (a worker that cannot start must not keep the others from serving).
+STARTUP_GRACE_SECONDS = 10.0
 GC_YOUNG_THRESHOLD = 20_000
 # prometheus_client's files in the multiprocess directory: counter_<pid>.db,
 # gauge_livesum_<pid>.db, ...
@@ -290,6 +293,8 @@ class _Master:
         self.accepting = False
         self.stopping = False
         self.ever_ready = False
+        self.first_ready = 0.0  # when the first worker said ready
+        self.started = False  # every worker was ready once, or the grace time passed
         self.failed_starts = 0
         self.exit_code = 0
 
@@ -301,6 +306,8 @@ class _Master:
             self.reap()
             self.watch_silence()
             self.restart_due()
+            if not self.started:
+                self._accept_while(self._anyone_ready())  # the start's grace time may be up
         self.selector.close()
         self.listener.close()
         return self.exit_code
@@ -340,6 +347,7 @@ class _Master:
             worker.heard = time.monotonic()
             if message == _READY:
                 if not self.ever_ready and not self.stopping:
+                    self.first_ready = time.monotonic()
                     for slot in range(1, self.slots):
                         self.spawn(slot)
                 worker.served = self.ever_ready = True
@@ -423,7 +431,16 @@ class _Master:
                 self.spawn(slot)
 
     def _anyone_ready(self) -> bool:
-        return not self.stopping and any(w.ready for w in self.workers.values())
+        """Whether connections may be dealt now. At start, only once every worker is ready
+        (or STARTUP_GRACE_SECONDS after the first was): the others start only after the
+        first, and a client's keep-alive connections taken before would all stay with it."""
+        ready = sum(w.ready for w in self.workers.values())
+        if self.stopping or not ready:
+            return False
+        if not self.started:
+            self.started = ready >= self.slots or (
+                time.monotonic() - self.first_ready > STARTUP_GRACE_SECONDS)
+        return self.started
 
     # -- connections ---------------------------------------------------------------------
 

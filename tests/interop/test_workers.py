@@ -463,3 +463,29 @@ def test_a_pin_refused_after_the_hsm_comes_back_stops_the_gateway(
         if master.poll() is None:
             os.killpg(master.pid, signal.SIGKILL)
             master.wait()
+
+
+async def test_connections_made_while_the_gateway_starts_go_to_every_worker(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A client pool that connects while the gateway starts (its connections wait in the
+    backlog) is dealt to every worker: the master deals nothing until all are ready,
+    where the first ready took every connection, and kept them."""
+    master, _, log = serve_with_slow_hsm(deployment, tmp_path, {"TEST_LOGIN_SECONDS": "1"})
+    try:
+        assert until(lambda: "listening on" in log.read_text(), 60), log.read_text()
+        port = int(log.read_text().split("listening on http://127.0.0.1:")[1].split()[0])
+        connector = aiohttp.TCPConnector(limit=6)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for _ in range(3):  # the same six keep-alive connections each round
+                answers = await asyncio.gather(*(
+                    http.get(f"http://127.0.0.1:{port}/healthz") for _ in range(6)))
+                assert [a.status for a in answers] == [200] * 6
+                for answer in answers:
+                    answer.release()
+        served = worker_samples(tmp_path / "metrics", "sealgate_http_requests_total",
+                                {"route": "/healthz"})
+        assert len([n for n in served.values() if n > 0]) == 3, served
+    finally:
+        master.send_signal(signal.SIGTERM)
+        master.wait(timeout=30)
