@@ -49,6 +49,11 @@ def register(sub: Any) -> None:
     review.add_argument("--comment", default="")
     review.add_argument("--valid-days", type=int)
     review.set_defaults(handler=review_filing)
+    withdraw = filings.add_parser("withdraw", help="reject a submitted filing its authority "
+                                                   "will not decide; the seal returns")
+    withdraw.add_argument("filing")
+    withdraw.add_argument("--reason", required=True)
+    withdraw.set_defaults(handler=withdraw_filing)
     filings.add_parser("process", help="hand pending filings to remote authorities and "
                                        "collect decisions, once").set_defaults(handler=process)
 
@@ -122,6 +127,15 @@ async def review_filing(args: argparse.Namespace) -> int:
         body["valid_days"] = args.valid_days
     async with opened(args) as services:
         print_json(public_view(await services.filings.review(args.filing, body, OPERATOR.name)))
+    return 0
+
+
+async def withdraw_filing(args: argparse.Namespace) -> int:
+    from gateway.filing.service import public_view
+
+    async with opened(args) as services:
+        print_json(public_view(await services.filings.withdraw(
+            args.filing, {"reason": args.reason}, OPERATOR.name)))
     return 0
 
 

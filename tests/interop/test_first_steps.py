@@ -217,3 +217,24 @@ def test_from_a_new_key_to_a_sealed_pdf_on_the_command_line(
     report = subprocess.run([poppler, str(tmp_path / "sealed" / "invoice.pdf")],
                             capture_output=True, text=True, check=False)
     assert "Signature is Valid" in report.stdout
+
+
+def test_a_filing_is_withdrawn_on_the_command_line(
+    installation: Deployment, tmp_path: Path
+) -> None:
+    """`sealgate filings withdraw` rejects a submitted filing with the reason given, and the
+    seal keeps the status it had."""
+    def run(*args: str) -> dict[str, object]:
+        return dict(json.loads(installation.sealgate(*args).stdout))
+
+    (tmp_path / "id.txt").write_text("11010519491231002X")
+    filing = run("filings", "create", "--seal", installation.seal_id, "--action", "suspend",
+                 "--applicant-name", "李四", "--applicant-phone", "13800000000",
+                 "--legal-name", "张三", "--legal-id-file", str(tmp_path / "id.txt"))
+    installation.sealgate("filings", "submit", str(filing["id"]))
+    withdrawn = run("filings", "withdraw", str(filing["id"]), "--reason", "filed by mistake")
+    assert withdrawn["status"] == "rejected"
+    decision = withdrawn["decision"]
+    assert isinstance(decision, dict) and decision["comment"] == "withdrawn: filed by mistake"
+    seal = json.loads(installation.sealgate("seals", "list").stdout)
+    assert [s["status"] for s in seal if s["id"] == installation.seal_id] == ["active"]
