@@ -307,7 +307,7 @@ class _Master:
             self.watch_silence()
             self.restart_due()
             if not self.started:
-                self._accept_while(self._anyone_ready())  # the start's grace time may be up
+                self._accept_while(self._may_deal())  # the start's grace time may be up
         self.selector.close()
         self.listener.close()
         return self.exit_code
@@ -359,7 +359,7 @@ class _Master:
         else:
             worker.ready = False
             self.selector.unregister(worker.channel)
-        self._accept_while(self._anyone_ready())
+        self._accept_while(self._may_deal())
 
     def watch_silence(self) -> None:
         """Stop dealing to a worker whose event loop has gone silent; replace it if it
@@ -372,7 +372,7 @@ class _Master:
                 worker.ready = False
                 log.error("worker %d has not answered for %.0f s; it gets no more connections",
                           worker.pid, silent)
-                self._accept_while(self._anyone_ready())
+                self._accept_while(self._may_deal())
             if (worker.served and not worker.replaced and not self.stopping
                     and silent > REPLACE_AFTER_HUNG * hung_after):
                 worker.replaced = True
@@ -396,7 +396,7 @@ class _Master:
                 self.selector.unregister(worker.channel)
             worker.channel.close()
             _forget_worker_metrics(pid)
-            self._accept_while(self._anyone_ready())
+            self._accept_while(self._may_deal())
             if self.stopping or worker.replaced:
                 continue
             if os.waitstatus_to_exitcode(status) == EXIT_PIN_REFUSED:
@@ -430,7 +430,7 @@ class _Master:
                 del self.restart_at[slot]
                 self.spawn(slot)
 
-    def _anyone_ready(self) -> bool:
+    def _may_deal(self) -> bool:
         """Whether connections may be dealt now. At start, only once every worker is ready
         (or STARTUP_GRACE_SECONDS after the first was): the others start only after the
         first, and a client's keep-alive connections taken before would all stay with it."""
