@@ -95,6 +95,11 @@ class Unauthorized(ClientError):
     type_slug = "unauthorized"
     title = "Authentication required"
 
+    def __init__(self, detail: str = "", *, token_sent: bool = False) -> None:
+        super().__init__(detail)
+        # The WWW-Authenticate challenge every 401 carries (RFC 6750 §3).
+        self.challenge = 'Bearer error="invalid_token"' if token_sent else "Bearer"
+
 
 class Forbidden(ClientError):
     status = 403

@@ -40,8 +40,9 @@ def body_limit(request: web.Request) -> int:
 
 
 def check_declared_size(request: web.Request, limit: int | None = None) -> int:
-    """413 from the Content-Length header alone, before a byte of the body is read."""
-    limit = body_limit(request) if limit is None else limit
+    """413 from the Content-Length header alone, before a byte of the body is read. An
+    endpoint's own ``limit`` only lowers ``[server] max_body_bytes``, never raises it."""
+    limit = body_limit(request) if limit is None else min(limit, body_limit(request))
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(
             f"the body has {request.content_length} bytes; the limit is {limit} bytes"

@@ -179,7 +179,7 @@ async def _failed_authentication(request: web.Request) -> SealGateError:
     metrics.AUTH_FAILURES.labels("invalid").inc()
     await svc.audit.append("anonymous", "auth.failed", request.path,
                            {"remote": remote, "reason": "unknown or revoked token"})
-    return Unauthorized("the token is unknown or revoked")
+    return Unauthorized("the token is unknown or revoked", token_sent=True)
 
 
 def failure_bucket(remote: str) -> str:

@@ -7,7 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import SealGateError, ServiceUnavailable, TooManyRequests, ValidationFailed
+from gateway.errors import (
+    SealGateError,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    ValidationFailed,
+)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 TYPE_BASE = "https://sealgate.dev/problems/"
@@ -38,6 +44,8 @@ def from_error(error: SealGateError, request_id: str) -> web.Response:
                                 request_id, **extra)
     if isinstance(error, TooManyRequests | ServiceUnavailable):
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if isinstance(error, Unauthorized):
+        response.headers["WWW-Authenticate"] = error.challenge
     return response
 
 

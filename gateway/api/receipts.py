@@ -15,7 +15,7 @@ from gateway.api.bodies import (
 )
 from gateway.api.context import client, roles, services
 from gateway.clock import utcnow
-from gateway.errors import NotFound, UnsupportedMediaType, ValidationFailed
+from gateway.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
 
 routes = web.RouteTableDef()
 
@@ -66,10 +66,8 @@ async def verify_receipt(request: web.Request) -> web.Response:
     elif kind in ("application/json", ""):
         try:
             document = parse_json(body)
-        except UnreadableJson:
-            raise ValidationFailed.one(
-                "body", "is neither a receipt PDF nor receipt JSON"
-            ) from None
+        except UnreadableJson as exc:
+            raise BadRequest(f"the body is neither a receipt PDF nor valid JSON: {exc}") from None
         if not isinstance(document, dict):
             raise ValidationFailed.one("body", "must be a receipt JSON object")
         result = await receipts.verify_json(document, utcnow())

@@ -16,7 +16,7 @@ from gateway.api.bodies import (
     read_limited,
 )
 from gateway.api.context import roles, services
-from gateway.errors import UnsupportedMediaType, ValidationFailed
+from gateway.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from gateway.signing import check_pdf_header
 
 routes = web.RouteTableDef()
@@ -30,7 +30,8 @@ async def verify(request: web.Request) -> web.Response:
     kind = media_type(request)
     body = await read_limited(request)
     verifier = services(request).verifier
-    if kind == "application/pdf":
+    if kind == "application/pdf" or (kind == "application/octet-stream"
+                                     and body.lstrip()[:5] == b"%PDF-"):
         check_pdf_header(body)
         return json_response(await verifier.verify_pdf(body))
     if kind in ("application/json", ""):
@@ -44,8 +45,8 @@ async def verify(request: web.Request) -> web.Response:
 def _cms_request(body: bytes) -> tuple[bytes, bytes | None]:
     try:
         value: Any = parse_json(body or b"null")
-    except UnreadableJson:
-        raise ValidationFailed.one("body", "is not valid JSON") from None
+    except UnreadableJson as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValidationFailed.one("body", "must be a JSON object with cms and content")
     signature = _base64(value, "cms")

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import PathError, ValidationError
 
+from gateway.clock import isoformat
 from gateway.errors import ValidationFailed
 from gateway.signing.verify import SIGNATURE, SignatureReport, certificate_pem
 
@@ -113,7 +114,7 @@ def verify_cms(
         level = _cades_level(attributes, stamped)
         reports.append(SignatureReport(
             signer=check.certificate.subject.human_friendly if check.certificate else "unknown",
-            signed_at=signed_at.isoformat() if signed_at else None,
+            signed_at=isoformat(signed_at) if signed_at else None,
             intact=check.intact, trusted=check.trusted, level=level,
             covers_whole_document=check.intact,
             signer_certificate_pem=certificate_pem(check.certificate),

@@ -31,6 +31,7 @@ from pyhanko.sign.validation.status import (
 )
 from pyhanko_certvalidator import ValidationContext
 
+from gateway.clock import isoformat
 from gateway.errors import BadDocument
 
 SIGNATURE = "signature"
@@ -213,7 +214,7 @@ def _report(
         valid = bool(status.intact and status.valid and status.trusted
                      and status.docmdp_ok is not False)
     return SignatureReport(
-        signer=cert.subject.human_friendly, signed_at=signed_at.isoformat() if signed_at else None,
+        signer=cert.subject.human_friendly, signed_at=isoformat(signed_at) if signed_at else None,
         intact=bool(status.intact and status.valid), trusted=bool(status.trusted),
         level=level, covers_whole_document=whole, signer_certificate_pem=certificate_pem(cert),
         # Valid means no problem at all: a signature that holds over a document changed

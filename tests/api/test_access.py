@@ -257,6 +257,15 @@ async def test_missing_token_is_401_without_an_audit_event(world: World) -> None
     assert len(await world.services.storage.events()) == before
 
 
+async def test_every_401_carries_its_bearer_challenge(world: World) -> None:
+    """RFC 6750 §3: a 401 names the scheme, and says so when the token sent is invalid."""
+    missing = await world.http.get("/v1/keys")
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    wrong = await world.http.get("/v1/keys", headers={"Authorization": "Bearer sg_wrong"})
+    await assert_problem(wrong, 401, "unauthorized")
+    assert wrong.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
 def with_proxies(settings: Settings, *proxies: str, burst: int = 1) -> Settings:
     return settings.replace(
         server=dataclasses.replace(settings.server, trusted_proxies=proxies),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -17,8 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
+from gateway.hsm import Hsm
 from gateway.pki.certs import chain_to_pem
 from gateway.pki.devca import DevCA
+from gateway.settings import Settings
 from gateway.signing.ltv import add_signature_timestamp, signature_value
 from gateway.signing.tsa import TimeStampQuery
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
@@ -125,7 +128,7 @@ async def test_sealed_pdf_is_valid_and_names_its_seal(signer_world: SignerWorld)
     assert signature["seal_id"] == seal["id"]
     assert (signature["intact"], signature["trusted"], signature["level"]) == (True, True, "B-B")
     assert "测试合同专用章" in signature["signer"]
-    assert signature["signed_at"] and signature["problems"] == []
+    assert signature["signed_at"].endswith("Z") and signature["problems"] == []
 
 
 async def test_a_pdf_sealed_before_a_certificate_renewal_still_names_its_seal(
@@ -345,3 +348,34 @@ async def test_a_cms_encapsulating_a_time_stamp_token_is_verified(world: World) 
     body = await verify_cms(world, token.dump(), None)
     [signature] = body["signatures"]
     assert signature["intact"] is True, signature
+
+
+async def test_a_pdf_sent_as_any_bytes_is_verified_as_a_pdf(signer_world: SignerWorld) -> None:
+    """Like sign/pdf and the receipt check, /v1/verify takes a PDF sent as
+    application/octet-stream (what many clients send for bytes)."""
+    world, seal, headers = signer_world
+    document = await sealed_pdf(world, seal, headers)
+    response = await world.http.post("/v1/verify", data=document,
+                                     headers={"Content-Type": "application/octet-stream"})
+    assert response.status == 200, await response.text()
+    assert (await response.json())["valid"] is True
+
+
+@pytest.mark.parametrize("path", ["/v1/keys", "/v1/verify", "/v1/receipts/verify"])
+async def test_json_that_does_not_parse_is_400_everywhere(world: World, path: str) -> None:
+    _, officer = await world.client("key_officer")
+    response = await world.http.post(path, data=b"{bad", headers={
+        **officer, "Content-Type": "application/json"})
+    await assert_problem(response, 400, "bad-request")
+
+
+async def test_an_endpoint_s_own_body_limit_never_exceeds_the_server_s(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA
+) -> None:
+    """The receipt check takes receipts up to 8 MiB, but never more than
+    ``[server] max_body_bytes``: anyone may call it."""
+    small = settings.replace(server=dataclasses.replace(settings.server, max_body_bytes=4096))
+    async with World.running(small, hsm, dev_ca) as world:
+        response = await world.http.post("/v1/receipts/verify", data=b"{" + b" " * 5000 + b"}",
+                                         headers={"Content-Type": "application/json"})
+        await assert_problem(response, 413, "payload-too-large")
