@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.bodies import json_response
-from gateway.api.context import ROLES_ATTR, roles
+from gateway.api.context import OPEN_WHEN_ATTR, ROLES_ATTR, SETTINGS, roles
 from gateway.api.idempotency import HEADER, IDEMPOTENT_ROUTES, KEY_FORMAT, REPLAYED_HEADER
 
 routes = web.RouteTableDef()
@@ -49,7 +49,7 @@ def build_document(app: web.Application) -> dict[str, Any]:
         if route.method in ("HEAD", "OPTIONS", "*") or route.resource is None:
             continue
         path = openapi_path(route.resource.canonical)
-        paths.setdefault(path, {})[route.method.lower()] = _operation(route, path)
+        paths.setdefault(path, {})[route.method.lower()] = _operation(route, path, app)
     return {
         "openapi": "3.1.0",
         "info": {"title": "SealGate", "version": VERSION,
@@ -63,10 +63,13 @@ def build_document(app: web.Application) -> dict[str, Any]:
     }
 
 
-def _operation(route: web.AbstractRoute, path: str) -> dict[str, Any]:
+def _operation(route: web.AbstractRoute, path: str, app: web.Application) -> dict[str, Any]:
     handler = route.handler
     doc = (getattr(handler, "__doc__", None) or "").strip()
     allowed: tuple[str, ...] | None = getattr(handler, ROLES_ATTR, None)
+    open_when = getattr(handler, OPEN_WHEN_ATTR, None)
+    if open_when is not None and open_when(app[SETTINGS]):
+        allowed = None  # open to anyone with these settings (the TSA, say)
     operation: dict[str, Any] = {
         "operationId": getattr(handler, "__name__", "operation"),
         "summary": doc.splitlines()[0] if doc else getattr(handler, "__name__", ""),

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
+from gateway.hsm import Hsm
+from gateway.pki.devca import DevCA
+from gateway.settings import Settings
 from tests.api.conftest import World
 from tests.conftest import PROJECT_ROOT
 
@@ -66,3 +70,16 @@ def test_contract_parser_reads_known_lines() -> None:
 def test_project_root_is_the_checkout() -> None:
     """PROJECT_ROOT points at the directory holding pyproject.toml."""
     assert (Path(PROJECT_ROOT) / "pyproject.toml").exists()
+
+
+@pytest.mark.parametrize("anonymous", [False, True])
+async def test_the_tsa_asks_for_a_token_in_the_document_only_when_it_does(
+    settings: Settings, hsm: Hsm, dev_ca: DevCA, anonymous: bool
+) -> None:
+    """With [tsa] allow_anonymous the time-stamp authority is open to anyone, and the
+    document says so (no security, no roles)."""
+    opened = settings.replace(tsa=dataclasses.replace(settings.tsa, allow_anonymous=anonymous))
+    async with World.running(opened, hsm, dev_ca) as world:
+        document = await (await world.http.get("/openapi.json")).json()
+    tsa = document["paths"]["/tsa"]["post"]
+    assert ("security" in tsa, "x-roles" in tsa) == (not anonymous, not anonymous)
