@@ -118,12 +118,16 @@ async def _watch(services: Services) -> None:
     while True:
         try:
             await services.storage.ping()
-            metrics.STORAGE_UP.set(1)
-            await _publish_seal_validity(services)
-        except BackendUnavailable:
+        except Exception as exc:  # whatever the probe meets, storage is not serving
             metrics.STORAGE_UP.set(0)
-        except Exception:  # the watcher must outlive any one failure
-            log.exception("metrics refresh failed; retrying in %.1f s", interval)
+            if not isinstance(exc, BackendUnavailable):
+                log.exception("storage probe failed; retrying in %.1f s", interval)
+        else:
+            metrics.STORAGE_UP.set(1)
+            try:
+                await _publish_seal_validity(services)
+            except Exception:  # the watcher must outlive any one failure
+                log.exception("metrics refresh failed; retrying in %.1f s", interval)
         with contextlib.suppress(SealGateError):
             await services.hsm.check()  # sets sealgate_hsm_up either way
         await asyncio.sleep(interval)

@@ -141,7 +141,8 @@ return 1
 # (a replica's READONLY, MASTERDOWN during a failover, OOM past maxmemory); the others are
 # recognised by the code word that still starts the message.
 _OUTAGE_ERRORS = (ReadOnlyError, ClusterDownError, TryAgainError, OutOfMemoryError)
-_OUTAGE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "MISCONF", "CLUSTERDOWN", "TRYAGAIN")
+_OUTAGE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "MISCONF", "CLUSTERDOWN", "TRYAGAIN",
+                   "NOREPLICAS", "BUSY")
 _SCALARS = (str, int, float, bool, type(None))
 _LIST_CHUNK = 256
 # The client runs without decode_responses (blobs are bytes), so members come back as bytes.

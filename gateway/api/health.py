@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 
@@ -12,6 +13,7 @@ from gateway.api.context import roles, services
 from gateway.errors import SealGateError
 from gateway.storage import BackendUnavailable
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 CHECK_TIMEOUT_SECONDS = 2.0
@@ -43,6 +45,9 @@ async def _check(probe: object) -> str:
         return "timeout"
     except (SealGateError, BackendUnavailable) as exc:
         return getattr(exc, "type_slug", "unavailable")
+    except Exception:  # a probe failing in a way nobody foresaw is not ready either
+        log.exception("readiness probe failed")
+        return "unavailable"
     return "ok"
 
 

@@ -683,13 +683,14 @@ async def test_sqlite_checkpoint_that_meets_a_reader_tries_again(
         await backend.close()
 
 
-@pytest.mark.parametrize("condition", ["replica", "master-down", "out-of-memory"])
+@pytest.mark.parametrize("condition", ["replica", "master-down", "out-of-memory",
+                                       "no-replicas"])
 async def test_redis_that_cannot_write_is_backend_unavailable_and_recovers(
     tmp_path: Path, condition: str
 ) -> None:
-    """A replica after a failover, a replica that lost its master, and a full Redis all
-    refuse writes with replies redis-py raises as classes of their own: each is an outage
-    (503, readiness down), and writes work again once the condition ends."""
+    """A replica after a failover, a replica that lost its master, a full Redis, and a
+    master that may write only with replicas it has lost all refuse writes: each is an
+    outage (503, readiness down), and writes work again once the condition ends."""
     with RedisServer(tmp_path / "redis") as server:
         backend = create_storage(redis_settings(server.url, 1.0))
         await backend.open()
@@ -698,6 +699,8 @@ async def test_redis_that_cannot_write_is_backend_unavailable_and_recovers(
             await backend.commit([Write("seal", "s", 0, {"n": 1})], [chain_sealer(1)])
             if condition == "out-of-memory":
                 await admin.config_set("maxmemory", 1)
+            elif condition == "no-replicas":
+                await admin.config_set("min-replicas-to-write", 1)
             else:
                 stale = "yes" if condition == "replica" else "no"
                 await admin.config_set("replica-serve-stale-data", stale)
@@ -713,6 +716,8 @@ async def test_redis_that_cannot_write_is_backend_unavailable_and_recovers(
                     await call()
             if condition == "out-of-memory":
                 await admin.config_set("maxmemory", 0)
+            elif condition == "no-replicas":
+                await admin.config_set("min-replicas-to-write", 0)
             else:
                 await admin.replicaof("NO", "ONE")
             await backend.ping()
