@@ -380,27 +380,31 @@ class FilingService:
             for kind, meta in plain.items():
                 try:
                     content = await self._material(record.key, kind, meta)
-                except Conflict as exc:  # gone or damaged: only an upload can mend it
-                    log.warning("filing %s: %s", record.key, exc)
+                except Conflict as exc:
                     left += 1
-                    continue
+                    now = await self._storage.get(FILING, record.key)
+                    if now is not None and now.version == record.version:
+                        log.warning("filing %s: %s", record.key, exc)  # gone or damaged
+                    continue  # else another worker encrypted it meanwhile
                 sealed = await self._vault.encrypt_bytes(
                     content, _material_context(record.key, meta["sha256"]))
                 await self._storage.put_blob(material_blob_key(record.key, meta["sha256"]),
                                              sealed)
                 materials[kind] = {**meta, "encrypted": True}
-            encrypted = [k for k in plain if materials[k].get("encrypted")]
-            if not encrypted:
-                continue
-            try:
-                await self._storage.commit([Write(FILING, record.key, record.version,
-                                                  {**record.data, "materials": materials})])
-            except StaleWrite:
-                left += 1  # another worker's: the next start looks again
-                continue
-            for kind in encrypted:
-                await self._storage.put_blob(legacy_material_blob_key(record.key, kind), b"")
-            done += len(encrypted)
+            if any(materials[k].get("encrypted") for k in plain):
+                try:
+                    await self._storage.commit([Write(FILING, record.key, record.version,
+                                                      {**record.data, "materials": materials})])
+                except StaleWrite:
+                    left += 1  # another worker's: the next start looks again
+                    continue
+            # Every plain copy of an encrypted material goes, also one that an earlier start
+            # (stopped between its commit and here) left behind.
+            for kind, meta in materials.items():
+                legacy = legacy_material_blob_key(record.key, kind)
+                if meta.get("encrypted") and await self._storage.get_blob(legacy):
+                    await self._storage.put_blob(legacy, b"")
+                    done += 1
         if not left:
             with contextlib.suppress(StaleWrite):
                 await self._storage.commit([Write(MIGRATION, MATERIALS_ENCRYPTED, 0,

@@ -1223,3 +1223,36 @@ async def test_a_material_gone_from_storage_is_named_before_the_filing_is_submit
     assert (await submitted.json())["status"] == "under_review"
     assert await filings.encrypt_stored_materials() == 0
     assert await storage.get(MIGRATION, MATERIALS_ENCRYPTED) is not None
+
+
+async def test_a_plain_copy_left_by_an_interrupted_start_is_blanked_at_the_next(
+    filing: Filing,
+) -> None:
+    """A start that encrypted a material and committed, then stopped before blanking the
+    plain copy (storage gone, the worker killed): the next start blanks it."""
+    filings, storage = filing.world.services.filings, filing.world.services.storage
+    seal = await filing.seal()
+    created = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
+        "seal_id": seal["id"], "action": "new", "authority": "sim",
+        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
+    filing_id = (await created.json())["id"]
+    scan = one_page_pdf() + b"%ID card scan"
+    await stored_by_an_earlier_release(storage, filing_id, {"legal_rep_id": scan})
+    real_put_blob = storage.put_blob
+
+    async def stopped_before_blanking(key: str, data: bytes) -> None:
+        if key == legacy_material_blob_key(filing_id, "legal_rep_id") and not data:
+            raise BackendUnavailable("storage went away")
+        await real_put_blob(key, data)
+
+    storage.put_blob = stopped_before_blanking  # type: ignore[method-assign]
+    try:
+        with pytest.raises(BackendUnavailable):
+            await filings.encrypt_stored_materials()
+    finally:
+        storage.put_blob = real_put_blob  # type: ignore[method-assign]
+    assert (await filings.get(filing_id))["materials"]["legal_rep_id"]["encrypted"]
+    assert await storage.get_blob(legacy_material_blob_key(filing_id, "legal_rep_id")) == scan
+    assert await filings.encrypt_stored_materials() == 1
+    assert await storage.get_blob(legacy_material_blob_key(filing_id, "legal_rep_id")) == b""
+    assert await storage.get(MIGRATION, MATERIALS_ENCRYPTED) is not None
