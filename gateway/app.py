@@ -35,6 +35,7 @@ from gateway.api.limits import BUCKETS, LeasedBuckets
 from gateway.api.remote import trusted_networks
 from gateway.clock import parse, utcnow
 from gateway.errors import SealGateError
+from gateway.filing.service import ADAPTER_TIMEOUT_SECONDS
 from gateway.filing.states import EXPIRED
 from gateway.hsm import Hsm
 from gateway.keys.registry import KEY
@@ -92,10 +93,16 @@ async def _poll_filings(services: Services) -> None:
 
     Every worker of every instance runs this loop, but only the holder of the poller lease
     polls, so that N workers do not ask the authorities N times; when the holder dies, the
-    lease lapses after three intervals and another worker takes over.
+    lease lapses (after one authority call's time) and another worker takes over.
     """
     interval = services.settings.filing.poll_interval_seconds
     holder = uuid.uuid4().hex
+    # Renewed before each filing, and longer than one authority call may take: a pass
+    # outlasting its lease let a second worker poll the same filings at the same time.
+    lease_seconds = max(3 * interval, ADAPTER_TIMEOUT_SECONDS + interval)
+
+    async def still_ours() -> bool:
+        return await hold_lease(services.storage, POLLER_LEASE, holder, lease_seconds)
     try:
         if encrypted := await services.filings.encrypt_stored_materials():
             log.info("encrypted %d filing material(s) stored before encryption", encrypted)
@@ -104,8 +111,8 @@ async def _poll_filings(services: Services) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            if await hold_lease(services.storage, POLLER_LEASE, holder, 3 * interval):
-                await services.filings.process_pending()
+            if await still_ours():
+                await services.filings.process_pending(still_ours)
         except Exception:  # the poller must outlive any one failure (storage down, ...)
             log.exception("filing poller failed; retrying in %.1f s", interval)
 

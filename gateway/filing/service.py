@@ -485,16 +485,24 @@ class FilingService:
         return await self._decide(record, Decision("rejected", f"withdrawn: {reason}"),
                                   reviewer)
 
-    async def process_pending(self) -> int:
+    async def process_pending(
+        self, still_ours: Callable[[], Awaitable[bool]] | None = None
+    ) -> int:
         """Retry hand-overs and collect remote decisions; returns how many filings moved.
 
         Hand-overs to authorities that review locally are finished here too: a worker that
         died between submit's two commits leaves such a filing ``submitted``, where no
-        reviewer can decide it.
+        reviewer can decide it. ``still_ours`` is asked before each filing (the poller's
+        lease, renewed): when it says no, another worker polls now and the pass ends.
         """
         moved = failed = 0
         for status in (states.FilingStatus.SUBMITTED, states.FilingStatus.UNDER_REVIEW):
-            for record in await self._storage.list(FILING, where={"status": status.value}):
+            pending = await self._storage.list(FILING, where={"status": status.value},
+                                               limit=1_000_000)
+            for record in pending:
+                if still_ours is not None and not await still_ours():
+                    log.info("the filing poller's lease passed to another worker")
+                    return moved
                 adapter = self.adapters.get(record.data["authority"])
                 if adapter is None or (adapter.reviews_locally
                                        and status != states.FilingStatus.SUBMITTED):

@@ -12,6 +12,7 @@ import io
 import json
 import struct
 import subprocess
+import types
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.embed import EmbeddedFileObject, FileSpec, embed_file
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
+from gateway import app
 from gateway.clock import isoformat, parse, utcnow
 from gateway.filing import service as filing_service
 from gateway.filing.adapters import Decision
@@ -1256,3 +1258,35 @@ async def test_a_plain_copy_left_by_an_interrupted_start_is_blanked_at_the_next(
     assert await filings.encrypt_stored_materials() == 1
     assert await storage.get_blob(legacy_material_blob_key(filing_id, "legal_rep_id")) == b""
     assert await storage.get(MIGRATION, MATERIALS_ENCRYPTED) is not None
+
+
+async def test_two_workers_never_poll_the_same_filings_at_once(unruly: Unruly) -> None:
+    """Every worker runs the poller; the lease lets one poll. A pass longer than the lease
+    (a slow authority) let a second worker take it and poll the same filings beside the
+    first: each approval was numbered twice and one number wasted."""
+    for _ in range(3):
+        await unruly.file("suspend")
+    services = unruly.filing.world.services
+    polling, most = 0, 0
+
+    async def slow_decision(reference: str) -> Decision:
+        nonlocal polling, most
+        polling += 1
+        most = max(most, polling)
+        await asyncio.sleep(0.5)
+        polling -= 1
+        return Decision("approved")
+
+    unruly.adapter.decision = slow_decision  # type: ignore[method-assign]
+    quick = types.SimpleNamespace(
+        settings=services.settings.replace(filing=dataclasses.replace(
+            services.settings.filing, poll_interval_seconds=0.2)),
+        storage=services.storage, filings=services.filings)
+    workers = [asyncio.ensure_future(app._poll_filings(quick)) for _ in range(2)]  # type: ignore[arg-type]
+    await asyncio.sleep(3.0)
+    for worker in workers:
+        worker.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    assert most == 1
+    numbers = sorted(int(r.key[-6:]) for r in await services.storage.list("receipt"))
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
