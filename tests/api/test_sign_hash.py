@@ -209,7 +209,7 @@ async def test_json_the_decoder_cannot_read_is_4xx_on_every_json_endpoint(
     signer_world: SignerWorld, body: bytes
 ) -> None:
     """Well-formed JSON that json.loads still refuses is the client's problem everywhere,
-    anonymous verification endpoints included, never a 500."""
+    anonymous verification endpoints included, never a 500: 400, as any unreadable JSON."""
     world, seal, headers = signer_world
     json_type = {"Content-Type": "application/json"}
     signed = await world.http.post(sign_path(seal["id"]), data=body,
@@ -217,7 +217,7 @@ async def test_json_the_decoder_cannot_read_is_4xx_on_every_json_endpoint(
     await assert_problem(signed, 400, "bad-request")
     for path in ("/v1/verify", "/v1/receipts/verify"):
         response = await world.http.post(path, data=body, headers=json_type)
-        await assert_problem(response, 422, "validation-failed")
+        await assert_problem(response, 400, "bad-request")
     csc = await world.http.post("/csc/v1/signatures/signHash", data=body,
                                 headers={**headers, **json_type})
     assert csc.status == 400
