@@ -18,14 +18,16 @@ reads its settings from a pipe and takes connections from the master over a Unix
   Connections are long-lived; the hand-over costs the master a few tens of microseconds each.
 
 The master starts one worker first and the others once it is ready: a worker logs in to the
-HSM before it says so, and one whose PIN the token refuses exits with EXIT_PIN_REFUSED, which
-stops the master with that status (one start tries a wrong PIN once; a real HSM locks it
-after a few). A worker that dies is replaced (a crashing one after a growing pause); its
-connections die with it. Workers beat once a second from their event loop; one silent for
-``[server] hung_worker_seconds`` gets no more connections, and one silent three times as long
-is sent SIGTERM and replaced. If no worker ever becomes ready in ``MAX_FAILED_STARTS``
-attempts, the master exits with status 1. SIGTERM/SIGINT close the listening socket at once
-and stop the workers, which finish the requests in flight (api/drain.py) first.
+HSM before it says so, and one whose PIN the token refuses exits with EXIT_PIN_REFUSED,
+which stops the master with that status. Workers log in one at a time through a lock file,
+which also records a refusal: a wrong PIN is tried once per start of the gateway, whenever a
+worker first logs in (a real HSM locks the PIN after a few wrong ones). A worker that dies
+is replaced (a crashing one after a growing pause); its connections die with it. Workers
+beat once a second from their event loop; one silent for ``[server] hung_worker_seconds``
+gets no more connections, and one silent three times as long is sent SIGTERM and replaced.
+If no worker ever becomes ready in ``MAX_FAILED_STARTS`` attempts, the master exits with
+status 1. SIGTERM/SIGINT close the listening socket at once and stop the workers, which
+finish the requests in flight (api/drain.py) first.
 """
 
 from __future__ import annotations
@@ -131,8 +133,10 @@ def run_worker(settings: Settings, channel: socket.socket) -> None:
     """Body of one worker process: its event loop, app, HSM session and metrics, serving the
     connections the master sends over ``channel``."""
     from gateway.app import create_app
+    from gateway.hsm import Hsm
 
-    app = create_app(settings)
+    hsm = Hsm(settings.hsm, login_lock=login_lock_path(settings))
+    app = create_app(settings, hsm=hsm)
     app.on_startup.append(_freeze_startup_heap)
     asyncio.run(_serve_connections(app, settings, channel))
 
@@ -189,7 +193,8 @@ async def _serve_connections(
             # The client hung up before the worker got its connection: nothing to serve.
             log.debug("a connection could not be taken over: %s", error)
 
-    token = app[SERVICES].hsm.token
+    hsm = app[SERVICES].hsm
+    token = hsm.token
 
     def pin_refused() -> bool:
         if token.pin_refused is None:
@@ -213,6 +218,7 @@ async def _serve_connections(
         await app[SERVICES].hsm.check()
     if pin_refused() or stop.is_set():  # refused, or SIGTERM came during the login
         await runner.cleanup()
+        await hsm.close()
         sys.exit(EXIT_PIN_REFUSED if token.pin_refused else 0)
     channel.setblocking(False)
     loop.add_reader(channel.fileno(), take)
@@ -232,6 +238,7 @@ async def _serve_connections(
             log.warning("requests still in flight after %.0f s are cut short", timeout)
         heart.cancel()
         await runner.cleanup()
+        await hsm.close()  # this process's (run_worker made it), not the services'
     if token.pin_refused is not None:
         sys.exit(EXIT_PIN_REFUSED)
 
@@ -251,9 +258,18 @@ async def _freeze_startup_heap(app: object) -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
+def login_lock_path(settings: Settings) -> Path:
+    """The file this gateway's workers log in to the HSM through (gateway/hsm/token.py)."""
+    return Path(settings.var_dir) / "hsm-login.lock"
+
+
 def serve(settings: Settings, workers: int) -> None:
     """Run ``workers`` worker processes on one port until SIGTERM or SIGINT."""
     prepare_metrics_dir(settings)
+    # A PIN refused in an earlier run is tried again by this one (once, by one worker).
+    lock = login_lock_path(settings)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")
     listener = bind_socket(settings.server.host, settings.server.port)
     # Port 0 asks for any free port: every worker must then use the one the master got.
     port = listener.getsockname()[1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pkcs11.exceptions as p11e
@@ -65,8 +66,10 @@ _EC_CURVES: dict[str, ec.EllipticCurve] = {
 class Hsm:
     """The gateway's view of the HSM: every method is a coroutine run on the HSM thread."""
 
-    def __init__(self, settings: HsmSettings) -> None:
-        self.token = TokenSession(settings)
+    def __init__(self, settings: HsmSettings, login_lock: Path | None = None) -> None:
+        """``login_lock``: a file the processes of one gateway share, so that they log in one
+        at a time and try a PIN the token refused only once (see hsm/token.py)."""
+        self.token = TokenSession(settings, login_lock)
         self._handles: dict[tuple[bytes, ObjectClass], Any] = {}
         # key id -> the session copy batches sign with; ids whose copy the HSM refused
         self._copies_made: dict[bytes, Any] = {}

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pkcs11
@@ -56,6 +58,13 @@ PIN_REFUSED: tuple[type[Exception], ...] = (
     p11e.PinLocked,
 )
 
+
+class _RefusedBefore(Exception):
+    """Another process sharing the login lock was refused this PIN (its error's name)."""
+
+
+_NOT_AGAIN: tuple[type[Exception], ...] = (*PIN_REFUSED, _RefusedBefore)
+
 SWITCH_VALUES = ("auto", "on", "off")
 _OPEN_ATTEMPTS = 5  # pauses of 50, 100, 150, 200 ms: half a second in all
 _OPEN_PAUSE_SECONDS = 0.05
@@ -64,8 +73,9 @@ _OPEN_PAUSE_SECONDS = 0.05
 class TokenSession:
     """Owns the library handle, the session and the thread; knows nothing about keys."""
 
-    def __init__(self, settings: HsmSettings) -> None:
+    def __init__(self, settings: HsmSettings, login_lock: Path | None = None) -> None:
         self._settings = settings
+        self._login_lock = login_lock
         self._thread = SerialThread("hsm")
         # Held around every PKCS#11 call, on whichever thread makes it: calls never overlap.
         self._lock = threading.Lock()
@@ -173,12 +183,20 @@ class TokenSession:
             if wait > 0:
                 raise HsmUnavailable("the HSM token cannot be reached; retrying shortly")
         try:
-            self._session = self._open()
+            with _login_turn(self._login_lock) as refused_before:
+                if refused_before:
+                    raise _RefusedBefore(refused_before)
+                try:
+                    self._session = self._open()
+                except PIN_REFUSED as exc:
+                    _say_refused(self._login_lock, type(exc).__name__)
+                    metrics.HSM_ERRORS.labels("open", type(exc).__name__).inc()
+                    raise
         except ConfigError:
             raise
-        except PIN_REFUSED as exc:
-            self._pin_refused = type(exc).__name__
-            metrics.HSM_ERRORS.labels("open", self._pin_refused).inc()
+        except _NOT_AGAIN as exc:
+            self._pin_refused = str(exc) if isinstance(exc, _RefusedBefore) \
+                else type(exc).__name__
             metrics.HSM_UP.set(0)
             log.error("the HSM refused the PIN (%s): no more logins until the gateway is "
                       "restarted with the right one", self._pin_refused)
@@ -247,3 +265,26 @@ def softhsm_switch(settings: HsmSettings, name: str, value: str) -> bool:
     if value == "auto":
         return "softhsm" in os.path.basename(settings.module).lower()
     return value == "on"
+
+
+
+@contextlib.contextmanager
+def _login_turn(path: Path | None) -> Iterator[str]:
+    """This process's turn to log in, among those that share ``path`` (a gateway's workers):
+    one at a time, which also spares SoftHSM's token file concurrent rewrites. Yields the
+    name of the error a PIN was refused with before, by any of them, or "". Without a path
+    (the command line, tests in one process), every login is its own turn."""
+    if path is None:
+        yield ""
+        return
+    with path.open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process ends
+        lock.seek(0)
+        yield lock.read().strip()
+
+
+def _say_refused(path: Path | None, error: str) -> None:
+    """Tell the others sharing ``path``: the PIN is not tried again until the master starts
+    anew (it empties the file)."""
+    if path is not None:
+        path.write_text(error + "\n")

@@ -444,8 +444,8 @@ def test_a_pin_refused_after_the_hsm_comes_back_stops_the_gateway(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     """The HSM is away at start (the workers serve without it), and the PIN is wrong: when
-    the HSM comes back, the worker that tries the PIN exits 78 and the gateway stops, so
-    that it is not tried again and again."""
+    the HSM comes back, one worker tries the PIN, once; the others, which log in after it
+    through the same lock, do not try it again, and the gateway stops with 78."""
     wrong, away = tmp_path / "wrong-pin", tmp_path / "hsm-away"
     wrong.write_text("not-the-pin\n")
     away.write_text("")
@@ -459,6 +459,9 @@ def test_a_pin_refused_after_the_hsm_comes_back_stops_the_gateway(
         away.unlink()
         assert master.wait(timeout=30) == 78, log.read_text()
         assert "the HSM refused the PIN (PinIncorrect)" in log.read_text()
+        tries = worker_samples(tmp_path / "metrics", "sealgate_hsm_errors_total",
+                               {"error": "PinIncorrect"})
+        assert sum(tries.values()) == 1, tries
     finally:
         if master.poll() is None:
             os.killpg(master.pid, signal.SIGKILL)
