@@ -67,14 +67,19 @@ class Filing:
         assert response.status == 201, await response.text()
         return dict(await response.json())
 
-    async def file(self, seal_id: str, action: str, authority: str = "local",
-                   materials: bool = True) -> dict[str, Any]:
-        """Create and submit a filing; return it as the submit call answered."""
+    async def draft(self, seal_id: str, action: str = "new",
+                    authority: str = "local") -> dict[str, Any]:
+        """A new filing (a draft) with the standard applicant and legal representative."""
         created = await self.world.http.post("/v1/filings", headers=self.filer, json={
             "seal_id": seal_id, "action": action, "authority": authority,
             "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
         assert created.status == 201, await created.text()
-        filing = await created.json()
+        return dict(await created.json())
+
+    async def file(self, seal_id: str, action: str, authority: str = "local",
+                   materials: bool = True) -> dict[str, Any]:
+        """Create and submit a filing; return it as the submit call answered."""
+        filing = await self.draft(seal_id, action, authority)
         if materials and action == "new":
             for kind in ("business_license", "legal_rep_id", "seal_impression"):
                 put = await self.world.http.put(f"/v1/filings/{filing['id']}/materials/{kind}",
@@ -364,9 +369,7 @@ async def test_a_seal_is_filed_only_once_its_key_is_certified_and_with_every_mat
     assert "no certificate" in body["detail"]
 
     seal = await filing.seal()
-    created = await (await filing.world.http.post("/v1/filings", headers=filing.filer, json={
-        "seal_id": seal["id"], "action": "new", "authority": "local",
-        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})).json()
+    created = await filing.draft(seal["id"])
     submitted = await filing.world.http.post(f"/v1/filings/{created['id']}/submit",
                                              headers=filing.filer)
     body = await assert_problem(submitted, 422, "validation-failed")
@@ -587,10 +590,7 @@ async def test_a_filing_whose_authority_is_no_longer_installed_is_a_conflict(
                             (UnrulyPlugin(UnrulyAuthority()),)) as world:
         seal = await world.active()
         under_review = await world.file(seal["id"], "suspend", authority="unruly")
-        created = await world.world.http.post("/v1/filings", headers=world.filer, json={
-            "seal_id": seal["id"], "action": "renew", "authority": "unruly",
-            "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
-        draft = await created.json()
+        draft = await world.draft(seal["id"], "renew", "unruly")
     async with filing_world(settings, hsm, dev_ca, tmp_path) as world:
         review = await world.world.http.post(f"/v1/filings/{under_review['id']}/review",
                                              headers=world.reviewer, json={"decision": "reject"})
@@ -935,9 +935,7 @@ async def test_invalid_transitions_are_409_naming_the_state(filing: Filing) -> N
         "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
     body = await assert_problem(suspend, 409, "invalid-transition")
     assert "draft" in body["detail"]
-    created = await (await filing.world.http.post("/v1/filings", headers=filing.filer, json={
-        "seal_id": seal["id"], "action": "new", "authority": "local",
-        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})).json()
+    created = await filing.draft(seal["id"])
     review = await filing.world.http.post(f"/v1/filings/{created['id']}/review",
                                           headers=filing.reviewer, json={"decision": "approve"})
     body = await assert_problem(review, 409, "invalid-transition")
@@ -951,9 +949,7 @@ async def test_invalid_transitions_are_409_naming_the_state(filing: Filing) -> N
 async def test_bad_materials_are_refused(filing: Filing) -> None:
     """Materials must be PDF, PNG or JPEG by content, within the size limit, of a known kind."""
     seal = await filing.seal()
-    created = await (await filing.world.http.post("/v1/filings", headers=filing.filer, json={
-        "seal_id": seal["id"], "action": "new", "authority": "local",
-        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})).json()
+    created = await filing.draft(seal["id"])
     base = f"/v1/filings/{created['id']}/materials"
     text = await filing.world.http.put(f"{base}/business_license", data=b"just text",
                                        headers={**filing.filer, "Content-Type": "image/png"})
@@ -974,10 +970,7 @@ async def test_racing_uploads_of_one_material_send_the_authority_what_the_record
     bytes whose digest the filing records (it rejects a material that does not match)."""
     filings = filing.world.services.filings
     seal = await filing.seal()
-    created = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
-        "seal_id": seal["id"], "action": "new", "authority": "sim",
-        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
-    filing_id = (await created.json())["id"]
+    filing_id = (await filing.draft(seal["id"], authority="sim"))["id"]
     for kind in ("business_license", "seal_impression"):
         await filings.put_material(filing_id, kind, seal_png(), "test")
     for _ in range(3):
@@ -1024,10 +1017,7 @@ async def test_materials_stored_plain_before_an_upgrade_are_sent_whole(
     match every digest. Encrypted at the next start, the plain copies are blanked."""
     filings, storage = filing.world.services.filings, filing.world.services.storage
     seal = await filing.seal()
-    created = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
-        "seal_id": seal["id"], "action": "new", "authority": "sim",
-        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
-    filing_id = (await created.json())["id"]
+    filing_id = (await filing.draft(seal["id"], authority="sim"))["id"]
     document = one_page_pdf()
     await stored_by_an_earlier_release(storage, filing_id, {
         "business_license": document, "seal_impression": seal_png()})
@@ -1062,9 +1052,7 @@ async def test_personal_numbers_are_encrypted_at_rest_and_masked_everywhere(
     # a material whose digest is not the one filed: the ID card scan, which carries the
     # number, is sent whole.
     seal = await filing.seal()
-    created = await (await filing.world.http.post("/v1/filings", headers=filing.filer, json={
-        "seal_id": seal["id"], "action": "new", "authority": "sim", "applicant": APPLICANT,
-        "legal_representative": LEGAL_REPRESENTATIVE})).json()
+    created = await filing.draft(seal["id"], authority="sim")
     id_card_scan = one_page_pdf() + f"\n% {LEGAL_REPRESENTATIVE['id_number']}\n".encode()
     for kind, document in (("business_license", seal_png()), ("seal_impression", seal_png()),
                            ("legal_rep_id", id_card_scan)):
@@ -1205,10 +1193,7 @@ async def test_a_material_gone_from_storage_is_named_before_the_filing_is_submit
     With nothing plain left, the encryption at start is recorded as done."""
     filings, storage = filing.world.services.filings, filing.world.services.storage
     seal = await filing.seal()
-    created = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
-        "seal_id": seal["id"], "action": "new", "authority": "sim",
-        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
-    filing_id = (await created.json())["id"]
+    filing_id = (await filing.draft(seal["id"], authority="sim"))["id"]
     await stored_by_an_earlier_release(storage, filing_id, {
         "business_license": one_page_pdf(), "legal_rep_id": one_page_pdf() + b"%scan",
         "seal_impression": seal_png()})
@@ -1234,10 +1219,7 @@ async def test_a_plain_copy_left_by_an_interrupted_start_is_blanked_at_the_next(
     plain copy (storage gone, the worker killed): the next start blanks it."""
     filings, storage = filing.world.services.filings, filing.world.services.storage
     seal = await filing.seal()
-    created = await filing.world.http.post("/v1/filings", headers=filing.filer, json={
-        "seal_id": seal["id"], "action": "new", "authority": "sim",
-        "applicant": APPLICANT, "legal_representative": LEGAL_REPRESENTATIVE})
-    filing_id = (await created.json())["id"]
+    filing_id = (await filing.draft(seal["id"], authority="sim"))["id"]
     scan = one_page_pdf() + b"%ID card scan"
     await stored_by_an_earlier_release(storage, filing_id, {"legal_rep_id": scan})
     real_put_blob = storage.put_blob
