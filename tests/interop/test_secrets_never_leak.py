@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from gateway.settings import Settings
 from tests.api.conftest import World
 from tests.api.test_audit_api import installation_for
 from tests.api.test_sign_pdf import sign_path
+from tests.gateway_process import Deployment
 from tests.pdf_samples import one_page_pdf
 
 pytestmark = pytest.mark.interop
@@ -124,3 +126,30 @@ async def test_no_pin_or_token_leaks_from_a_full_run(
              for secret in secrets
              if secret in text or secret.removeprefix("sg_") in text]
     assert leaks == []
+
+
+def test_a_request_the_http_parser_refuses_is_one_log_line_without_its_bytes(
+    tmp_path: Path,
+) -> None:
+    """aiohttp's parser refuses these before any handler runs, and used to log each as an
+    ERROR with a traceback quoting the offending line: a token in a malformed
+    Authorization header went to the log, and anyone could fill it with tracebacks."""
+    token = f"sg_{uuid.uuid4().hex}"
+    malformed = [
+        f"GET /v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\x01\r\n\r\n",
+        f"GET /v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}{'A' * 9000}"
+        "\r\n\r\n",
+        "POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    ]
+    deployment = Deployment.create(tmp_path)
+    with deployment.serve(workers=1) as gateway:
+        for request in malformed:
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as connection:
+                connection.sendall(request.encode("latin-1"))
+                assert connection.recv(64).startswith(b"HTTP/1.0 400 ")
+    log = gateway.log_path.read_text()
+    refusals = [line for line in log.splitlines() if "refused a malformed HTTP request" in line]
+    assert len(refusals) == 3, log
+    assert "Invalid header value char" in refusals[0]
+    assert "Traceback" not in log and " ERROR " not in log
+    assert token not in log and token.removeprefix("sg_") not in log
