@@ -399,14 +399,24 @@ def _signer(
     return lambda digest: bytes(key.sign(prefix + checked(digest), mechanism=Mechanism.RSA_PKCS))
 
 
+# The wrapping key encrypts and decrypts data keys and does nothing else: SoftHSM's defaults
+# would also let it wrap and unwrap other keys (import a key of someone's choosing, or wrap
+# out an extractable one) and compute MACs. Tokens made before keep the key they have.
+_WRAPPING_KEY_TEMPLATE = {
+    Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True, Attribute.PRIVATE: True,
+    Attribute.ENCRYPT: True, Attribute.DECRYPT: True, Attribute.WRAP: False,
+    Attribute.UNWRAP: False, Attribute.SIGN: False, Attribute.VERIFY: False,
+    Attribute.DERIVE: False, Attribute.TOKEN: True,
+}
+
+
 def _ensure_wrapping_key(session: Any) -> None:
     try:
         session.get_key(object_class=ObjectClass.SECRET_KEY, label=DATA_KEY_WRAPPING_LABEL)
     except p11e.NoSuchKey:
         session.generate_key(
             KeyType.AES, 256, store=True, label=DATA_KEY_WRAPPING_LABEL,
-            template={Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True,
-                      Attribute.ENCRYPT: True, Attribute.DECRYPT: True, Attribute.TOKEN: True},
+            template=_WRAPPING_KEY_TEMPLATE,
         )
 
 

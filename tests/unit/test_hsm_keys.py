@@ -19,7 +19,13 @@ from pkcs11.util.ec import encode_named_curve_parameters
 from prometheus_client import REGISTRY
 
 from gateway.errors import ConfigError, HsmError, NotFound, WrappedDataInvalid
-from gateway.hsm import Hsm, KeyAlgorithm, SignatureScheme, ecdsa_raw_to_der
+from gateway.hsm import (
+    DATA_KEY_WRAPPING_LABEL,
+    Hsm,
+    KeyAlgorithm,
+    SignatureScheme,
+    ecdsa_raw_to_der,
+)
 from gateway.hsm.token import softhsm_switch
 from gateway.settings import HsmSettings
 from tests.conftest import new_key_id
@@ -210,6 +216,24 @@ async def test_data_key_wrapping_round_trip(hsm: Hsm) -> None:
     wrapped = await hsm.wrap(secret, b"key-1")
     assert secret not in wrapped
     assert await hsm.unwrap(wrapped, b"key-1") == secret
+
+
+async def test_the_wrapping_key_encrypts_data_keys_and_does_nothing_else(hsm: Hsm) -> None:
+    """The data-key wrapping key is sensitive, never leaves the token, and may not wrap or
+    unwrap other keys, sign or derive (SoftHSM's defaults allow some of these)."""
+    names = ["sensitive", "extractable", "private", "encrypt", "decrypt", "wrap", "unwrap",
+             "sign", "verify", "derive"]
+
+    def read(session: Any) -> dict[str, bool]:
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY,
+                              label=DATA_KEY_WRAPPING_LABEL)
+        return {name: bool(key[getattr(Attribute, name.upper())]) for name in names}
+
+    assert await hsm.token.run("probe", read) == {
+        "sensitive": True, "extractable": False, "private": True, "encrypt": True,
+        "decrypt": True, "wrap": False, "unwrap": False, "sign": False, "verify": False,
+        "derive": False,
+    }
 
 
 async def test_a_changed_wrapping_or_another_context_does_not_unwrap_and_is_no_outage(
