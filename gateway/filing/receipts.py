@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.clock import isoformat, parse
@@ -20,12 +21,43 @@ from gateway.seals.registry import SEAL
 from gateway.storage import Storage, Write
 
 RECEIPT = "receipt"
+RECEIPT_SEQUENCE = "receipt-sequence"
+"""Records of the last receipt number issued on each day, keyed ``YYYYMMDD``."""
 ID_TYPE_RESIDENT = "resident_id"
 
 
 def receipt_number(day: dt.datetime, sequence: int) -> str:
     """``SG`` + issue date + a daily sequence: unique, sortable, readable over the phone."""
     return f"SG{day:%Y%m%d}{sequence:06d}"
+
+
+@dataclass(frozen=True)
+class ClaimedNumber:
+    """The next receipt number of a day and the write that claims it."""
+
+    number: str
+    claim: Write
+    """Commit it with the receipt: the number is issued exactly when the receipt is."""
+
+
+async def claim_receipt_number(storage: Storage, day: dt.datetime) -> ClaimedNumber:
+    """The number after the last one issued on ``day``, and the write that claims it.
+
+    The daily sequence is a record written by compare-and-set in the commit that stores the
+    receipt, so issued numbers have no gaps: a decision that loses its own compare-and-set
+    claims nothing, and of two approvals that read the same last number, the second to
+    commit fails on the sequence record (StaleWrite) and claims again.
+    """
+    key = f"{day:%Y%m%d}"
+    record = await storage.get(RECEIPT_SEQUENCE, key)
+    # Numbers used to come from an atomic counter taken before the commit: a deployment
+    # upgraded during a day goes on after them, also while older workers still count there.
+    counted = await storage.incr(f"receipt-seq:{key}", 0)
+    last = max(int(record.data["last"]) if record else 0, counted)
+    return ClaimedNumber(
+        receipt_number(day, last + 1),
+        Write(RECEIPT_SEQUENCE, key, record.version if record else 0, {"last": last + 1}),
+    )
 
 
 def build_receipt(

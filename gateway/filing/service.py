@@ -18,7 +18,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gateway.audit import AuditLog
@@ -41,7 +41,12 @@ from gateway.filing.adapters import (
     Decision,
     FilingAdapter,
 )
-from gateway.filing.receipts import build_receipt, receipt_number, receipt_write
+from gateway.filing.receipts import (
+    RECEIPT_SEQUENCE,
+    build_receipt,
+    claim_receipt_number,
+    receipt_write,
+)
 from gateway.idempotency_scope import CURRENT_SCOPE
 from gateway.identifiers import (
     mask_id_number,
@@ -68,6 +73,9 @@ MAX_MATERIAL_BYTES = 10 * 1024 * 1024
 # bound on plugins that hang, not a tuning knob: the http adapter's own retries
 # ([filing.http] timeout_seconds × max_attempts, plus backoff) end well inside it.
 ADAPTER_TIMEOUT_SECONDS = 60.0
+# How often an approval claims the next receipt number after other approvals took the one it
+# claimed; each retry means another approval was issued, so this bounds only a stampede.
+NUMBERING_ATTEMPTS = 20
 # [0-9], not \d: \d also matches fullwidth and other scripts' digits, which no one can dial.
 _PHONE = re.compile(r"^(1[3-9][0-9]{9}|0[0-9]{2,3}-?[0-9]{7,8})$")
 _SNIFF = (
@@ -537,17 +545,42 @@ class FilingService:
         return 1
 
     async def _decide(self, record: Record, decision: Decision, actor: str) -> dict[str, Any]:
-        filing = record.data
+        """Apply ``decision`` to the filing as ``record`` shows it, in one commit; StaleWrite
+        when the filing changed since (another decider won: nothing of this one is kept)."""
         target = (
             states.FilingStatus.APPROVED
             if decision.outcome == "approved"
             else states.FilingStatus.REJECTED
         )
-        if filing["status"] == states.FilingStatus.SUBMITTED:
-            filing = {**filing, "status": states.FilingStatus.UNDER_REVIEW.value}
-        states.check_filing_transition(filing["status"], target)
-        seal = await self._seals.record(filing["seal_id"])
+        states.check_filing_transition(_under_review(record.data)["status"], target)
         now = utcnow()
+        for attempt in range(1, NUMBERING_ATTEMPTS + 1):
+            decided, writes, details = await self._decision_writes(
+                record, decision, target, actor, now)
+            try:
+                await self._audit.commit(
+                    writes,
+                    [
+                        self._audit.event_sealer(
+                            actor, f"filing.{target.value}", f"filing/{record.key}", details
+                        )
+                    ],
+                )
+            except StaleWrite as exc:
+                # Another approval issued the number claimed meanwhile: claim the next one.
+                if exc.kind != RECEIPT_SEQUENCE or attempt == NUMBERING_ATTEMPTS:
+                    raise
+                continue
+            return decided
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _decision_writes(
+        self, record: Record, decision: Decision, target: states.FilingStatus, actor: str,
+        now: dt.datetime,
+    ) -> tuple[dict[str, Any], Sequence[Write], dict[str, Any]]:
+        """The decided filing, the writes that record the decision, its audit details."""
+        filing = _under_review(record.data)
+        seal = await self._seals.record(filing["seal_id"])
         decided = {
             **filing,
             "status": target.value,
@@ -564,8 +597,11 @@ class FilingService:
         writes = [Write(FILING, filing["id"], record.version, decided)]
         details: dict[str, Any] = {"outcome": decision.outcome, "seal_id": seal.key}
         if decision.outcome == "approved":
-            receipt, seal_changes = await self._receipt_for(decided, seal, decision, now)
+            claimed = await claim_receipt_number(self._storage, now)
+            receipt, seal_changes = await self._receipt_for(
+                decided, seal, decision, now, claimed.number)
             decided["receipt_number"] = receipt["number"]
+            writes.append(claimed.claim)
             writes.append(receipt_write(receipt))
             writes.append(self._seals.status_write(seal, seal_changes))
             details["receipt_number"] = receipt["number"]
@@ -580,18 +616,11 @@ class FilingService:
                 changes["signing_stopped"] = None
             if changes:
                 writes.append(self._seals.status_write(seal, changes))
-        await self._audit.commit(
-            writes,
-            [
-                self._audit.event_sealer(
-                    actor, f"filing.{target.value}", f"filing/{filing['id']}", details
-                )
-            ],
-        )
-        return decided
+        return decided, writes, details
 
     async def _receipt_for(
-        self, filing: dict[str, Any], seal: Record, decision: Decision, now: dt.datetime
+        self, filing: dict[str, Any], seal: Record, decision: Decision, now: dt.datetime,
+        number: str,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         new_status = states.seal_status_on_approval(seal.data["status"], filing["action"])
         valid_from, valid_to = parse(seal.data.get("valid_from")), parse(seal.data.get("valid_to"))
@@ -610,7 +639,6 @@ class FilingService:
         key = await self._storage.get(KEY, str(seal.data["key_id"]))
         valid_to = _within_certificate(valid_to, key.data if key else {}, filing["action"], now)
         adapter = self._adapter(filing["authority"])
-        number = receipt_number(now, await self._storage.incr(f"receipt-seq:{now:%Y%m%d}"))
         receipt = build_receipt(
             number=number,
             authority={"id": adapter.name, "name": adapter.display_name},
@@ -801,6 +829,14 @@ def _within_certificate(
         raise Conflict(f"the seal's certificate expired at {isoformat(not_after)}; import a "
                        "new one (PUT /v1/keys/{id}/certificate) before approving")
     return not_after
+
+
+def _under_review(filing: dict[str, Any]) -> dict[str, Any]:
+    """The filing as a decision finds it: one still ``submitted`` (a refusal on hand-over)
+    is decided as if under review."""
+    if filing["status"] == states.FilingStatus.SUBMITTED:
+        return {**filing, "status": states.FilingStatus.UNDER_REVIEW.value}
+    return filing
 
 
 def _stopped_by(seal: Mapping[str, Any], filing_id: str) -> bool:
