@@ -29,7 +29,12 @@ def sealgate_storage_backends(settings: Any) -> list[Any]:
 
 @hookspec
 def sealgate_filing_adapters(settings: Any) -> list[Any]:
-    """Return filing-authority adapters (each with a ``name``), one per authority they serve."""
+    """Return filing-authority adapters (each with a ``name``), one per authority they serve.
+
+    An adapter implements :class:`gateway.filing.adapters.FilingAdapter`, and may implement
+    ``withdraw`` too (:class:`~gateway.filing.adapters.WithdrawingAdapter`) so that its
+    authority learns of withdrawn applications.
+    """
     return []
 
 

@@ -10,7 +10,9 @@ nothing is persisted: a restart forgets every filing. What it does, as an author
   the first submission got (201), whatever the body says this time, and is counted;
 - decides each filing ``review_delay_seconds`` after receiving it, computed when asked (no
   timers): rejected with the comment of the first :class:`RejectRule` that matches the
-  application, otherwise approved for ``valid_days``.
+  application, otherwise approved for ``valid_days``;
+- withdraws a filing still under review when asked (``POST .../withdrawal``), and from then
+  on shows it ``withdrawn`` with the reason given; a filing decided already keeps its decision.
 
 Fault injection, for tests of what the gateway does when the authority misbehaves (protected
 by the same token, and never applied to ``/admin`` or ``/health``):
@@ -134,11 +136,15 @@ class SimulatedFiling:
     received_monotonic: float
     rejection: str | None
     """Decided on receipt (the rules read only the application), revealed after the delay."""
+    withdrawal: str | None = None
+    """The reason it was withdrawn for, while it was still under review."""
 
     def view(self, state: SimulatorState) -> dict[str, Any]:
         """The filing as ``GET /api/v1/filings/{reference}`` shows it now."""
         shown = {"reference": self.reference, "application_id": self.application_id,
                  "status": "under_review", "comment": "", "valid_days": None, "decided_at": None}
+        if self.withdrawal is not None:
+            return {**shown, "status": "withdrawn", "comment": self.withdrawal}
         if time.monotonic() - self.received_monotonic < state.review_delay_seconds:
             return shown
         decided_at = self.received_at + dt.timedelta(seconds=state.review_delay_seconds)
@@ -378,6 +384,23 @@ async def get_filing(request: web.Request) -> web.Response:
     return web.json_response(filing.view(state), dumps=_dumps)
 
 
+async def withdraw_filing(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        return _unprocessable("reason: is required (a non-empty string)",
+                              errors=[{"field": "reason", "message": "is required"}])
+    state = request.app[SIMULATOR]
+    filing = state.filings.get(request.match_info["reference"])
+    if filing is None:
+        return problem(404, "Not Found", "no filing with this reference")
+    if filing.view(state)["status"] == "under_review":
+        filing.withdrawal = reason
+    return web.json_response(filing.view(state), dumps=_dumps)
+
+
 async def set_faults(request: web.Request) -> web.Response:
     body = await _json_object(request)
     if isinstance(body, web.Response):
@@ -437,6 +460,7 @@ def create_simulator_app(
     app.router.add_routes([
         web.post("/api/v1/filings", submit_filing),
         web.get("/api/v1/filings/{reference}", get_filing),
+        web.post("/api/v1/filings/{reference}/withdrawal", withdraw_filing),
         web.post("/admin/faults", set_faults),
         web.delete("/admin/faults", clear_faults),
         web.get("/admin/filings", list_filings),

@@ -9,8 +9,14 @@ The protocol (version 1; :mod:`plugins.authority_simulator` implements the autho
             authority is idempotent on the application id and answers with the first
             reference, so a retry after a lost answer can never file twice
     GET  /api/v1/filings/{reference}
-        200 {"reference", "application_id", "status": "under_review"|"approved"|"rejected",
+        200 {"reference", "application_id",
+             "status": "under_review"|"approved"|"rejected"|"withdrawn",
              "comment", "valid_days": int|null, "decided_at": ISO 8601|null}
+            (a withdrawn filing's ``comment`` is the reason given for withdrawing it)
+    POST /api/v1/filings/{reference}/withdrawal   body: {"reason"}
+        200 the filing as the GET shows it: ``withdrawn`` (now, or by an earlier withdrawal),
+            or the decision made before the withdrawal arrived, which stands
+        404 (a problem document) when the authority holds no filing under ``reference``
 
 Every request carries ``Authorization: Bearer <token>``. Refusals are RFC 9457 problem
 documents (``detail``, and ``errors: [{"field", "message"}]`` for 422); the adapter passes
@@ -28,6 +34,9 @@ What the adapter does with answers:
 - 400, 409 and 422, answers about the application itself, and 404 to a GET (a reference
   the authority does not know): AuthorityRefused at once, since sending the same request
   again cannot change the answer; a refused submission rejects the filing;
+- 404 with a problem document to a withdrawal: the authority holds nothing under that
+  reference, so nothing is under review there and the withdrawal is done (a 404 without one
+  is a wrong ``url``, or an authority without withdrawals: see the next point);
 - any other answer (401/403: the gateway's own token; 404 to the POST: a wrong ``url``; 3xx,
   since redirects are not followed; other 4xx) is the gateway's configuration, not a verdict
   on the application: logged as an error and AuthorityUnavailable at once, so the filing
@@ -131,7 +140,31 @@ class HttpAuthorityAdapter:
 
     async def decision(self, reference: str) -> Decision | None:
         """The decision on ``reference``, or None while the authority is still reviewing."""
-        _, answer = await self._request("GET", f"{FILINGS_PATH}/{quote(reference, safe='')}")
+        _, answer = await self._request("GET", _filing_path(reference))
+        if answer.get("status") == "withdrawn":
+            # What a gateway that lost the answer to its withdrawal learns by polling.
+            return Decision("rejected", f"withdrawn: {answer.get('comment') or ''}",
+                            reference=str(answer.get("reference") or reference))
+        return self._decision(answer, reference)
+
+    async def withdraw(self, reference: str, reason: str) -> Decision | None:
+        """Withdraw ``reference``: None once the authority no longer reviews it, or the
+        decision it had made before."""
+        body = json.dumps({"reason": reason}, ensure_ascii=False).encode()
+        status, answer = await self._request(
+            "POST", _filing_path(reference) + "/withdrawal", body, unknown_is_answer=True)
+        if status == 404 or answer.get("status") == "withdrawn":
+            logger.info("filing authority %s withdrew %s%s", self.name, reference,
+                        " (it held nothing under it)" if status == 404 else "")
+            return None
+        if answer.get("status") == "under_review":
+            raise AuthorityUnavailable(
+                f"authority {self.name} answered the withdrawal of {reference} with the filing "
+                "still under review")
+        return self._decision(answer, reference)
+
+    def _decision(self, answer: Mapping[str, Any], reference: str) -> Decision | None:
+        """A filing as the authority shows it, as a Decision; None while under review."""
         status = answer.get("status")
         if status == "under_review":
             return None
@@ -185,9 +218,11 @@ class HttpAuthorityAdapter:
         return headers
 
     async def _request(
-        self, method: str, path: str, body: bytes | None = None
+        self, method: str, path: str, body: bytes | None = None, *,
+        unknown_is_answer: bool = False,
     ) -> tuple[int, dict[str, Any]]:
-        """Status and JSON object of a 2xx answer, retrying what may succeed later."""
+        """Status and JSON object of a 2xx answer, retrying what may succeed later; with
+        ``unknown_is_answer``, also (404, {}) for a 404 problem document."""
         timeout = aiohttp.ClientTimeout(total=self._settings.timeout_seconds)
         attempts = self._settings.max_attempts
         failure = ""
@@ -203,6 +238,9 @@ class HttpAuthorityAdapter:
                     text = await response.text(encoding="utf-8", errors="replace")
                     if 200 <= response.status < 300:
                         return response.status, self._json_object(text, method, path)
+                    if unknown_is_answer and response.status == 404 and (
+                            response.content_type == "application/problem+json"):
+                        return response.status, {}
                     if response.status in _REFUSALS or (response.status == 404
                                                         and method == "GET"):
                         raise AuthorityRefused(self._refusal(response.status, text))
@@ -273,6 +311,10 @@ class HttpAuthorityAdapter:
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 1] + "…"
         return message
+
+
+def _filing_path(reference: str) -> str:
+    return f"{FILINGS_PATH}/{quote(reference, safe='')}"
 
 
 def _plain(value: object) -> object:

@@ -5,6 +5,13 @@ An adapter is what a plugin returns from ``sealgate_filing_adapters``. The gatew
 attempt's outcome is unknown: adapters must make that idempotent), then asks ``decision``
 until the authority has decided. Adapters for authorities that decide inside the gateway
 (``reviews_locally``) never decide by themselves: reviewers do, through the API.
+
+Withdrawal is optional (:class:`WithdrawingAdapter`): an adapter with a ``withdraw`` call
+tells its authority when a reviewer withdraws an application. The gateway withdraws a filing
+only once the authority has confirmed it; when the authority cannot be reached nothing
+changes (503, retry), and when it had decided already its decision is applied and the
+withdrawal refused (409). A filing of an adapter without the call (or whose plugin is gone) is
+withdrawn inside the gateway only, and the audit event says the authority was not told.
 """
 
 from __future__ import annotations
@@ -60,3 +67,19 @@ class FilingAdapter(Protocol):
         """The authority's decision, or None while it is still reviewing."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class WithdrawingAdapter(FilingAdapter, Protocol):
+    """A FilingAdapter that can also tell its authority an application is withdrawn."""
+
+    async def withdraw(self, reference: str, reason: str) -> Decision | None:
+        """Withdraw the application under ``reference``; None once the authority no longer
+        reviews it (withdrawn now or before, or a reference it does not know), or the
+        decision it had made before the withdrawal reached it.
+
+        Idempotent. Afterwards ``decision(reference)`` answers a rejection whose comment
+        says it was withdrawn, so that a gateway that lost the answer learns it by polling.
+        Raises AuthorityUnavailable (retry later) or AuthorityRefused (the authority will
+        not withdraw it and goes on reviewing).
+        """

@@ -5,7 +5,7 @@ pytest request (so it can use any fixture) and yields an :class:`AuthorityUnderT
 adapter, wired to its authority, plus what the suite may do to that authority. Adding an
 adapter to the suite is one entry there. What an authority cannot do is left ``None``/empty
 and the tests that need it are skipped; adapters that ``reviews_locally`` skip every test of
-decisions made by the authority.
+decisions made by the authority, and adapters without ``withdraw`` the tests of withdrawals.
 
 A third-party plugin runs the suite against itself by importing the tests into a module of
 its own and defining an ``authority`` fixture there that yields its AuthorityUnderTest.
@@ -31,6 +31,7 @@ from gateway.filing.adapters import (
     AuthorityUnavailable,
     Decision,
     FilingAdapter,
+    WithdrawingAdapter,
 )
 from gateway.settings import HttpAuthoritySettings, SecretRef
 from plugins.authority_simulator import (
@@ -391,3 +392,64 @@ async def test_long_outage_is_unavailable_and_a_later_retry_files_once(
     if authority.filings_for is not None:
         assert await authority.filings_for(application["id"]) == 1
 
+
+
+# -- withdrawals ------------------------------------------------------------------------------
+
+
+def withdrawing(authority: AuthorityUnderTest) -> WithdrawingAdapter:
+    require_remote_review(authority)
+    adapter = authority.adapter
+    require(isinstance(adapter, WithdrawingAdapter), "the adapter cannot withdraw")
+    assert isinstance(adapter, WithdrawingAdapter)
+    return adapter
+
+
+async def test_a_withdrawn_application_is_rejected_as_withdrawn(
+    authority: AuthorityUnderTest,
+) -> None:
+    """withdraw() during review is None; decision() then answers a rejection that says it
+    was withdrawn and why; withdrawing again is None again."""
+    adapter = withdrawing(authority)
+    reference = await adapter.submit(sample_application())
+    assert await adapter.withdraw(reference, "filed by mistake") is None
+    decision = await adapter.decision(reference)
+    assert decision is not None and decision.outcome == "rejected"
+    assert "withdrawn" in decision.comment and "filed by mistake" in decision.comment
+    assert await adapter.withdraw(reference, "filed by mistake") is None
+    assert await adapter.decision(reference) == decision
+
+
+async def test_a_decision_made_before_the_withdrawal_stands(
+    authority: AuthorityUnderTest,
+) -> None:
+    """withdraw() after the authority decided answers that decision, which stays."""
+    adapter = withdrawing(authority)
+    reference = await adapter.submit(sample_application())
+    decision = await decided(authority, reference)
+    assert await adapter.withdraw(reference, "too late") == decision
+    assert await adapter.decision(reference) == decision
+
+
+async def test_a_reference_the_authority_does_not_hold_is_withdrawn(
+    authority: AuthorityUnderTest,
+) -> None:
+    """Nothing is under review under a reference the authority does not know: None."""
+    adapter = withdrawing(authority)
+    assert await adapter.withdraw(f"unknown-{uuid.uuid4()}", "lost by the authority") is None
+
+
+async def test_a_withdrawal_in_a_long_outage_is_unavailable(
+    authority: AuthorityUnderTest,
+) -> None:
+    """An outage outlasting the retries raises AuthorityUnavailable; once it ends the
+    withdrawal goes through."""
+    outages = outages_of(authority)
+    adapter = withdrawing(authority)
+    reference = await adapter.submit(sample_application())
+    await outages.begin("error500", None)
+    with pytest.raises(AuthorityUnavailable):
+        await adapter.withdraw(reference, "filed by mistake")
+    await outages.end()
+    answer = await adapter.withdraw(reference, "filed by mistake")
+    assert answer is None or answer == await adapter.decision(reference)
