@@ -27,6 +27,7 @@
     └── ServiceUnavailable               503
         ├── HsmUnavailable               503 hsm-unavailable
         ├── StorageUnavailable           503 storage-unavailable
+        ├── AuthorityUnreachable         503 authority-unavailable
         └── Overloaded                   503 overloaded
 
 Foreign exceptions are wrapped where they enter (``raise HsmUnavailable(...) from exc``) so
@@ -240,6 +241,13 @@ class HsmUnavailable(ServiceUnavailable):
 class StorageUnavailable(ServiceUnavailable):
     type_slug = "storage-unavailable"
     title = "Storage is unavailable"
+
+
+class AuthorityUnreachable(ServiceUnavailable):
+    """A filing authority that must take part in the request cannot be reached now."""
+
+    type_slug = "authority-unavailable"
+    title = "The filing authority is unavailable"
 
 
 class Overloaded(ServiceUnavailable):

@@ -60,8 +60,9 @@ async def review_filing(request: web.Request) -> web.Response:
 @routes.post("/v1/filings/{id}/withdraw")
 @roles("reviewer")
 async def withdraw_filing(request: web.Request) -> web.Response:
-    """Reject a submitted filing its authority will not decide: ``{"reason"}``; the seal
-    returns to the status it had."""
+    """Withdraw a submitted filing: ``{"reason"}``; the authority is told first, then the
+    filing is rejected and the seal returns to the status it had. 503 while the authority
+    cannot be reached; 409 when it had decided already (its decision is applied)."""
     body = await json_object(request)
     filing = await services(request).filings.withdraw(request.match_info["id"], body,
                                                       client(request).name)

@@ -49,8 +49,8 @@ def register(sub: Any) -> None:
     review.add_argument("--comment", default="")
     review.add_argument("--valid-days", type=int)
     review.set_defaults(handler=review_filing)
-    withdraw = filings.add_parser("withdraw", help="reject a submitted filing its authority "
-                                                   "will not decide; the seal returns")
+    withdraw = filings.add_parser("withdraw", help="withdraw a submitted filing (its authority "
+                                                   "is told first); the seal returns")
     withdraw.add_argument("filing")
     withdraw.add_argument("--reason", required=True)
     withdraw.set_defaults(handler=withdraw_filing)

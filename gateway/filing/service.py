@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from gateway.audit import AuditLog
 from gateway.clock import isoformat, parse, utcnow
 from gateway.errors import (
+    AuthorityUnreachable,
     Conflict,
     FieldError,
     InvalidTransition,
@@ -40,6 +41,7 @@ from gateway.filing.adapters import (
     AuthorityUnavailable,
     Decision,
     FilingAdapter,
+    WithdrawingAdapter,
 )
 from gateway.filing.receipts import (
     RECEIPT_SEQUENCE,
@@ -473,11 +475,15 @@ class FilingService:
     async def withdraw(
         self, filing_id: str, body: Mapping[str, Any], reviewer: str
     ) -> dict[str, Any]:
-        """End an application its authority will not decide (it lost the reference, or its
-        decision could no longer apply): rejected with the reviewer's reason, and the seal
-        back to the status it had, so that a new application can be made. A seal filed
-        ``new`` would otherwise stay ``pending_filing`` for good. The authority is not told
-        (no adapter call exists for it): tell it the usual way."""
+        """Withdraw a submitted application (filed by mistake, or one its authority will not
+        decide): rejected with the reviewer's reason, and the seal back to the status it had,
+        so that a new application can be made. A seal filed ``new`` would otherwise stay
+        ``pending_filing`` for good.
+
+        A remote authority is told first and the filing changes only once it has confirmed
+        (see :mod:`gateway.filing.adapters` for when it cannot be reached, when it had
+        decided already, and for adapters that cannot withdraw).
+        """
         record = await self._record(filing_id)
         if record.data["status"] not in (states.FilingStatus.SUBMITTED,
                                          states.FilingStatus.UNDER_REVIEW):
@@ -490,8 +496,47 @@ class FilingService:
             raise InvalidTransition("a loss report is decided by its authority only; it is "
                                     "not withdrawn")
         reason = _text(body, "reason")
+        adapter = self.adapters.get(record.data["authority"])
+        details: dict[str, Any] = {"withdrawn": True}
+        if adapter is None or not adapter.reviews_locally:
+            record, details["authority_told"] = await self._withdraw_remotely(
+                record, adapter, reason)
         return await self._decide(record, Decision("rejected", f"withdrawn: {reason}"),
-                                  reviewer)
+                                  reviewer, details)
+
+    async def _withdraw_remotely(
+        self, record: Record, adapter: FilingAdapter | None, reason: str
+    ) -> tuple[Record, bool]:
+        """Tell the authority; the filing as it stands once it has confirmed, and whether
+        it could be told. Raises what the withdrawal answers when it has not confirmed."""
+        if not isinstance(adapter, WithdrawingAdapter):
+            log.warning("filing %s: authority %s cannot be told of the withdrawal; tell it "
+                        "the usual way", record.key, record.data["authority"])
+            return record, False
+        if record.data["status"] == states.FilingStatus.SUBMITTED:
+            # The authority may hold the application although its answer was lost: hand it
+            # over (submissions are idempotent) to learn the reference to withdraw.
+            await self._hand_over(record.key)
+            record = await self._record(record.key)
+            if record.data["status"] == states.FilingStatus.SUBMITTED:
+                raise _unreachable(adapter)
+            if record.data["status"] != states.FilingStatus.UNDER_REVIEW:
+                raise Conflict(f"authority {adapter.name} refused the application meanwhile: "
+                               f"the filing is '{record.data['status']}'")
+        reference = str(record.data["reference"])
+        try:
+            decided = await _withdrawn(adapter, reference, reason)
+        except AuthorityUnavailable as exc:
+            raise _unreachable(adapter) from exc
+        except AuthorityRefused as exc:
+            raise Conflict(f"authority {adapter.name} refuses the withdrawal and goes on "
+                           f"reviewing the filing: {exc}") from exc
+        if decided is not None:
+            with contextlib.suppress(StaleWrite):  # the poller applied it meanwhile
+                await self._decide(record, decided, f"authority:{adapter.name}")
+            raise Conflict(f"authority {adapter.name} had decided the filing before the "
+                           f"withdrawal reached it ({decided.outcome}); its decision stands")
+        return record, True
 
     async def process_pending(
         self, still_ours: Callable[[], Awaitable[bool]] | None = None
@@ -544,9 +589,13 @@ class FilingService:
         await self._decide(record, decision, f"authority:{adapter.name}")
         return 1
 
-    async def _decide(self, record: Record, decision: Decision, actor: str) -> dict[str, Any]:
-        """Apply ``decision`` to the filing as ``record`` shows it, in one commit; StaleWrite
-        when the filing changed since (another decider won: nothing of this one is kept)."""
+    async def _decide(
+        self, record: Record, decision: Decision, actor: str,
+        about: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Apply ``decision`` to the filing as ``record`` shows it, in one commit with its
+        audit event (``about`` adds to its details); StaleWrite when the filing changed since
+        (another decider won: nothing of this one is kept)."""
         target = (
             states.FilingStatus.APPROVED
             if decision.outcome == "approved"
@@ -562,7 +611,8 @@ class FilingService:
                     writes,
                     [
                         self._audit.event_sealer(
-                            actor, f"filing.{target.value}", f"filing/{record.key}", details
+                            actor, f"filing.{target.value}", f"filing/{record.key}",
+                            {**details, **(about or {})},
                         )
                     ],
                 )
@@ -780,6 +830,21 @@ async def _decision(adapter: FilingAdapter, reference: str) -> Decision | None:
     """``adapter.decision``, bounded in time, its answer checked as :func:`_submitted`'s: a
     decision the gateway cannot apply as given leaves the filing under review."""
     decision: object = await _bounded(adapter, reference, lambda: adapter.decision(reference))
+    return _usable(adapter, reference, decision)
+
+
+async def _withdrawn(adapter: WithdrawingAdapter, reference: str, reason: str
+                     ) -> Decision | None:
+    """``adapter.withdraw``, bounded in time, a decision it answers checked as
+    :func:`_decision`'s."""
+    decision: object = await _bounded(adapter, reference,
+                                      lambda: adapter.withdraw(reference, reason))
+    return _usable(adapter, reference, decision)
+
+
+def _usable(adapter: FilingAdapter, reference: str, decision: object) -> Decision | None:
+    """An adapter's answer of "a decision or None" as a Decision the gateway may apply;
+    AuthorityUnavailable when it is neither."""
     if decision is None:
         return None
     fault = _decision_fault(decision)
@@ -789,6 +854,11 @@ async def _decision(adapter: FilingAdapter, reference: str) -> Decision | None:
                   adapter.name, reference, fault)
         raise AuthorityUnavailable(f"authority {adapter.name} sent an unusable decision: {fault}")
     return decision
+
+
+def _unreachable(adapter: FilingAdapter) -> AuthorityUnreachable:
+    return AuthorityUnreachable(f"authority {adapter.name} cannot be reached to withdraw the "
+                                "filing; nothing changed, retry later")
 
 
 def _adapter_failed(adapter: FilingAdapter, about: str, exc: Exception) -> AuthorityUnavailable:

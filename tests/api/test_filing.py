@@ -1112,6 +1112,8 @@ async def test_a_filing_its_authority_will_not_decide_is_withdrawn_by_a_reviewer
     seal = await filing.seal()
     remote = await filing.file(seal["id"], "new", authority="sim")
     assert remote["status"] == "under_review"
+    filing.simulator.state.filings.clear()  # the authority lost it
+    filing.simulator.state.references.clear()
     path = f"/v1/filings/{remote['id']}/withdraw"
     refused = await filing.world.http.post(path, headers=filing.filer, json={"reason": "x"})
     await assert_problem(refused, 403, "forbidden")
