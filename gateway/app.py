@@ -35,7 +35,7 @@ from gateway.api.limits import BUCKETS, LeasedBuckets
 from gateway.api.remote import trusted_networks
 from gateway.clock import parse, utcnow
 from gateway.errors import SealGateError
-from gateway.filing.service import ADAPTER_TIMEOUT_SECONDS
+from gateway.filing.authority_calls import ADAPTER_TIMEOUT_SECONDS
 from gateway.filing.states import EXPIRED
 from gateway.hsm import Hsm
 from gateway.keys.registry import KEY

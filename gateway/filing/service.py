@@ -10,7 +10,6 @@ compare-and-set on the filing record makes the decision apply exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -19,7 +18,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from gateway.audit import AuditLog
 from gateway.clock import isoformat, parse, utcnow
@@ -34,7 +33,7 @@ from gateway.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from gateway.filing import states
+from gateway.filing import authority_calls, states
 from gateway.filing.adapters import (
     MAX_VALID_DAYS,
     AuthorityRefused,
@@ -65,16 +64,10 @@ from gateway.storage import BackendUnavailable, Record, StaleWrite, Storage, Wri
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 FILING = "filing"
 MATERIAL_KINDS = ("business_license", "legal_rep_id", "seal_impression", "authorization_letter")
 REQUIRED_FOR_NEW = ("business_license", "legal_rep_id", "seal_impression")
 MAX_MATERIAL_BYTES = 10 * 1024 * 1024
-# How long one call into an authority adapter may take before it counts as unavailable. A
-# bound on plugins that hang, not a tuning knob: the http adapter's own retries
-# ([filing.http] timeout_seconds × max_attempts, plus backoff) end well inside it.
-ADAPTER_TIMEOUT_SECONDS = 60.0
 # How often an approval claims the next receipt number after other approvals took the one it
 # claimed; each retry means another approval was issued, so this bounds only a stampede.
 NUMBERING_ATTEMPTS = 20
@@ -314,7 +307,7 @@ class FilingService:
             return record.data
         adapter = self._adapter(record.data["authority"])
         try:
-            reference = await _submitted(adapter, await self._application(record.data))
+            reference = await authority_calls.submit(adapter, await self._application(record.data))
         except AuthorityUnavailable as exc:
             log.warning(
                 "filing %s: authority %s unavailable, will retry: %s", filing_id, adapter.name, exc
@@ -525,7 +518,7 @@ class FilingService:
                                f"the filing is '{record.data['status']}'")
         reference = str(record.data["reference"])
         try:
-            decided = await _withdrawn(adapter, reference, reason)
+            decided = await authority_calls.withdraw(adapter, reference, reason)
         except AuthorityUnavailable as exc:
             raise _unreachable(adapter) from exc
         except AuthorityRefused as exc:
@@ -583,7 +576,7 @@ class FilingService:
         if record.data["status"] == states.FilingStatus.SUBMITTED:
             after = await self._hand_over(record.key)
             return int(after["status"] != states.FilingStatus.SUBMITTED)
-        decision = await _decision(adapter, str(record.data["reference"]))
+        decision = await authority_calls.decision(adapter, str(record.data["reference"]))
         if decision is None:
             return 0
         await self._decide(record, decision, f"authority:{adapter.name}")
@@ -802,89 +795,9 @@ def _choice(body: Mapping[str, Any], field: str, allowed: list[str]) -> str:
     return str(value)
 
 
-async def _bounded(adapter: FilingAdapter, about: str, call: Callable[[], Awaitable[T]]) -> T:
-    """An adapter call that ends within ADAPTER_TIMEOUT_SECONDS, and whose exceptions other
-    than the two of the adapter contract become AuthorityUnavailable."""
-    try:
-        async with asyncio.timeout(ADAPTER_TIMEOUT_SECONDS):
-            return await call()
-    except (AuthorityUnavailable, AuthorityRefused):
-        raise
-    except Exception as exc:
-        raise _adapter_failed(adapter, about, exc) from exc
-
-
-async def _submitted(adapter: FilingAdapter, application: Mapping[str, Any]) -> str:
-    """``adapter.submit``, bounded in time, its answer checked: whatever a plugin does wrong
-    leaves the filing ``submitted`` for the poller to try again."""
-    reference: object = await _bounded(adapter, f"application {application.get('id')}",
-                                       lambda: adapter.submit(application))
-    if not isinstance(reference, str) or not reference.strip():
-        log.error("authority %s answered application %s with no reference: %r",
-                  adapter.name, application.get("id"), reference)
-        raise AuthorityUnavailable(f"authority {adapter.name} sent no reference")
-    return reference
-
-
-async def _decision(adapter: FilingAdapter, reference: str) -> Decision | None:
-    """``adapter.decision``, bounded in time, its answer checked as :func:`_submitted`'s: a
-    decision the gateway cannot apply as given leaves the filing under review."""
-    decision: object = await _bounded(adapter, reference, lambda: adapter.decision(reference))
-    return _usable(adapter, reference, decision)
-
-
-async def _withdrawn(adapter: WithdrawingAdapter, reference: str, reason: str
-                     ) -> Decision | None:
-    """``adapter.withdraw``, bounded in time, a decision it answers checked as
-    :func:`_decision`'s."""
-    decision: object = await _bounded(adapter, reference,
-                                      lambda: adapter.withdraw(reference, reason))
-    return _usable(adapter, reference, decision)
-
-
-def _usable(adapter: FilingAdapter, reference: str, decision: object) -> Decision | None:
-    """An adapter's answer of "a decision or None" as a Decision the gateway may apply;
-    AuthorityUnavailable when it is neither."""
-    if decision is None:
-        return None
-    fault = _decision_fault(decision)
-    if fault or not isinstance(decision, Decision):
-        # Not the decision itself: its comment may quote personal numbers.
-        log.error("authority %s sent an unusable decision on %s (%s)",
-                  adapter.name, reference, fault)
-        raise AuthorityUnavailable(f"authority {adapter.name} sent an unusable decision: {fault}")
-    return decision
-
-
 def _unreachable(adapter: FilingAdapter) -> AuthorityUnreachable:
     return AuthorityUnreachable(f"authority {adapter.name} cannot be reached to withdraw the "
                                 "filing; nothing changed, retry later")
-
-
-def _adapter_failed(adapter: FilingAdapter, about: str, exc: Exception) -> AuthorityUnavailable:
-    """A timeout, or an exception no adapter should raise (a plugin's bug), as the
-    unavailability it amounts to: the filing is tried again later."""
-    if isinstance(exc, TimeoutError):
-        return AuthorityUnavailable(
-            f"authority {adapter.name} did not answer within {ADAPTER_TIMEOUT_SECONDS:g} s")
-    log.error("authority %s failed on %s", adapter.name, about, exc_info=exc)
-    return AuthorityUnavailable(f"authority {adapter.name} failed: {type(exc).__name__}")
-
-
-def _decision_fault(decision: object) -> str:
-    """What makes an adapter's answer no Decision the gateway may apply; "" when none."""
-    if not isinstance(decision, Decision):
-        return f"a {type(decision).__name__}, not a Decision"
-    if decision.outcome not in ("approved", "rejected"):
-        return f"outcome {decision.outcome!r} is neither approved nor rejected"
-    days = decision.valid_days
-    if days is not None and (
-        not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_VALID_DAYS
-    ):
-        return f"valid_days {days!r} is not a whole number of days, 1 to {MAX_VALID_DAYS}"
-    if not isinstance(decision.comment, str) or not isinstance(decision.reference, str):
-        return "comment and reference must be strings"
-    return ""
 
 
 def _within_certificate(

@@ -30,7 +30,7 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
 from gateway import app
 from gateway.clock import isoformat, parse, utcnow
-from gateway.filing import service as filing_service
+from gateway.filing import authority_calls
 from gateway.filing.adapters import Decision
 from gateway.filing.service import MATERIALS_ENCRYPTED, MIGRATION, legacy_material_blob_key
 from gateway.hookspecs import hookimpl
@@ -519,7 +519,7 @@ async def test_a_plugin_that_hangs_is_given_up_on_in_time(
 ) -> None:
     """A submission or poll into an adapter that never answers ends at the adapter timeout;
     the filing waits for the next pass."""
-    monkeypatch.setattr(filing_service, "ADAPTER_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(authority_calls, "ADAPTER_TIMEOUT_SECONDS", 0.2)
     seal = await unruly.filing.active()
     unruly.adapter.hangs = True
     submitted = await asyncio.wait_for(
