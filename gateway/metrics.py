@@ -2,14 +2,14 @@
 
 With several worker processes the collectors run in prometheus_client's multiprocess mode:
 ``PROMETHEUS_MULTIPROC_DIR`` is set (and emptied) by the serving master before any worker
-imports this module, and ``/metrics`` aggregates every worker's files.
+imports this module, and ``/metrics`` aggregates every worker's files and the totals of the
+dead ones (gateway/metrics_dir.py).
 """
 
 from __future__ import annotations
 
-import glob
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,9 +18,9 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    multiprocess,
 )
-from prometheus_client.metrics_core import Metric
+
+from gateway.metrics_dir import WorkerFiles
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -155,38 +155,8 @@ def render_latest() -> bytes:
     return generate_latest()
 
 
-# A metric file starts with its used length (4 bytes) and padding (4 bytes).
-_FILE_HEADER_BYTES = 8
-
-
 def worker_files_registry(directory: str) -> CollectorRegistry:
-    """A registry that merges the worker metric files in ``directory`` when collected."""
+    """A registry that merges the metric files in ``directory`` when collected."""
     registry = CollectorRegistry()
-    registry.register(_WorkerFiles(directory))
+    registry.register(WorkerFiles(directory))
     return registry
-
-
-class _WorkerFiles:
-    """prometheus_client's multiprocess merge, over the files that are ready to be read.
-
-    A worker that is starting creates its file empty and sizes it a moment later; read in
-    that moment, the file failed the whole scrape (``struct.error``). It has no samples yet,
-    so it is left out. A file removed between listing and reading is prometheus_client's to
-    skip (live gauges of a dead worker).
-    """
-
-    def __init__(self, directory: str) -> None:
-        self._directory = directory
-
-    def collect(self) -> Iterable[Metric]:
-        ready = []
-        for path in glob.glob(os.path.join(self._directory, "*.db")):
-            try:
-                if os.path.getsize(path) >= _FILE_HEADER_BYTES:
-                    ready.append(path)
-            except FileNotFoundError:
-                continue
-        # prometheus_client ships the merge without annotations.
-        metrics: Iterable[Metric] = multiprocess.MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
-            ready, accumulate=True)
-        return metrics

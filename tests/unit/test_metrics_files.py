@@ -1,12 +1,77 @@
-"""Reading the workers' metric files: a worker that is starting must not fail a scrape."""
+"""Reading the workers' metric files, and folding dead workers' counters and histograms into
+the archives: no scrape fails on a starting worker, or sees a total go down or count twice."""
 
 from __future__ import annotations
 
+import fcntl
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from gateway.metrics import worker_files_registry
+from gateway.metrics_dir import LOCK_FILE, fold_dead_workers
+from tests.conftest import PROJECT_ROOT
+
+# A worker's collectors, as a process in multiprocess mode writes them.
+_WORKER = textwrap.dedent("""
+    import sys
+    from prometheus_client import Counter, Histogram
+    done = Counter("demo", "Things done.", ["kind"])
+    seconds = Histogram("demo_seconds", "Time per thing.", buckets=(0.01, 0.1, 1.0))
+    for value in sys.argv[1:]:
+        done.labels("a").inc()
+        seconds.observe(float(value))
+""")
+
+
+def run_worker(directory: Path, observations: list[float]) -> int:
+    """Run a process that counts ``observations`` into ``directory`` and exits; its pid."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    process = subprocess.Popen([sys.executable, "-c", _WORKER, *map(repr, observations)],
+                               env=env)
+    assert process.wait(timeout=60) == 0
+    return process.pid
+
+
+Key = tuple[str, tuple[tuple[str, str], ...]]  # a sample's name and labels
+
+
+def totals(directory: Path) -> dict[Key, float]:
+    """Every sample a scrape of ``directory`` shows, by name and labels."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for metric in worker_files_registry(str(directory)).collect()
+            for s in metric.samples}
+
+
+def assert_same_totals(after: dict[Key, float], before: dict[Key, float]) -> None:
+    """Every count is the same; a sum of observations may be one unit in the last place
+    above (the archive's totals are rounded up), never below."""
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        if key[0].endswith("_sum"):
+            assert value <= after[key] <= math.nextafter(value, math.inf), key
+        else:
+            assert after[key] == value, key
+
+
+def worker_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("*.db") if "archive" not in p.name)
+
+
+def fold(directory: Path, *pids: int) -> None:
+    """Fold as the master does: again until no scrape holds the lock."""
+    while not fold_dead_workers(str(directory), pids):
+        os.sched_yield()
 
 
 def test_a_file_a_starting_worker_has_not_sized_yet_is_left_out(tmp_path: Path) -> None:
@@ -19,3 +84,131 @@ def test_a_file_a_starting_worker_has_not_sized_yet_is_left_out(tmp_path: Path) 
     samples = [s for metric in worker_files_registry(str(tmp_path)).collect()
                for s in metric.samples if s.name == "sealgate_demo_total"]
     assert [s.value for s in samples] == [3.0]
+
+
+def test_a_dead_workers_counts_stay_when_its_files_are_folded(tmp_path: Path) -> None:
+    """Counters and histograms of exited workers are the same after the fold, which leaves
+    their files gone and one archive per type; a second fold adds to the archive."""
+    first = run_worker(tmp_path, [0.005, 0.05, 0.5, 3.1])
+    second = run_worker(tmp_path, [0.02, 0.7])
+    before = totals(tmp_path)
+    assert before[("demo_total", (("kind", "a"),))] == 6
+    assert before[("demo_seconds_count", ())] == 6
+
+    fold(tmp_path, first)
+    assert_same_totals(totals(tmp_path), before)
+    assert worker_files(tmp_path) == [f"counter_{second}.db", f"histogram_{second}.db"]
+    fold(tmp_path, second)
+    assert_same_totals(totals(tmp_path), before)
+    assert worker_files(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [
+        "counter_archive.db", "histogram_archive.db"]
+
+
+def test_a_fold_waits_while_a_scrape_reads(tmp_path: Path) -> None:
+    """While a scrape holds the lock shared the fold changes nothing and says so; once it
+    is released the fold goes through."""
+    pid = run_worker(tmp_path, [0.5])
+    with (tmp_path / LOCK_FILE).open("a") as scrape:
+        fcntl.flock(scrape, fcntl.LOCK_SH)
+        assert fold_dead_workers(str(tmp_path), [pid]) is False
+        assert worker_files(tmp_path) == [f"counter_{pid}.db", f"histogram_{pid}.db"]
+    assert fold_dead_workers(str(tmp_path), [pid]) is True
+    assert worker_files(tmp_path) == []
+
+
+def dead_workers_like(templates: list[int], source: Path, directory: Path,
+                      first_pid: int, count: int) -> list[int]:
+    """``count`` dead workers in ``directory`` that ran like the ``templates`` in ``source``
+    (their files copied under new pids, in turn)."""
+    pids = list(range(first_pid, first_pid + count))
+    for n, pid in enumerate(pids):
+        for kind in ("counter", "histogram"):
+            template = templates[n % len(templates)]
+            shutil.copy(source / f"{kind}_{template}.db", directory / f"{kind}_{pid}.db")
+    return pids
+
+
+def test_no_sum_goes_down_one_unit_in_the_last_place_when_workers_are_folded(
+    tmp_path: Path,
+) -> None:
+    """Folding moves a dead worker's additions to another place in the order; the totals
+    are exact sums, and the archive is rounded up, so a histogram's _sum never drops by a
+    rounding (Prometheus would read that as a reset)."""
+    chance = random.Random(7)
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    made = [run_worker(templates, [10 ** chance.uniform(-4, 1) for _ in range(n)])
+            for n in (1, 2, 3, 5, 8)]
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    pids = dead_workers_like(made, templates, directory, 100_000, 60)
+    seen = totals(directory)
+    chance.shuffle(pids)
+    for pid in pids:
+        fold(directory, pid)
+        now = totals(directory)
+        assert {k: v for k, v in now.items() if v < seen[k]} == {}
+        seen = now
+    assert worker_files(directory) == []
+
+
+_SCRAPER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from gateway.metrics import worker_files_registry
+
+    directory, stop, progress = sys.argv[1:]
+    seen = {}
+    scrapes = 0
+    while not Path(stop).exists():
+        for metric in worker_files_registry(directory).collect():
+            for s in metric.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                if s.value < seen.get(key, 0.0):
+                    sys.exit(f"{key} went down from {seen[key]!r} to {s.value!r}")
+                seen[key] = s.value
+        scrapes += 1
+        Path(progress).write_text(str(scrapes))
+""")
+
+
+@pytest.fixture
+def scraper(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """A process that scrapes ``tmp_path / "metrics"`` in a loop until ``stop`` is
+    created, exits non-zero at the first total that went down, and counts its scrapes in
+    ``progress``."""
+    directory, stop, progress = tmp_path / "metrics", tmp_path / "stop", tmp_path / "progress"
+    directory.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SCRAPER, str(directory), str(stop), str(progress)],
+        env=env, cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process, progress
+    finally:
+        stop.touch()
+        process.wait(timeout=60)
+
+
+def test_a_scrape_during_folds_never_sees_a_total_go_down_or_count_twice(
+    tmp_path: Path, scraper: tuple[subprocess.Popen[str], Path]
+) -> None:
+    """Another process scrapes in a loop while 150 dead workers' files appear and are
+    folded one after the other: no total ever goes down, and the last is the exact sum."""
+    process, progress = scraper
+    directory = tmp_path / "metrics"
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    chance = random.Random(11)
+    made = [run_worker(templates, [chance.uniform(0, 2) for _ in range(3)]) for _ in range(3)]
+    for pid in range(100_000, 100_150):
+        dead_workers_like(made, templates, directory, pid, 1)
+        scrapes = progress.read_text() if progress.exists() else ""
+        fold(directory, pid)
+        while (progress.read_text() if progress.exists() else "") == scrapes:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            os.sched_yield()  # one more scrape has overlapped this fold or followed it
+    assert totals(directory)[("demo_seconds_count", ())] == 150 * 3
+    assert worker_files(directory) == []
+    assert process.poll() is None, process.stderr.read() if process.stderr else ""

@@ -1,0 +1,209 @@
+"""The multiprocess metrics directory: which files it holds, how a scrape reads them, and how
+the master folds a dead worker's counters and histograms into one archive file per type.
+
+Each worker writes ``counter_<pid>.db``, ``histogram_<pid>.db`` and ``gauge_live*_<pid>.db``
+(prometheus_client's format). Once a worker is dead its live gauges are dropped
+(``mark_process_dead``), but its counters and histograms must go on counting: deleting them
+would lower the totals, and Prometheus would read a counter reset. Left in place, they made
+every scrape read every worker that ever ran. So the master adds them, key by key, into
+``counter_archive.db`` and ``histogram_archive.db`` (the same format and keys, read like any
+worker's file) and deletes them.
+
+- A scrape and a fold exclude each other through ``fold.lock``: the scrape reads the
+  counter and histogram files under a shared lock, the fold replaces the archive and deletes
+  the dead files under an exclusive one. A scrape therefore sees either the dead worker's
+  file and the old archive, or the new archive alone: never both, never neither. The master
+  only tries the lock (it must not stall its connections behind a scrape) and tries again
+  at its next tick. The lock file is never deleted, so every process locks the same file.
+- Totals are exact sums rounded to the nearest double (``math.fsum``), not running sums in
+  directory order: moving a dead worker's value into the archive changes the order of the
+  additions, and a running sum of a histogram's ``_sum`` could come out one unit in the last
+  place lower, which Prometheus also reads as a reset. The archive's totals are rounded up,
+  never down, so a total after a fold is never below the one before.
+- The new archive is written beside the old (``.db.new``, which no scrape reads) and renamed
+  over it; the dead files are deleted after. A master that dies between the two leaves a
+  dead worker counted twice, but its workers end with it (their channel closes), and the
+  next start empties the directory: a new gateway's counters start at zero anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Iterator
+from fractions import Fraction
+
+from prometheus_client import multiprocess
+from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
+
+LOCK_FILE = "fold.lock"
+# The metric types whose values add up over processes: a dead worker's are folded.
+SUMMED_TYPES = ("counter", "histogram")
+_ARCHIVE = "archive"
+_BEING_WRITTEN = ".new"
+# prometheus_client's files (counter_<pid>.db, gauge_livesum_<pid>.db, ...), the archives,
+# and an archive a fold was writing.
+_METRICS_FILE = re.compile(r"[a-z_]+_(\d+|archive)\.db(\.new)?")
+# A metric file starts with its used length (4 bytes) and padding (4 bytes).
+_FILE_HEADER_BYTES = 8
+
+
+def is_metrics_file(name: str) -> bool:
+    """Whether ``name`` is a file the metrics write (the lock file is not: it is kept)."""
+    return bool(_METRICS_FILE.fullmatch(name))
+
+
+class WorkerFiles:
+    """A collector of every worker's metric files and the archives, as one process's view.
+
+    A worker that is starting creates its file empty and sizes it a moment later; read in
+    that moment, the file failed the whole scrape (``struct.error``). It has no samples yet,
+    so it is left out. A live gauge file removed between listing and reading is
+    prometheus_client's to skip (``mark_process_dead``).
+    """
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        with _fold_lock(self._directory, fcntl.LOCK_SH):
+            files = _ready_files(self._directory)
+            summed = {kind: _values_by_key(paths) for kind, paths in _summed_files(files).items()}
+        others = [path for path in files if _metric_type(path) not in SUMMED_TYPES]
+        # prometheus_client ships the merge without annotations.
+        merged: Iterable[Metric] = multiprocess.MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
+            others, accumulate=True)
+        return [*merged, *_exact_totals(summed)]
+
+
+def fold_dead_workers(directory: str, pids: Collection[int]) -> bool:
+    """Add the counters and histograms of the dead workers ``pids`` to the archives and
+    delete their files. False, with nothing changed, while a scrape is reading: try later.
+
+    Only for processes that have exited (waited for): a live one would go on counting in a
+    file no scrape reads any more.
+    """
+    with _fold_lock(directory, fcntl.LOCK_EX | fcntl.LOCK_NB) as locked:
+        if not locked:
+            return False
+        for kind in SUMMED_TYPES:
+            _fold_type(directory, kind, pids)
+        return True
+
+
+def _fold_type(directory: str, kind: str, pids: Collection[int]) -> None:
+    dead = [path for path in (os.path.join(directory, f"{kind}_{pid}.db") for pid in pids)
+            if os.path.exists(path)]
+    if not dead:
+        return
+    archive = os.path.join(directory, f"{kind}_{_ARCHIVE}.db")
+    sources = [path for path in [archive, *dead] if _is_ready(path)]
+    totals = {key: _exact_sum(values, round_up=True)
+              for key, values in _values_by_key(sources).items()}
+    being_written = archive + _BEING_WRITTEN
+    _write_values(being_written, totals)
+    os.replace(being_written, archive)
+    for path in dead:
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def _fold_lock(directory: str, operation: int) -> Iterator[bool]:
+    """``flock`` on the directory's lock file; yields False when a non-blocking try fails.
+    Closing the descriptor releases the lock, also when the process dies."""
+    descriptor = os.open(os.path.join(directory, LOCK_FILE), os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, operation)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(descriptor)
+
+
+def _ready_files(directory: str) -> list[str]:
+    return [path for path in glob.glob(os.path.join(directory, "*.db")) if _is_ready(path)]
+
+
+def _is_ready(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= _FILE_HEADER_BYTES
+    except FileNotFoundError:
+        return False
+
+
+def _metric_type(path: str) -> str:
+    # As prometheus_client reads it: the name up to the first underscore.
+    return os.path.basename(path).split("_", 1)[0]
+
+
+def _summed_files(files: Iterable[str]) -> dict[str, list[str]]:
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for path in files:
+        if (kind := _metric_type(path)) in SUMMED_TYPES:
+            by_type[kind].append(path)
+    return by_type
+
+
+def _exact_totals(values_by_type: dict[str, dict[str, list[float]]]) -> Iterable[Metric]:
+    """The metrics of each key's exact total (type -> key -> values in the files).
+
+    Built as prometheus_client's merge builds them from the files (a sample per key, its
+    labels a sorted tuple), and finished by its own step that makes histogram buckets
+    cumulative and adds their counts. With one addend per sample its running sums are
+    exact.
+    """
+    metrics: dict[str, Metric] = {}
+    for kind, values_by_key in values_by_type.items():
+        for key, values in values_by_key.items():
+            metric_name, name, labels, help_text = json.loads(key)
+            metric = metrics.setdefault(metric_name, Metric(metric_name, help_text, kind))
+            # A tuple where the annotation says dict: the next step wants it so.
+            metric.add_sample(name, tuple(sorted(labels.items())),  # type: ignore[arg-type]
+                              _exact_sum(values, round_up=False))
+    # The second half of MultiProcessCollector.merge (the first reads the files).
+    accumulated: Iterable[Metric] = multiprocess.MultiProcessCollector._accumulate_metrics(  # type: ignore[no-untyped-call]
+        metrics, accumulate=True)
+    return accumulated
+
+
+def _values_by_key(paths: Iterable[str]) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = defaultdict(list)
+    for path in paths:
+        # prometheus_client ships its file reader without annotations.
+        for key, value, _, _ in MmapedDict.read_all_values_from_file(path):  # type: ignore[no-untyped-call]
+            values[key].append(value)
+    return values
+
+
+def _write_values(path: str, values: dict[str, float]) -> None:
+    """A new file in prometheus_client's format holding ``values`` (a leftover is replaced:
+    prometheus_client would add to it)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    written = MmapedDict(path)  # type: ignore[no-untyped-call]  # untyped upstream
+    try:
+        for key, value in values.items():
+            written.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+    finally:
+        written.close()  # type: ignore[no-untyped-call]
+
+
+def _exact_sum(values: list[float], *, round_up: bool) -> float:
+    """The sum of ``values`` rounded once: to the nearest double, or up to the next one
+    that is not below the exact sum."""
+    if not all(map(math.isfinite, values)):
+        return sum(values)  # an infinity or a NaN is what it is
+    total = math.fsum(values)
+    if round_up and Fraction(total) < sum(map(Fraction, values), Fraction(0)):
+        total = math.nextafter(total, math.inf)
+    return total
