@@ -22,9 +22,11 @@ HSM before it says so, and one whose PIN the token refuses exits with EXIT_PIN_R
 which stops the master with that status. Workers log in one at a time through a lock file,
 which also records a refusal: a wrong PIN is tried once per start of the gateway, whenever a
 worker first logs in (a real HSM locks the PIN after a few wrong ones). A worker that dies
-is replaced (a crashing one after a growing pause); its connections die with it. Workers
-beat once a second from their event loop; one silent for ``[server] hung_worker_seconds``
-gets no more connections, and one silent three times as long is sent SIGTERM and replaced.
+is replaced (a crashing one after a growing pause); its connections die with it, and its
+counters and histograms are folded into the metrics archives (gateway/metrics_dir.py).
+Workers beat once a second from their event loop; one silent for
+``[server] hung_worker_seconds`` gets no more connections, and one silent three times as
+long is sent SIGTERM and replaced.
 If no worker ever becomes ready in ``MAX_FAILED_STARTS`` attempts, the master exits with
 status 1. SIGTERM/SIGINT close the listening socket at once and stop the workers, which
 finish the requests in flight (api/drain.py) first.
@@ -40,7 +42,6 @@ import gc
 import logging
 import os
 import pickle
-import re
 import selectors
 import signal
 import socket
@@ -54,6 +55,7 @@ from aiohttp import web
 
 from gateway.errors import ConfigError
 from gateway.log_setup import WORKER_FORMAT, configure_logging
+from gateway.metrics_dir import LOCK_FILE, fold_dead_workers, is_metrics_file
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.server")
@@ -84,9 +86,6 @@ EXIT_PIN_REFUSED = 78
 # the first one was (a worker that cannot start must not keep the others from serving).
 STARTUP_GRACE_SECONDS = 10.0
 GC_YOUNG_THRESHOLD = 20_000
-# prometheus_client's files in the multiprocess directory: counter_<pid>.db,
-# gauge_livesum_<pid>.db, ...
-METRIC_FILE = re.compile(r"[a-z_]+_\d+\.db")
 _TICK_SECONDS = 0.2  # how often the master looks for dead workers and due restarts
 _ACCEPTS_PER_TICK = 64  # then the master looks at its workers again
 
@@ -102,12 +101,13 @@ def prepare_metrics_dir(settings: Settings) -> None:
     entries = list(directory.iterdir())
     # Only metric files are removed, and only from a directory that holds nothing else: a
     # setting that named var/ by mistake deleted the database, the CA and the audit key.
-    others = sorted(e.name for e in entries if not METRIC_FILE.fullmatch(e.name))
+    metric_files = [e for e in entries if is_metrics_file(e.name)]
+    others = sorted(e.name for e in entries if e not in metric_files and e.name != LOCK_FILE)
     if others:
         raise ConfigError(
             f"metrics.multiprocess_dir {directory} holds more than metric files "
             f"({', '.join(others[:5])}); give the metrics a directory of their own")
-    for entry in entries:
+    for entry in metric_files:
         entry.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
@@ -303,6 +303,8 @@ class _Master:
         listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.workers: dict[int, _Worker] = {}  # by pid
+        # Exited workers whose counters and histograms are still in files of their own.
+        self.unfolded: set[int] = set()
         self.restart_at: dict[int, float] = {}  # slot -> when its replacement starts
         self.backoff = [RESTART_BACKOFF_SECONDS] * workers
         self.turn = 0
@@ -320,6 +322,7 @@ class _Master:
             for key, _ in self.selector.select(timeout=_TICK_SECONDS):
                 key.data()
             self.reap()
+            self.fold_metrics()
             self.watch_silence()
             self.restart_due()
             if not self.started:
@@ -412,6 +415,7 @@ class _Master:
                 self.selector.unregister(worker.channel)
             worker.channel.close()
             _forget_worker_metrics(pid)
+            self.unfolded.add(pid)
             self._accept_while(self._may_deal())
             if self.stopping or worker.replaced:
                 continue
@@ -438,6 +442,22 @@ class _Master:
                         _describe_exit(status), self.backoff[slot])
             self.restart_at[slot] = time.monotonic() + self.backoff[slot]
             self.backoff[slot] = min(self.backoff[slot] * 2, MAX_RESTART_BACKOFF_SECONDS)
+
+    def fold_metrics(self) -> None:
+        """Fold the counters and histograms of exited workers into the archive files
+        (gateway/metrics_dir.py), unless a scrape is reading them: then at the next tick."""
+        if not self.unfolded:
+            return
+        # A pid the system has given to a new worker meanwhile is that worker's now: it
+        # counts on from the values in the file, which must stay.
+        dead = self.unfolded - self.workers.keys()
+        try:
+            if not fold_dead_workers(self.settings.metrics.multiprocess_dir, dead):
+                return
+        except OSError as exc:
+            log.warning("the metrics of exited workers %s stay in their own files: %s",
+                        sorted(dead), exc)
+        self.unfolded.clear()
 
     def restart_due(self) -> None:
         now = time.monotonic()
@@ -535,7 +555,8 @@ def _describe_exit(status: int) -> str:
 
 
 def _forget_worker_metrics(pid: int) -> None:
-    """Drop a dead worker's live gauges (counters and histograms keep counting its work)."""
+    """Drop a dead worker's live gauges (its counters and histograms are folded later, see
+    ``_Master.fold_metrics``)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -218,6 +218,20 @@ class GatewayProcess:
                 raise AssertionError(f"workers not replaced in time: {pids}\n{self.log()}")
             time.sleep(0.1)
 
+    def wait_for_folds(self, timeout: float = 30.0) -> set[int]:
+        """Wait until only live workers have counter and histogram files of their own (the
+        master has folded the dead ones' into the archives); returns those workers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = self.worker_pids()
+            own_files = counting_pids(self.metrics_dir)
+            if own_files <= live:
+                return own_files
+            if time.monotonic() > deadline:
+                raise AssertionError(f"files of dead workers {own_files - live} were not "
+                                     f"folded\n{self.log()}")
+            time.sleep(0.1)
+
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to the master (it stops its workers); SIGKILL to the group if it hangs."""
         process, self.process = self.process, None
@@ -260,6 +274,13 @@ def child_pids(parent: int) -> set[int]:
     return found
 
 
+def counting_pids(metrics_dir: Path) -> set[int]:
+    """The pids that have a counter or histogram file of their own in ``metrics_dir``."""
+    return {int(match.group(1)) for path in metrics_dir.glob("*.db")
+            if path.name.startswith(("counter_", "histogram_"))
+            and (match := _DB_FILE.match(path.name))}
+
+
 def worker_samples(metrics_dir: Path, sample: str, labels: dict[str, str] | None = None,
                    ) -> dict[int, float]:
     """The value of one sample in each worker's own metric files (pid -> value)."""
@@ -275,13 +296,19 @@ def worker_samples(metrics_dir: Path, sample: str, labels: dict[str, str] | None
                 # The master deletes a dead worker's live gauge files at any moment.
                 with contextlib.suppress(FileNotFoundError):
                     shutil.copy(path, one_worker)
-            values[pid] = sum(
-                s.value for metric in worker_files_registry(one_worker).collect()
-                for s in metric.samples
-                if s.name == sample and all(s.labels.get(k) == v
-                                            for k, v in (labels or {}).items())
-            )
+            values[pid] = directory_sample(Path(one_worker), sample, labels)
     return values
+
+
+def directory_sample(metrics_dir: Path, sample: str, labels: dict[str, str] | None = None,
+                     ) -> float:
+    """The value of one sample over every file in ``metrics_dir``, the archives of exited
+    workers' counts included (what a scrape shows), summed over other labels."""
+    return sum(
+        s.value for metric in worker_files_registry(str(metrics_dir)).collect()
+        for s in metric.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in (labels or {}).items())
+    )
 
 
 def sample_value(exposition: str, sample: str) -> float:

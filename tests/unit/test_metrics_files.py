@@ -3,6 +3,7 @@ the archives: no scrape fails on a starting worker, or sees a total go down or c
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import math
 import os
@@ -17,8 +18,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
+from gateway.errors import ConfigError
 from gateway.metrics import worker_files_registry
 from gateway.metrics_dir import LOCK_FILE, fold_dead_workers
+from gateway.server import prepare_metrics_dir
+from gateway.settings import Settings
 from tests.conftest import PROJECT_ROOT
 
 # A worker's collectors, as a process in multiprocess mode writes them.
@@ -212,3 +216,23 @@ def test_a_scrape_during_folds_never_sees_a_total_go_down_or_count_twice(
     assert totals(directory)[("demo_seconds_count", ())] == 150 * 3
     assert worker_files(directory) == []
     assert process.poll() is None, process.stderr.read() if process.stderr else ""
+
+
+def test_the_start_empties_what_folds_left_and_keeps_the_lock(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archives, an archive a stopped master was writing and the lock file are the
+    metrics' own: a start after a fold empties the directory instead of refusing it."""
+    directory = tmp_path / "metrics"
+    settings = settings.replace(
+        metrics=dataclasses.replace(settings.metrics, multiprocess_dir=str(directory)))
+    directory.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # the start sets it: undone after
+    for name in ("counter_archive.db", "histogram_archive.db", "counter_archive.db.new",
+                 "counter_12.db", LOCK_FILE):
+        (directory / name).write_bytes(b"")
+    prepare_metrics_dir(settings)
+    assert sorted(p.name for p in directory.iterdir()) == [LOCK_FILE]
+    (directory / "sealgate.db").touch()
+    with pytest.raises(ConfigError, match=r"sealgate\.db"):
+        prepare_metrics_dir(settings)

@@ -1,0 +1,117 @@
+"""`sealgate serve` folds the counters and histograms of dead workers into archive files:
+their counts stay in /metrics, their files go, and no scrape sees a total go down."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.gateway_process import Deployment, GatewayProcess, counting_pids, sample_value
+from tests.interop.test_workers import metrics_text, sign
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+SIGNATURES = 'sealgate_signatures_total{format="pdf"}'
+SIGNING_COUNT = 'sealgate_signing_seconds_count{format="pdf"}'
+# The kinds of files a worker keeps, one each: counter, histogram and three live gauges.
+FILES_PER_WORKER = 5
+ARCHIVES = {"counter_archive.db", "histogram_archive.db"}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    return Deployment.create(tmp_path_factory.mktemp("folding"))
+
+
+@pytest.fixture(scope="module")
+def gateway(deployment: Deployment) -> Iterator[GatewayProcess]:
+    with deployment.serve(workers=2) as running:
+        yield running
+
+
+def kill_workers(gateway: GatewayProcess, victims: set[int]) -> None:
+    """SIGKILL ``victims``; return once replacements serve and the dead are folded."""
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    gateway.wait_for_workers(gone=frozenset(victims))
+    gateway.wait_for_folds()
+
+
+async def test_a_killed_workers_counts_stay_in_metrics_after_its_files_are_gone(
+    gateway: GatewayProcess, deployment: Deployment
+) -> None:
+    """The signatures a SIGKILLed worker counted, and its signing-time observations, are
+    still in /metrics once the master has deleted its files."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for _ in range(4):  # a new connection each: both workers sign
+            status, _, _ = await sign(http, gateway, deployment)
+            assert status == 200
+        before = await metrics_text(http, gateway)
+        victims = counting_pids(gateway.metrics_dir) & gateway.worker_pids()
+        assert len(victims) == 2
+        kill_workers(gateway, victims)
+        after = await metrics_text(http, gateway)
+    assert not counting_pids(gateway.metrics_dir) & victims
+    assert {p.name for p in gateway.metrics_dir.iterdir()} >= ARCHIVES
+    assert sample_value(before, SIGNATURES) == 4
+    assert sample_value(after, SIGNATURES) == 4
+    assert sample_value(before, SIGNING_COUNT) == 4
+    assert sample_value(after, SIGNING_COUNT) == 4
+    assert "sealgate_signatures_total" in (gateway.metrics_dir / "counter_archive.db"
+                                           ).read_bytes().decode(errors="replace")
+
+
+Totals = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def counting_samples(exposition: str) -> Totals:
+    """Every sample of the counters and histograms in a text exposition."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(exposition)
+            if family.type in ("counter", "histogram") for s in family.samples}
+
+
+async def scrape_until(gateway: GatewayProcess, stop: asyncio.Event) -> tuple[int, list[str]]:
+    """Scrape in a loop until ``stop``; returns the scrapes answered and every total that
+    was lower than in an earlier scrape, or gone from it."""
+    seen: Totals = {}
+    drops: list[str] = []
+    answered = 0
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while not stop.is_set():
+            try:
+                now = counting_samples(await metrics_text(http, gateway))
+            except (aiohttp.ClientError, TimeoutError):
+                continue  # the worker answering was killed
+            answered += 1
+            drops += [f"{key}: {value} -> {now.get(key)}" for key, value in seen.items()
+                      if now.get(key, -1.0) < value]
+            seen = now
+    return answered, drops
+
+
+async def test_scrapes_while_workers_die_never_see_a_total_go_down_and_files_stay_few(
+    deployment: Deployment,
+) -> None:
+    """Two clients scrape /metrics in a loop while both workers are SIGKILLed at once,
+    four times over: no scrape sees any counter or histogram total lower than an earlier
+    one, and the directory holds the live workers' files and the archives only."""
+    with deployment.serve(workers=2, name="hammered") as running:
+        stop = asyncio.Event()
+        scrapers = [asyncio.create_task(scrape_until(running, stop)) for _ in range(2)]
+        for _ in range(4):
+            await asyncio.to_thread(kill_workers, running, running.worker_pids())
+            names = {p.name for p in running.metrics_dir.glob("*.db")}
+            assert len(names) <= 2 * FILES_PER_WORKER + len(ARCHIVES), sorted(names)
+            assert counting_pids(running.metrics_dir) <= running.worker_pids()
+        stop.set()
+        results = await asyncio.gather(*scrapers)
+    assert [drops for _, drops in results] == [[], []]
+    assert all(answered > 0 for answered, _ in results)
