@@ -11,6 +11,19 @@ from aiohttp import web
 
 from gateway.api.bodies import json_response
 from gateway.api.context import roles, services
+from gateway.api.spec import (
+    ANY_OBJECT,
+    BOOLEAN,
+    INTEGER,
+    TEXT,
+    TIME,
+    Query,
+    array,
+    documented,
+    json_answer,
+    nullable,
+    obj,
+)
 from gateway.clock import parse as parse_time
 from gateway.errors import ValidationFailed
 from gateway.storage import Storage
@@ -20,6 +33,19 @@ routes = web.RouteTableDef()
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _PAGE = 1000
+_LAST_SEQ = 2**62
+
+EVENT = obj({"seq": INTEGER, "time": TIME, "actor": TEXT, "action": TEXT, "target": TEXT,
+             "details": nullable(ANY_OBJECT), "prev_hash": TEXT, "hash": TEXT})
+EVENT_QUERY = (
+    Query("since", TIME, "events at or after this RFC 3339 time (with a zone)"),
+    Query("until", TIME, "events before this time"),
+    Query("seal", TEXT, "a seal's id: its events and those naming it"),
+    Query("action", TEXT, "an action, or a prefix ending in *"),
+    Query("after", {**INTEGER, "minimum": 0, "maximum": _LAST_SEQ},
+          "a seq: the next_after of the previous page"),
+    Query("limit", {**INTEGER, "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +77,8 @@ class EventFilter:
 
 @routes.get("/v1/audit")
 @roles("auditor")
+@documented(json_answer(200, "Events, oldest first", obj({
+    "events": array(EVENT), "next_after": nullable(INTEGER)})), query=EVENT_QUERY, errors=[422])
 async def list_events(request: web.Request) -> web.Response:
     """Audit events, oldest first; ``since``/``until`` (RFC 3339), ``seal``, ``action``, ``limit``.
 
@@ -64,6 +92,9 @@ async def list_events(request: web.Request) -> web.Response:
 
 @routes.get("/v1/audit/verify")
 @roles("auditor")
+@documented(json_answer(200, "Whether the chain is intact", obj({
+    "intact": BOOLEAN, "events": INTEGER, "checkpoints": INTEGER,
+    "first_bad_seq": nullable(INTEGER), "problem": nullable(TEXT)}, optional=["problem"])))
 async def verify_chain(request: web.Request) -> web.Response:
     """Check every event and checkpoint; name the first bad seq when the chain is broken."""
     result = await services(request).audit.verify()
@@ -109,7 +140,7 @@ def event_filter(query: Mapping[str, str]) -> EventFilter:
         until=_time(query, "until"),
         seal=query.get("seal") or None,
         action=query.get("action") or None,
-        after=_whole(query, "after", 0, 0, 2**62),
+        after=_whole(query, "after", 0, 0, _LAST_SEQ),
         limit=_whole(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
     )
 

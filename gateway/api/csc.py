@@ -17,7 +17,7 @@ CSC unchanged. :func:`with_csc_errors` places it between the metrics and problem
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -26,17 +26,50 @@ from gateway.api import middlewares
 from gateway.api.bodies import json_object, json_response
 from gateway.api.context import Handler, client, roles, services
 from gateway.api.problems import PROBLEM_CONTENT_TYPE
-from gateway.api.signing import RECEIPT_HEADER
+from gateway.api.signing import RECEIPT_HEADER, RECEIPT_HEADERS
+from gateway.api.spec import (
+    BASE64,
+    BOOLEAN,
+    INTEGER,
+    JSON,
+    TEXT,
+    Answer,
+    Component,
+    ErrorForm,
+    SchemaLike,
+    array,
+    documented,
+    json_answer,
+    json_body,
+    obj,
+    one_of,
+)
 
 routes = web.RouteTableDef()
 
 PREFIX = "/csc/"
 _CSC_SLUG = "csc-"
 _KEPT_HEADERS = ("Retry-After", "Allow")
+_CERTIFICATES = ("none", "single", "chain")
+
+CSC_ERROR = Component("CscError", {
+    **obj({"error": TEXT, "error_description": TEXT}),
+    "description": "An error as CSC API v1.0.4.0 §10 has it"})
+_HASHES = array({**BASE64, "description": "a digest"}, minItems=1)
+
+
+def csc_documented(answer: Answer, body: SchemaLike) -> Callable[[Handler], Handler]:
+    """A CSC method's mark: its JSON body and answer; its errors leave as CSC errors."""
+    return documented(answer, body=json_body(body), body_required=False, errors=[400],
+                      error_form=ErrorForm(JSON, CSC_ERROR, lambda s: csc_error(s, "")[0]))
 
 
 @routes.post("/csc/v1/info")
 @roles()
+@csc_documented(json_answer(200, "The service", obj({
+    "specs": TEXT, "name": TEXT, "logo": TEXT, "region": TEXT, "lang": TEXT,
+    "description": TEXT, "authType": array(TEXT), "methods": array(TEXT)})),
+    obj({"lang": TEXT}, required=[]))
 async def csc_info(request: web.Request) -> web.Response:
     """CSC: the service, its specification version and the methods it implements."""
     return json_response(services(request).csc.info())
@@ -44,6 +77,11 @@ async def csc_info(request: web.Request) -> web.Response:
 
 @routes.post("/csc/v1/credentials/list")
 @roles("signer")
+@csc_documented(json_answer(200, "The credential ids (seal ids)", obj({
+    "credentialIDs": array(TEXT), "nextPageToken": TEXT}, optional=["nextPageToken"])),
+    obj({"maxResults": {**INTEGER, "minimum": 1}, "pageToken": {"type": "string",
+                                                                  "pattern": "^[0-9]+$"}},
+        required=[]))
 async def csc_credentials_list(request: web.Request) -> web.Response:
     """CSC: the credentials (seals granted for CSC signing) of the token's client."""
     body = await _body(request)
@@ -52,6 +90,12 @@ async def csc_credentials_list(request: web.Request) -> web.Response:
 
 @routes.post("/csc/v1/credentials/info")
 @roles("signer")
+@csc_documented(json_answer(200, "The credential", obj({
+    "description": TEXT, "key": obj({"status": TEXT, "algo": array(TEXT), "len": INTEGER}),
+    "cert": {"type": "object"}, "authMode": TEXT, "SCAL": TEXT, "multisign": INTEGER,
+    "lang": TEXT})),
+    obj({"credentialID": {**TEXT, "minLength": 1}, "certificates": one_of(_CERTIFICATES),
+         "certInfo": BOOLEAN, "authInfo": BOOLEAN}, required=["credentialID"]))
 async def csc_credentials_info(request: web.Request) -> web.Response:
     """CSC: a credential's key algorithms, certificates, SCAL and batch size."""
     body = await _body(request)
@@ -60,6 +104,9 @@ async def csc_credentials_info(request: web.Request) -> web.Response:
 
 @routes.post("/csc/v1/credentials/authorize")
 @roles("signer")
+@csc_documented(json_answer(200, "The SAD", obj({"SAD": TEXT, "expiresIn": INTEGER})),
+                obj({"credentialID": {**TEXT, "minLength": 1},
+                     "numSignatures": {**INTEGER, "minimum": 1}, "hash": _HASHES}))
 async def csc_credentials_authorize(request: web.Request) -> web.Response:
     """CSC: signature activation data (SAD) bound to the credential and the given hashes."""
     body = await _body(request)
@@ -68,6 +115,11 @@ async def csc_credentials_authorize(request: web.Request) -> web.Response:
 
 @routes.post("/csc/v1/signatures/signHash")
 @roles("signer")
+@csc_documented(json_answer(200, "The signatures, in the order of the hashes",
+                            obj({"signatures": array(BASE64)}), RECEIPT_HEADERS),
+                obj({"credentialID": {**TEXT, "minLength": 1}, "SAD": {**TEXT, "minLength": 1},
+                     "hash": _HASHES, "signAlgo": {**TEXT, "minLength": 1}, "hashAlgo": TEXT},
+                    optional=["hashAlgo"]))
 async def csc_signatures_sign_hash(request: web.Request) -> web.Response:
     """CSC: sign the hashes a SAD authorizes; the sealing receipt is in Sealgate-Receipt."""
     body = await _body(request)

@@ -15,18 +15,39 @@ from aiohttp import web
 
 from gateway.api.bodies import check_declared_size, json_object, json_response, next_chunk
 from gateway.api.context import SETTINGS, client, roles, services
-from gateway.api.signing import RECEIPT_HEADER
+from gateway.api.signing import RECEIPT_HEADER, RECEIPT_HEADERS
+from gateway.api.spec import (
+    BASE64,
+    BINARY,
+    TEXT,
+    Answer,
+    Query,
+    array,
+    documented,
+    json_answer,
+    json_body,
+    obj,
+    one_of,
+)
 from gateway.errors import PayloadTooLarge, ValidationFailed
 from gateway.hsm import hash_algorithm
+from gateway.signing.cms import SUPPORTED_CMS_LEVELS
 from gateway.signing.digests import decode_digests
 
 routes = web.RouteTableDef()
 
 CMS_CONTENT_TYPE = "application/pkcs7-signature"
+HASH_ALGORITHM = {"type": "string", "pattern": "^[Ss][Hh][Aa](256|384|512)$",
+                  "description": "sha256, sha384 or sha512, in any case"}
 
 
 @routes.post("/v1/seals/{id}/sign/cms")
 @roles("signer")
+@documented(Answer(200, "The detached CAdES signature, DER", {CMS_CONTENT_TYPE: BINARY},
+                   RECEIPT_HEADERS),
+            query=[Query("level", one_of(sorted(SUPPORTED_CMS_LEVELS)),
+                         "[signing] default_level when left out")],
+            body={"application/octet-stream": BINARY, "*/*": BINARY}, errors=[409, 422])
 async def sign_cms(request: web.Request) -> web.Response:
     """Detached CAdES signature (DER) over the body, which may be any bytes."""
     level = request.query.get("level", request.app[SETTINGS].signing.default_level)
@@ -41,6 +62,13 @@ async def sign_cms(request: web.Request) -> web.Response:
 
 @routes.post("/v1/seals/{id}/sign/hash")
 @roles("signer")
+@documented(json_answer(200, "The signatures, in the order of the hashes", obj({
+    "signatures": array(BASE64), "signature_algorithm": {**TEXT, "description": "an OID"},
+    "certificate_chain": array({**BASE64, "description": "DER, leaf first"}),
+    "sealing_receipt": TEXT,
+}), RECEIPT_HEADERS), body=json_body(obj({
+    "hash_algorithm": HASH_ALGORITHM, "hashes": array(BASE64, minItems=1),
+})), errors=[409, 422])
 async def sign_hash(request: web.Request) -> web.Response:
     """Sign a batch of SHA-256/384/512 digests; signatures come back in the same order."""
     body = await json_object(request)

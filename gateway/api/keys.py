@@ -8,19 +8,64 @@ from aiohttp import web
 from gateway.api import approvals
 from gateway.api.bodies import json_object, json_response, read_limited
 from gateway.api.context import client, roles, services
+from gateway.api.seals import SEAL
+from gateway.api.spec import (
+    INTEGER,
+    TEXT,
+    TIME,
+    Answer,
+    Component,
+    Schema,
+    array,
+    documented,
+    json_answer,
+    json_body,
+    nullable,
+    obj,
+    one_of,
+    text,
+)
 from gateway.clock import utcnow
 from gateway.custody import Action
 from gateway.errors import ValidationFailed
+from gateway.hsm import KeyAlgorithm
 from gateway.keys.registry import public_view
+from gateway.pki.csr import SUBJECT_FIELDS, UPPER_BOUNDS
 from gateway.seals import registry as seal_registry
 
 routes = web.RouteTableDef()
 
 MAX_CERTIFICATE_BYTES = 256 * 1024
 
+KEY = Component("Key", obj({
+    "id": TEXT, "label": TEXT, "algorithm": one_of(KeyAlgorithm), "public_key_pem": TEXT,
+    "status": one_of(["enabled", "disabled", "destroyed"]), "created_at": TIME,
+    "certificate": nullable(obj({"serial": TEXT, "subject": TEXT, "issuer": TEXT,
+                                 "sha256": TEXT, "not_before": TIME, "not_after": TIME})),
+    "usage_limit": nullable({**INTEGER, "minimum": 1}),
+}))
+NEW_KEY = obj({"label": text(max_length=100), "algorithm": one_of(KeyAlgorithm),
+               "usage_limit": nullable({**INTEGER, "minimum": 1})}, optional=["usage_limit"])
+
+
+def _subject_field(name: str) -> Schema:
+    """What csr.subject_name takes for one subject field: a blank one is left out."""
+    if name == "country":
+        return {"type": "string", "pattern": "^([A-Za-z]{2})?$"}
+    return text(min_length=1 if name == "common_name" else 0, max_length=UPPER_BOUNDS[name])
+
+
+SUBJECT = {**obj({name: _subject_field(name) for name in SUBJECT_FIELDS},
+                 required=["common_name"]), "additionalProperties": False}
+# The chain is read as PEM whatever the type says.
+PEM_CHAIN = {"application/pem-certificate-chain": TEXT, "application/x-pem-file": TEXT,
+             "text/plain": TEXT}
+
 
 @routes.post("/v1/keys")
 @roles("key_officer")
+@documented(json_answer(201, "The key, generated in the HSM", KEY), body=json_body(NEW_KEY),
+            errors=[422])
 async def create_key(request: web.Request) -> web.Response:
     body = await json_object(request)
     key = await services(request).keys.create(body.get("label", ""), body.get("algorithm"),
@@ -30,6 +75,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 @routes.get("/v1/keys")
 @roles("key_officer", "auditor")
+@documented(json_answer(200, "Every key", obj({"keys": array(KEY)})))
 async def list_keys(request: web.Request) -> web.Response:
     keys = await services(request).keys.list()
     return json_response({"keys": [public_view(k) for k in keys]})
@@ -37,12 +83,16 @@ async def list_keys(request: web.Request) -> web.Response:
 
 @routes.get("/v1/keys/{id}")
 @roles("key_officer", "auditor")
+@documented(json_answer(200, "The key", KEY))
 async def get_key(request: web.Request) -> web.Response:
     return json_response(public_view(await services(request).keys.get(request.match_info["id"])))
 
 
 @routes.post("/v1/keys/{id}/csr")
 @roles("key_officer")
+@documented(Answer(200, "The PKCS#10 request (PEM), signed inside the HSM",
+                   {"application/pkcs10": TEXT}),
+            body=json_body(obj({"subject": SUBJECT})), errors=[409, 422])
 async def create_csr(request: web.Request) -> web.Response:
     body = await json_object(request)
     subject = body.get("subject")
@@ -55,6 +105,8 @@ async def create_csr(request: web.Request) -> web.Response:
 
 @routes.put("/v1/keys/{id}/certificate")
 @roles("key_officer")
+@documented(json_answer(200, "The key with its certificate", KEY), body=PEM_CHAIN,
+            errors=[409, 422])
 async def import_certificate(request: web.Request) -> web.Response:
     pem = await read_limited(request, MAX_CERTIFICATE_BYTES)
     key = await services(request).keys.import_certificate(request.match_info["id"], pem,
@@ -64,6 +116,7 @@ async def import_certificate(request: web.Request) -> web.Response:
 
 @routes.post("/v1/keys/{id}/disable")
 @roles("key_officer")
+@documented(json_answer(200, "The key, disabled", KEY), errors=[409])
 async def disable_key(request: web.Request) -> web.Response:
     key = await services(request).keys.disable(request.match_info["id"], client(request).name)
     return json_response(public_view(key))
@@ -71,6 +124,8 @@ async def disable_key(request: web.Request) -> web.Response:
 
 @routes.post("/v1/keys/{id}/destroy")
 @roles("key_officer")
+@documented(json_answer(202, "The approval request filed", approvals.APPROVAL,
+                        approvals.LOCATION), errors=[409, 422])
 async def destroy_key(request: web.Request) -> web.Response:
     """File the request to destroy a disabled key; it happens once a second officer approves."""
     approval = await services(request).approvals.request(
@@ -80,6 +135,8 @@ async def destroy_key(request: web.Request) -> web.Response:
 
 @routes.get("/v1/keys/{id}/usage")
 @roles("key_officer", "auditor")
+@documented(json_answer(200, "Signatures made against the limit", obj({
+    "usage_limit": nullable(INTEGER), "usage_count": nullable(INTEGER)})))
 async def key_usage(request: web.Request) -> web.Response:
     """Signatures made so far against the key's usage limit (both null without a limit)."""
     svc = services(request)
@@ -90,6 +147,8 @@ async def key_usage(request: web.Request) -> web.Response:
 
 @routes.post("/v1/seals/{id}/rotate-key")
 @roles("key_officer")
+@documented(json_answer(200, "The seal on its new key", SEAL),
+            body=json_body(obj({"key_id": text(max_length=64)})), errors=[409, 422])
 async def rotate_seal_key(request: web.Request) -> web.Response:
     """Move a seal to another key with a valid certificate; the next signature uses it."""
     body = await json_object(request)

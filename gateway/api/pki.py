@@ -8,6 +8,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.api.context import roles, services
+from gateway.api.spec import BINARY, Answer, documented
 from gateway.errors import NotFound
 from gateway.pki.devca import CRL_PATH
 
@@ -16,6 +17,7 @@ routes = web.RouteTableDef()
 
 @routes.get(CRL_PATH)
 @roles()
+@documented(Answer(200, "The CRL, DER", {"application/pkix-crl": BINARY}), errors=[404])
 async def dev_ca_crl(request: web.Request) -> web.Response:
     """The dev CA's CRL (DER, RFC 5280), freshly signed; 404 where no dev CA is set up."""
     ca = services(request).dev_ca

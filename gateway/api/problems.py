@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.api.spec import INTEGER, TEXT, Component, array, obj
 from gateway.errors import (
     SealGateError,
     ServiceUnavailable,
@@ -17,6 +18,14 @@ from gateway.errors import (
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 TYPE_BASE = "https://sealgate.dev/problems/"
+
+PROBLEM = Component("Problem", {
+    **obj({"type": {"type": "string", "format": "uri"}, "title": TEXT, "status": INTEGER,
+           "detail": TEXT, "request_id": TEXT,
+           "errors": array(obj({"field": TEXT, "message": TEXT}))},
+          optional=["errors"]),
+    "description": "An error (RFC 9457); validation errors name each field in errors.",
+})
 
 # aiohttp's own HTTP errors (no route, wrong method, body too large for client_max_size).
 _HTTP_SLUGS = {

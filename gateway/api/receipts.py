@@ -14,6 +14,20 @@ from gateway.api.bodies import (
     read_limited,
 )
 from gateway.api.context import client, roles, services
+from gateway.api.spec import (
+    ANY_OBJECT,
+    BINARY,
+    BOOLEAN,
+    TEXT,
+    TIME,
+    Answer,
+    Component,
+    array,
+    documented,
+    json_answer,
+    nullable,
+    obj,
+)
 from gateway.clock import utcnow
 from gateway.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
 
@@ -22,9 +36,28 @@ routes = web.RouteTableDef()
 NUMBER = r"{number:[A-Za-z0-9-]{1,64}}"
 MAX_RECEIPT_BYTES = 8 * 1024 * 1024
 
+RECEIPT = Component("Receipt", {**obj({
+    "number": TEXT, "authority": obj({"id": TEXT, "name": TEXT}), "authority_reference": TEXT,
+    "action": TEXT, "seal_status": TEXT,
+    "seal": obj({"id": TEXT, "code": TEXT, "name": TEXT, "type": TEXT}),
+    "organization": obj({"name": TEXT, "uscc": TEXT}),
+    "legal_representative": obj({"name": TEXT, "id_type": TEXT, "id_number_masked": TEXT}),
+    "valid_from": nullable(TIME), "valid_to": nullable(TIME), "issued_at": TIME,
+    "certificate": ANY_OBJECT, "seal_image": ANY_OBJECT, "application_id": TEXT,
+    "supersedes": nullable(TEXT),
+    "signature": {**TEXT, "description": "compact JWS with detached payload (RFC 7515 App. F) "
+                                         "over the JCS form of the rest"},
+}, required=["number", "authority", "action", "seal_status", "seal", "organization",
+             "issued_at", "signature"]), "description": "A filing receipt (DOMAIN.md §2)"})
+RECEIPT_CHECK = obj({
+    "valid": BOOLEAN, "status": TEXT, "receipt_number": nullable(TEXT),
+    "checks": array(obj({"name": TEXT, "ok": BOOLEAN, "detail": TEXT})),
+}, optional=["receipt_number"])
+
 
 @routes.get(f"/v1/receipts/{NUMBER}")
 @roles("filer", "auditor", "signer")
+@documented(json_answer(200, "The receipt, signed by the platform", RECEIPT))
 async def get_receipt(request: web.Request) -> web.Response:
     return json_response(await _receipt_for_caller(request))
 
@@ -43,6 +76,7 @@ async def _receipt_for_caller(request: web.Request) -> dict[str, Any]:
 
 @routes.get(f"/v1/receipts/{NUMBER}.pdf")
 @roles("filer", "auditor", "signer")
+@documented(Answer(200, "The receipt as a PAdES-signed PDF", {"application/pdf": BINARY}))
 async def get_receipt_pdf(request: web.Request) -> web.Response:
     await _receipt_for_caller(request)
     pdf = await services(request).receipts.pdf(request.match_info["number"])
@@ -57,6 +91,8 @@ async def get_receipt_pdf(request: web.Request) -> web.Response:
 
 @routes.post("/v1/receipts/verify")
 @roles()
+@documented(json_answer(200, "What the checks found", RECEIPT_CHECK),
+            body={"application/json": RECEIPT, "application/pdf": BINARY}, errors=[422])
 async def verify_receipt(request: web.Request) -> web.Response:
     body = await read_limited(request, MAX_RECEIPT_BYTES)
     kind = media_type(request)
@@ -78,6 +114,8 @@ async def verify_receipt(request: web.Request) -> web.Response:
 
 @routes.get("/v1/platform/certificate")
 @roles()
+@documented(Answer(200, "The receipt-signing certificate chain, PEM",
+                   {"application/x-pem-file": TEXT}))
 async def platform_certificate(request: web.Request) -> web.Response:
     pem = await services(request).platform.certificate_pem()
     return web.Response(body=pem, content_type="application/x-pem-file")

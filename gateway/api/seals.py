@@ -6,14 +6,52 @@ from aiohttp import web
 
 from gateway.api.bodies import json_object, json_response
 from gateway.api.context import client, roles, services
+from gateway.api.spec import (
+    BASE64,
+    NUMBER,
+    TEXT,
+    TIME,
+    Answer,
+    Component,
+    array,
+    documented,
+    json_answer,
+    json_body,
+    nullable,
+    obj,
+    one_of,
+    text,
+)
 from gateway.clock import utcnow
+from gateway.filing.states import EXPIRED, SealStatus
+from gateway.seals.image import SEAL_TYPES
 from gateway.seals.registry import public_view
 
 routes = web.RouteTableDef()
 
+ORGANIZATION = obj({"name": text(max_length=100), "uscc": text(max_length=18)})
+SEAL = Component("Seal", obj({
+    "id": TEXT, "name": TEXT, "type": one_of(SEAL_TYPES), "seal_code": TEXT,
+    "organization": ORGANIZATION, "key_id": TEXT,
+    "status": one_of([*(s.value for s in SealStatus), EXPIRED]),
+    "valid_from": nullable(TIME), "valid_to": nullable(TIME),
+    "receipt_number": nullable(TEXT), "image_sha256": TEXT,
+    "image_size_mm": obj({"width": NUMBER, "height": NUMBER}), "created_at": TIME,
+    "key_history": array(obj({"key_id": TEXT, "certificate_sha256": TEXT,
+                              "replaced_at": TIME})),
+}, optional=["key_history"]))
+NEW_SEAL = obj({
+    "name": text(max_length=64), "type": one_of(SEAL_TYPES), "organization": ORGANIZATION,
+    "key_id": text(max_length=64),
+    "image_png": {**BASE64, "contentMediaType": "image/png",
+                  "description": "without it, a standard round seal image is rendered"},
+}, optional=["image_png"])
+
 
 @routes.post("/v1/seals")
 @roles("filer")
+@documented(json_answer(201, "The seal, in draft", SEAL), body=json_body(NEW_SEAL),
+            errors=[409, 422])
 async def create_seal(request: web.Request) -> web.Response:
     body = await json_object(request)
     seal = await services(request).seals.create(body, client(request).name)
@@ -22,6 +60,7 @@ async def create_seal(request: web.Request) -> web.Response:
 
 @routes.get("/v1/seals")
 @roles("filer", "signer", "auditor")
+@documented(json_answer(200, "The seals this client may see", obj({"seals": array(SEAL)})))
 async def list_seals(request: web.Request) -> web.Response:
     now = utcnow()
     seals = await services(request).seals.list_for(client(request))
@@ -30,6 +69,7 @@ async def list_seals(request: web.Request) -> web.Response:
 
 @routes.get("/v1/seals/{id}")
 @roles("filer", "signer", "auditor")
+@documented(json_answer(200, "The seal", SEAL))
 async def get_seal(request: web.Request) -> web.Response:
     seal = await services(request).seals.get_for(client(request), request.match_info["id"])
     return json_response(public_view(seal, utcnow()))
@@ -37,6 +77,7 @@ async def get_seal(request: web.Request) -> web.Response:
 
 @routes.get("/v1/seals/{id}/image")
 @roles("filer", "signer")
+@documented(Answer(200, "The seal image", {"image/png": {}}))
 async def seal_image(request: web.Request) -> web.Response:
     seal = await services(request).seals.get_for(client(request), request.match_info["id"])
     png = await services(request).seals.image(seal["id"])

@@ -10,8 +10,24 @@ from aiohttp.payload import BufferedReaderPayload
 
 from gateway.api.bodies import json_response, media_type, read_or_spool
 from gateway.api.context import SETTINGS, client, roles, services
+from gateway.api.spec import (
+    BINARY,
+    BOOLEAN,
+    INTEGER,
+    NUMBER,
+    TEXT,
+    TIME,
+    Answer,
+    Component,
+    Query,
+    documented,
+    json_answer,
+    obj,
+    one_of,
+)
 from gateway.errors import NotFound, UnsupportedMediaType, ValidationFailed
 from gateway.signing import PdfSealOptions, Placement, check_pdf_header
+from gateway.signing.pdf import SignatureLevel
 
 # Clients that do not name the type, or send any bytes as such, are sealed as well; a type
 # that says something else (text/plain, application/json) is a mistake to point out.
@@ -23,9 +39,29 @@ _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 N = TypeVar("N", int, float)
 
+RECEIPT_HEADERS = {RECEIPT_HEADER: "The id of the sealing receipt (GET /v1/sealing-receipts/{id})"}
+SEALING_RECEIPT = Component("SealingReceipt", obj({
+    "id": TEXT, "format": TEXT, "seal_id": TEXT, "seal_name": TEXT, "key_id": TEXT,
+    "certificate_sha256": TEXT, "signed_at": TIME, "client": TEXT, "audit_seq": INTEGER,
+    "document_sha256_before": TEXT, "document_sha256_after": TEXT,
+    "signature": {**TEXT, "description": "compact JWS, detached payload, as receipts"},
+}, optional=["document_sha256_before", "document_sha256_after"]))
+PDF_QUERY = (
+    Query("page", {**INTEGER, "minimum": 1}, "1-based; the last page when left out"),
+    Query("x", NUMBER, "points from the left; bottom right when left out"),
+    Query("y", NUMBER, "points from the bottom"),
+    Query("width", {**NUMBER, "exclusiveMinimum": 0}, "points"),
+    Query("level", one_of(SignatureLevel), "PAdES level; [signing] default_level when left out"),
+    Query("reason", TEXT), Query("location", TEXT),
+    Query("visible", {**BOOLEAN, "default": True}, "false for an invisible signature"),
+)
+
 
 @routes.post("/v1/seals/{id}/sign/pdf")
 @roles("signer")
+@documented(Answer(200, "The sealed PDF", {"application/pdf": BINARY}, RECEIPT_HEADERS),
+            query=PDF_QUERY, body={"application/pdf": BINARY, "application/octet-stream": BINARY},
+            errors=[409, 422])
 async def sign_pdf(request: web.Request) -> web.Response:
     if media_type(request) not in PDF_MEDIA_TYPES:
         raise UnsupportedMediaType(f"send the PDF as application/pdf, not {request.content_type}")
@@ -56,6 +92,7 @@ async def sign_pdf(request: web.Request) -> web.Response:
 
 @routes.get("/v1/sealing-receipts/{id}")
 @roles("signer", "auditor")
+@documented(json_answer(200, "What was sealed, signed by the platform", SEALING_RECEIPT))
 async def sealing_receipt(request: web.Request) -> web.Response:
     svc = services(request)
     receipt = await svc.sealing.sealing_receipt(request.match_info["id"])

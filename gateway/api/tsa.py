@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.api.bodies import media_type, read_limited
 from gateway.api.context import roles, services
+from gateway.api.spec import BINARY, Answer, documented
 from gateway.errors import UnsupportedMediaType
 from gateway.settings import Settings
 from gateway.signing.tsa import TIMESTAMP_QUERY, TIMESTAMP_REPLY
@@ -22,6 +23,9 @@ def _anonymous_allowed(settings: Settings) -> bool:
 
 @routes.post("/tsa")
 @roles("signer", open_when=_anonymous_allowed)
+@documented(Answer(200, "A DER TimeStampResp; a refused query is one with status rejection",
+                   {TIMESTAMP_REPLY: BINARY}),
+            body={TIMESTAMP_QUERY: {**BINARY, "maxLength": MAX_QUERY_BYTES}})
 async def timestamp(request: web.Request) -> web.Response:
     """RFC 3161 time-stamp: a DER TimeStampReq in, a DER TimeStampResp out (key in the HSM).
 

@@ -16,14 +16,37 @@ from gateway.api.bodies import (
     read_limited,
 )
 from gateway.api.context import roles, services
+from gateway.api.spec import (
+    BASE64,
+    BINARY,
+    BOOLEAN,
+    TEXT,
+    array,
+    documented,
+    json_answer,
+    nullable,
+    obj,
+)
 from gateway.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from gateway.signing import check_pdf_header
 
 routes = web.RouteTableDef()
 
+VERIFICATION = obj({"valid": BOOLEAN, "signatures": array(obj({
+    "signer": TEXT, "seal_id": TEXT, "signed_at": nullable(TEXT), "intact": BOOLEAN,
+    "trusted": BOOLEAN, "level": nullable(TEXT), "kind": TEXT, "problems": array(TEXT),
+}, optional=["seal_id", "kind"]))})
+CMS_REQUEST = obj({"cms": {**BASE64, "description": "the DER CMS signature"},
+                   "content": nullable({**BASE64, "description": "the signed content, when "
+                                                                 "the signature is detached"})},
+                  optional=["content"])
+
 
 @routes.post("/v1/verify")
 @roles()
+@documented(json_answer(200, "What each signature proves", VERIFICATION),
+            body={"application/pdf": BINARY, "application/octet-stream": BINARY,
+                  "application/json": CMS_REQUEST}, errors=[422])
 async def verify(request: web.Request) -> web.Response:
     """Every signature of a signed PDF (``application/pdf``), or of ``{"cms", "content"}``
     (base64, JSON): intact, trusted against the configured roots, level, and which seal."""

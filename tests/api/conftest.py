@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from gateway.api.context import SERVICES
 from gateway.app import create_app
@@ -22,6 +22,7 @@ from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
 from gateway.services import Services
 from gateway.settings import Settings
+from tests.api.openapi_check import DocumentedClient
 
 ORGANIZATION = {"name": "示例科技有限公司", "uscc": "91350100M000100Y43"}
 LEGAL_REPRESENTATIVE = {"name": "张三", "id_number": "11010519491231002X"}
@@ -32,7 +33,7 @@ APPLICANT = {"name": "李四", "phone": "13800000000"}
 class World:
     """The running app plus shortcuts that set up what a test needs through the services."""
 
-    http: TestClient
+    http: DocumentedClient
     services: Services
     ca: DevCA
 
@@ -41,9 +42,10 @@ class World:
     async def running(cls, settings: Settings, hsm: Hsm, ca: DevCA,
                       plugins: tuple[object, ...] = ()) -> AsyncIterator[World]:
         """The app started on a free loopback port with these settings (and ``plugins``
-        besides the installed ones), stopped afterwards."""
+        besides the installed ones), stopped afterwards; every answer its client gets is
+        checked against the OpenAPI document."""
         app = create_app(settings, hsm=hsm, extra_plugins=plugins)
-        client = TestClient(TestServer(app))
+        client = DocumentedClient(TestServer(app))
         await client.start_server()
         try:
             services = app[SERVICES]

@@ -7,11 +7,14 @@ import re
 from pathlib import Path
 
 import pytest
+from openapi_spec_validator import validate
 
+from gateway.api.spec import spec_of
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
 from tests.api.conftest import World
+from tests.api.openapi_check import Conformance, Nonconformance
 from tests.conftest import PROJECT_ROOT
 
 API_MD = PROJECT_ROOT.parent / "shared" / "API.md"
@@ -34,7 +37,8 @@ async def test_openapi_document_lists_served_operations(world: World) -> None:
     assert document["openapi"].startswith("3.1")
     sign = document["paths"]["/v1/seals/{id}/sign/pdf"]["post"]
     assert "signer" in sign["x-roles"]
-    assert [p["name"] for p in sign["parameters"]] == ["id", "Idempotency-Key"]
+    assert [p["name"] for p in sign["parameters"] if p["in"] != "query"] == [
+        "id", "Idempotency-Key"]
     assert "Idempotent-Replayed" in sign["responses"]["2XX"]["headers"]
     assert "headers" not in document["paths"]["/v1/keys"]["get"]["responses"]["2XX"]
     assert "security" not in document["paths"]["/healthz"]["get"]
@@ -83,3 +87,71 @@ async def test_the_tsa_asks_for_a_token_in_the_document_only_when_it_does(
         document = await (await world.http.get("/openapi.json")).json()
     tsa = document["paths"]["/tsa"]["post"]
     assert ("security" in tsa, "x-roles" in tsa) == (not anonymous, not anonymous)
+
+
+async def test_the_document_is_valid_openapi_3_1(world: World) -> None:
+    """The served document passes the OpenAPI 3.1 validator (schemas, refs, parameters)."""
+    document = await (await world.http.get("/openapi.json")).json()
+    validate(document)
+
+
+def test_every_route_describes_its_body_and_answers(world: World) -> None:
+    """Each served operation carries its @documented mark, so none falls back to a bare
+    "Success"."""
+    undocumented = sorted(
+        f"{route.method} {route.resource.canonical}" for route in world.http.app.router.routes()
+        if route.resource is not None and route.method not in ("HEAD", "OPTIONS")
+        and spec_of(route.handler) is None
+    )
+    assert undocumented == []
+
+
+async def test_the_document_describes_queries_bodies_and_answers(world: World) -> None:
+    """sign/pdf lists its query parameters and raw PDF body; sign/hash its JSON schemas,
+    base64 marked; errors point at the Problem schema, CSC errors at the CSC one."""
+    document = await (await world.http.get("/openapi.json")).json()
+    pdf = document["paths"]["/v1/seals/{id}/sign/pdf"]["post"]
+    query = {p["name"]: p["schema"] for p in pdf["parameters"] if p["in"] == "query"}
+    assert query["level"]["enum"] == ["B-B", "B-T", "B-LT", "B-LTA"]
+    assert set(query) == {"page", "x", "y", "width", "level", "reason", "location", "visible"}
+    assert set(pdf["requestBody"]["content"]) == {"application/pdf", "application/octet-stream"}
+    assert list(pdf["responses"]["200"]["content"]) == ["application/pdf"]
+    assert "Sealgate-Receipt" in pdf["responses"]["200"]["headers"]
+    hashes = document["paths"]["/v1/seals/{id}/sign/hash"]["post"]
+    body = hashes["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["hash_algorithm", "hashes"]
+    assert body["properties"]["hashes"]["items"]["contentEncoding"] == "base64"
+    problem = {"$ref": "#/components/schemas/Problem"}
+    assert hashes["responses"]["422"]["content"]["application/problem+json"]["schema"] == problem
+    sign_hash = document["paths"]["/csc/v1/signatures/signHash"]["post"]["responses"]
+    assert sign_hash["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/CscError"}
+    assert "422" not in sign_hash  # CSC clients get 400 for every request error
+    assert document["paths"]["/metrics"]["get"]["responses"]["200"]["content"] == {
+        "text/plain": {"schema": {"type": "string"}}}
+
+
+async def test_the_check_refuses_what_the_document_does_not_say(world: World) -> None:
+    """The check around the test client fails an undocumented status, an undocumented media
+    type, an answer breaking its schema, and an accepted request breaking its schema."""
+    conformance = Conformance(world.http.app)
+    found = await conformance.operation("POST", "/v1/seals/x/sign/hash?y=1")
+    assert found is not None
+    template, operation = found
+    where = f"POST {template}"
+    answer = b'{"signatures": [], "signature_algorithm": "1.2", "certificate_chain": [], ' \
+             b'"sealing_receipt": "r"}'
+    conformance.check_answer(where, operation, 200, "application/json", answer)
+    with pytest.raises(Nonconformance, match="status 418 is not documented"):
+        conformance.check_answer(where, operation, 418, "application/json", answer)
+    with pytest.raises(Nonconformance, match="'text/html' is not documented"):
+        conformance.check_answer(where, operation, 200, "text/html", answer)
+    with pytest.raises(Nonconformance, match="signatures: 'no' is not of type 'array'"):
+        conformance.check_answer(where, operation, 200, "application/json",
+                                 answer.replace(b'"signatures": []', b'"signatures": "no"'))
+    with pytest.raises(Nonconformance, match="'hashes' is a required property"):
+        conformance.check_accepted(where, operation, "application/json",
+                                   {"hash_algorithm": "sha256"})
+    with pytest.raises(Nonconformance, match="took 'text/plain'"):
+        conformance.check_accepted(where, operation, "text/plain", None)
+    assert await conformance.operation("GET", "/no/such/path") is None
