@@ -30,7 +30,7 @@ from gateway.custody import Action
 from gateway.errors import ValidationFailed
 from gateway.hsm import KeyAlgorithm
 from gateway.keys.registry import public_view
-from gateway.pki.csr import SUBJECT_FIELDS, UPPER_BOUNDS
+from gateway.pki.csr import PRINTABLE, PRINTABLE_FIELDS, SUBJECT_FIELDS, UPPER_BOUNDS
 from gateway.seals import registry as seal_registry
 
 routes = web.RouteTableDef()
@@ -52,6 +52,8 @@ def _subject_field(name: str) -> Schema:
     """What csr.subject_name takes for one subject field: a blank one is left out."""
     if name == "country":
         return {"type": "string", "pattern": "^([A-Za-z]{2})?$"}
+    if name in PRINTABLE_FIELDS:
+        return {**text(min_length=0, max_length=UPPER_BOUNDS[name]), "pattern": PRINTABLE}
     return text(min_length=1 if name == "common_name" else 0, max_length=UPPER_BOUNDS[name])
 
 

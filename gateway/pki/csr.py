@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 
 from asn1crypto import algos, csr, keys, pem
@@ -29,6 +30,12 @@ UPPER_BOUNDS = {
     "state": 128, "locality": 128, "serial_number": 64,
 }
 
+# X.520 makes these PrintableString whatever else is UTF8String; asn1crypto writes them as
+# Latin-1 without checking, so anything past ASCII's printable set is refused here first.
+PRINTABLE_FIELDS = ("country", "serial_number")
+PRINTABLE = r"^[A-Za-z0-9 '()+,\-./:=?]*$"
+_PRINTABLE = re.compile(PRINTABLE)
+
 
 def subject_name(subject: Mapping[str, object]) -> asn1_x509.Name:
     unknown = sorted(set(subject) - set(SUBJECT_FIELDS))
@@ -42,6 +49,10 @@ def subject_name(subject: Mapping[str, object]) -> asn1_x509.Name:
                 f"subject.{field}", f"must be at most {UPPER_BOUNDS[field]} characters")
     if not str(subject.get("common_name", "")).strip():
         raise ValidationFailed.one("subject.common_name", "is required")
+    for field in PRINTABLE_FIELDS:
+        if not _PRINTABLE.fullmatch(str(subject.get(field, ""))):
+            raise ValidationFailed.one(f"subject.{field}", "may hold only ASCII letters, digits, "
+                                                           "spaces and ' ( ) + , - . / : = ?")
     country = str(subject.get("country", ""))
     if country and (len(country) != 2 or not country.isalpha()):
         raise ValidationFailed.one("subject.country", "must be a two-letter country code")

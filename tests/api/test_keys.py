@@ -107,8 +107,12 @@ async def test_csr_carries_the_subject_and_is_signed_by_the_hsm_key(world: World
         ({"common_name": {"a": 1}}, "subject.common_name"),
         ({"common_name": "章" * 65}, "subject.common_name"),
         ({"common_name": "x", "locality": 7}, "subject.locality"),
+        ({"common_name": "x", "serial_number": "证书01"}, "subject.serial_number"),
+        ({"common_name": "x", "serial_number": "\U000bdfe5"}, "subject.serial_number"),
+        ({"common_name": "x", "country": "ÄÖ"}, "subject.country"),
     ],
-    ids=["missing", "not-a-string", "past-the-rfc-5280-bound", "number"],
+    ids=["missing", "not-a-string", "past-the-rfc-5280-bound", "number",
+         "serial-not-printable", "serial-past-latin-1", "country-not-printable"],
 )
 async def test_a_bad_csr_subject_is_422_naming_the_field(
     world: World, subject: dict[str, Any], field: str
