@@ -53,10 +53,10 @@ class KeyRegistry:
         self._audit = audit
 
     async def create(
-        self, label: str, algorithm: object, actor: str, usage_limit: object = None
+        self, label: object, algorithm: object, actor: str, usage_limit: object = None
     ) -> JSONRecord:
         algo = KeyAlgorithm.parse(algorithm)
-        label = str(label or "").strip()
+        label = label.strip() if isinstance(label, str) else ""
         if not label or len(label) > 100:
             raise ValidationFailed.one("label", "must be 1 to 100 characters")
         limit = _usage_limit(usage_limit)

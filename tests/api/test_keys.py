@@ -438,3 +438,15 @@ async def test_a_lost_or_cancelled_seal_keeps_its_key(world: World, status: str)
                                     json={"key_id": new_key["id"]}, headers=await officer(world))
     await assert_problem(refused, 409, "conflict")
     assert (await world.services.seals.record(seal["id"])).data["key_id"] == seal["key_id"]
+
+
+async def test_a_label_that_is_not_text_is_refused(world: World) -> None:
+    """A label sent as a list, number or object is 422 naming it, not stored as its Python
+    spelling ("[None, None]") on the key and in the HSM."""
+    headers = await officer(world)
+    for bad in ([None, None], 7, {"a": "b"}):
+        response = await world.http.post(
+            "/v1/keys", json={"label": bad, "algorithm": "ec-p256"}, headers=headers)
+        body = await assert_problem(response, 422, "validation-failed")
+        assert body["errors"][0]["field"] == "label"
+    assert [k for k in (await world.services.keys.list()) if k["label"] == "[None, None]"] == []
