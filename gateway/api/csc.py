@@ -72,6 +72,7 @@ def csc_documented(answer: Answer, body: SchemaLike) -> Callable[[Handler], Hand
     obj({"lang": TEXT}, required=[]))
 async def csc_info(request: web.Request) -> web.Response:
     """CSC: the service, its specification version and the methods it implements."""
+    await _body(request)  # its only parameter, lang, changes nothing; a broken body is 400
     return json_response(services(request).csc.info())
 
 

@@ -471,6 +471,16 @@ async def test_broken_json_is_a_csc_error(credential: Credential) -> None:
     assert (await response.json())["error"] == "invalid_request"
 
 
+@pytest.mark.parametrize("body", [b"{not json", b"\x00", b"[1, 2]"], ids=["broken", "nul", "array"])
+async def test_info_refuses_a_body_that_is_no_json_object(world: World, body: bytes) -> None:
+    """info, open to anyone, reads its optional body like the other methods: one that is no
+    JSON object is 400 invalid_request, not ignored."""
+    response = await world.http.post("/csc/v1/info", data=body,
+                                     headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    assert (await response.json())["error"] == "invalid_request"
+
+
 async def test_an_unimplemented_method_is_501(credential: Credential) -> None:
     """A CSC method the gateway does not offer (auth/login) is 501 in CSC form."""
     world, _seal, headers = credential
