@@ -3,8 +3,9 @@
 Errors on ``/csc/`` paths leave as CSC API v1.0.4.0 §10 says: ``{"error", "error_description"}``
 with 400 for anything wrong in the request, 401 (``invalid_token``) for a missing, unknown or
 revoked bearer token, 403 (``access_denied``) for a token whose role may not sign, 429/503
-(``temporarily_unavailable``, with Retry-After), 500 (``server_error``), and 501 for a method
-the service does not implement (no route under ``/csc/``). pyHanko's client
+(``temporarily_unavailable``, with Retry-After), 500 (``server_error``), 501 for a method
+the service does not implement (no route under ``/csc/``), and 405 (with Allow) for an HTTP
+method other than POST. pyHanko's client
 only looks at the status (it raises for any non-2xx), so the bodies are for people and other
 clients.
 
@@ -147,6 +148,9 @@ def csc_error(status: int, slug: str) -> tuple[int, str]:
         return 403, "access_denied"
     if status in (429, 503):
         return status, "temporarily_unavailable"
+    if status == 405:
+        # The HTTP method, not a parameter: 405 with its Allow header, as HTTP has it.
+        return 405, "invalid_request"
     if status == 404:
         # Handlers here never answer 404 (an unknown credential is a 400), so this is a
         # path without a route: a method the service does not implement (§10.1).

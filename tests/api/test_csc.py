@@ -481,6 +481,15 @@ async def test_info_refuses_a_body_that_is_no_json_object(world: World, body: by
     assert (await response.json())["error"] == "invalid_request"
 
 
+async def test_a_wrong_http_method_is_405_in_csc_form(world: World) -> None:
+    """GET on a CSC method is 405 with its Allow header (RFC 9110 §15.5.6) and a CSC error
+    body, not a 400 that blames the parameters."""
+    response = await world.http.get("/csc/v1/info")
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST"
+    assert (await response.json())["error"] == "invalid_request"
+
+
 async def test_an_unimplemented_method_is_501(credential: Credential) -> None:
     """A CSC method the gateway does not offer (auth/login) is 501 in CSC form."""
     world, _seal, headers = credential
