@@ -89,7 +89,9 @@ class CscService:
         offset = 0
         token = body.get("pageToken")
         if token is not None:
-            if not isinstance(token, str) or not token.isdigit():
+            # isdigit() alone takes superscripts and other scripts' digits, which int() refuses
+            # or reads as another page.
+            if not isinstance(token, str) or not (token.isascii() and token.isdigit()):
                 raise CscRequestError("Invalid parameter pageToken")
             offset = int(token)
         ids = [s["id"] for s in await self._seals.list_for(client)

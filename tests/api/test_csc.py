@@ -114,6 +114,17 @@ async def test_credentials_list_pages(world: World) -> None:
     assert first["credentialIDs"] + second["credentialIDs"] == [s["id"] for s in seals]
 
 
+@pytest.mark.parametrize("token", ["²", "١", "-1", "1.0"])
+async def test_a_page_token_of_other_than_ascii_digits_is_invalid(world: World,
+                                                                 token: str) -> None:
+    """pageToken is the decimal offset the gateway gave: a superscript or Arabic-Indic digit
+    (digits to Python's isdigit) is 400, not a 500 or another page."""
+    _, headers = await world.client("signer")
+    description = await csc_error(world, "credentials/list", headers,
+                                  {"maxResults": 1, "pageToken": token})
+    assert "pageToken" in description
+
+
 async def test_credentials_info_describes_key_certificates_and_scal(
     credential: Credential,
 ) -> None:
