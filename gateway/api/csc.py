@@ -42,6 +42,7 @@ from gateway.api.spec import (
     documented,
     json_answer,
     json_body,
+    nullable,
     obj,
     one_of,
 )
@@ -56,6 +57,7 @@ _CERTIFICATES = ("none", "single", "chain")
 CSC_ERROR = Component("CscError", {
     **obj({"error": TEXT, "error_description": TEXT}),
     "description": "An error as CSC API v1.0.4.0 §10 has it"})
+_NAMED = {**TEXT, "minLength": 1}
 _HASHES = array({**BASE64, "description": "a digest"}, minItems=1)
 
 
@@ -70,7 +72,7 @@ def csc_documented(answer: Answer, body: SchemaLike) -> Callable[[Handler], Hand
 @csc_documented(json_answer(200, "The service", obj({
     "specs": TEXT, "name": TEXT, "logo": TEXT, "region": TEXT, "lang": TEXT,
     "description": TEXT, "authType": array(TEXT), "methods": array(TEXT)})),
-    obj({"lang": TEXT}, required=[]))
+    obj({"lang": {"description": "taken and ignored: the answer is in en-US"}}, required=[]))
 async def csc_info(request: web.Request) -> web.Response:
     """CSC: the service, its specification version and the methods it implements."""
     await _body(request)  # its only parameter, lang, changes nothing; a broken body is 400
@@ -81,9 +83,8 @@ async def csc_info(request: web.Request) -> web.Response:
 @roles("signer")
 @csc_documented(json_answer(200, "The credential ids (seal ids)", obj({
     "credentialIDs": array(TEXT), "nextPageToken": TEXT}, optional=["nextPageToken"])),
-    obj({"maxResults": {**INTEGER, "minimum": 1}, "pageToken": {"type": "string",
-                                                                  "pattern": "^[0-9]+$"}},
-        required=[]))
+    obj({"maxResults": nullable({**INTEGER, "minimum": 1}),
+         "pageToken": nullable({"type": "string", "pattern": "^[0-9]+$"})}, required=[]))
 async def csc_credentials_list(request: web.Request) -> web.Response:
     """CSC: the credentials (seals granted for CSC signing) of the token's client."""
     body = await _body(request)
@@ -96,7 +97,7 @@ async def csc_credentials_list(request: web.Request) -> web.Response:
     "description": TEXT, "key": obj({"status": TEXT, "algo": array(TEXT), "len": INTEGER}),
     "cert": {"type": "object"}, "authMode": TEXT, "SCAL": TEXT, "multisign": INTEGER,
     "lang": TEXT})),
-    obj({"credentialID": {**TEXT, "minLength": 1}, "certificates": one_of(_CERTIFICATES),
+    obj({"credentialID": _NAMED, "certificates": one_of(_CERTIFICATES),
          "certInfo": BOOLEAN, "authInfo": BOOLEAN}, required=["credentialID"]))
 async def csc_credentials_info(request: web.Request) -> web.Response:
     """CSC: a credential's key algorithms, certificates, SCAL and batch size."""
@@ -107,7 +108,7 @@ async def csc_credentials_info(request: web.Request) -> web.Response:
 @routes.post("/csc/v1/credentials/authorize")
 @roles("signer")
 @csc_documented(json_answer(200, "The SAD", obj({"SAD": TEXT, "expiresIn": INTEGER})),
-                obj({"credentialID": {**TEXT, "minLength": 1},
+                obj({"credentialID": _NAMED,
                      "numSignatures": {**INTEGER, "minimum": 1}, "hash": _HASHES}))
 async def csc_credentials_authorize(request: web.Request) -> web.Response:
     """CSC: signature activation data (SAD) bound to the credential and the given hashes."""
@@ -119,8 +120,8 @@ async def csc_credentials_authorize(request: web.Request) -> web.Response:
 @roles("signer")
 @csc_documented(json_answer(200, "The signatures, in the order of the hashes",
                             obj({"signatures": array(BASE64)}), RECEIPT_HEADERS),
-                obj({"credentialID": {**TEXT, "minLength": 1}, "SAD": {**TEXT, "minLength": 1},
-                     "hash": _HASHES, "signAlgo": {**TEXT, "minLength": 1}, "hashAlgo": TEXT},
+                obj({"credentialID": _NAMED, "SAD": _NAMED, "hash": _HASHES, "signAlgo": _NAMED,
+                     "hashAlgo": nullable(TEXT)},
                     optional=["hashAlgo"]))
 async def csc_signatures_sign_hash(request: web.Request) -> web.Response:
     """CSC: sign the hashes a SAD authorizes; the sealing receipt is in Sealgate-Receipt."""

@@ -46,7 +46,7 @@ HASH_ALGORITHM = {"type": "string", "pattern": "^[Ss][Hh][Aa](256|384|512)$",
 @documented(Answer(200, "The detached CAdES signature, DER", {CMS_CONTENT_TYPE: BINARY},
                    RECEIPT_HEADERS),
             query=[Query("level", one_of(sorted(SUPPORTED_CMS_LEVELS)),
-                         "[signing] default_level when left out")],
+                         "[signing] default_level when left out", empty_is_absent=False)],
             body={"application/octet-stream": BINARY, "*/*": BINARY}, errors=[409, 422])
 async def sign_cms(request: web.Request) -> web.Response:
     """Detached CAdES signature (DER) over the body, which may be any bytes."""

@@ -23,6 +23,7 @@ from gateway.api.spec import (
     Answer,
     Component,
     ErrorForm,
+    Query,
     Spec,
     documented,
     json_answer,
@@ -115,7 +116,7 @@ def _operation(route: web.AbstractRoute, path: str, app: web.Application) -> dic
         "parameters": [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _PARAMETER.findall(path)
-        ] + [_query(q.name, q.schema, q.description) for q in spec.query],
+        ] + [_query(q) for q in spec.query],
     }
     if spec.body is not None:
         operation["requestBody"] = {
@@ -138,9 +139,14 @@ def _operation(route: web.AbstractRoute, path: str, app: web.Application) -> dic
     return operation
 
 
-def _query(name: str, schema: Any, description: str) -> dict[str, Any]:
-    parameter = {"name": name, "in": "query", "required": False, "schema": schema}
-    return {**parameter, "description": description} if description else parameter
+def _query(query: Query) -> dict[str, Any]:
+    parameter: dict[str, Any] = {"name": query.name, "in": "query", "required": False,
+                                 "schema": query.schema}
+    if query.description:
+        parameter["description"] = query.description
+    if query.empty_is_absent:
+        parameter["allowEmptyValue"] = True
+    return parameter
 
 
 def _responses(spec: Spec, with_token: bool, keyed: bool, with_id: bool) -> dict[str, Any]:

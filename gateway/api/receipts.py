@@ -49,6 +49,9 @@ RECEIPT = Component("Receipt", {**obj({
                                          "over the JCS form of the rest"},
 }, required=["number", "authority", "action", "seal_status", "seal", "organization",
              "issued_at", "signature"]), "description": "A filing receipt (DOMAIN.md §2)"})
+# Any object is checked (and found invalid when it is no receipt), so any object is taken.
+RECEIPT_TO_CHECK = {**ANY_OBJECT, "description": "a receipt, as GET /v1/receipts/{number} "
+                                                 "gives it"}
 RECEIPT_CHECK = obj({
     "valid": BOOLEAN, "status": TEXT, "receipt_number": nullable(TEXT),
     "checks": array(obj({"name": TEXT, "ok": BOOLEAN, "detail": TEXT})),
@@ -92,7 +95,8 @@ async def get_receipt_pdf(request: web.Request) -> web.Response:
 @routes.post("/v1/receipts/verify")
 @roles()
 @documented(json_answer(200, "What the checks found", RECEIPT_CHECK),
-            body={"application/json": RECEIPT, "application/pdf": BINARY}, errors=[422])
+            body={"application/json": RECEIPT_TO_CHECK, "application/pdf": BINARY},
+            errors=[422])
 async def verify_receipt(request: web.Request) -> web.Response:
     body = await read_limited(request, MAX_RECEIPT_BYTES)
     kind = media_type(request)

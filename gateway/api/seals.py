@@ -51,7 +51,7 @@ NEW_SEAL = obj({
 @routes.post("/v1/seals")
 @roles("filer")
 @documented(json_answer(201, "The seal, in draft", SEAL), body=json_body(NEW_SEAL),
-            errors=[409, 422])
+            errors=[404, 409, 422])
 async def create_seal(request: web.Request) -> web.Response:
     body = await json_object(request)
     seal = await services(request).seals.create(body, client(request).name)

@@ -51,7 +51,8 @@ PDF_QUERY = (
     Query("x", NUMBER, "points from the left; bottom right when left out"),
     Query("y", NUMBER, "points from the bottom"),
     Query("width", {**NUMBER, "exclusiveMinimum": 0}, "points"),
-    Query("level", one_of(SignatureLevel), "PAdES level; [signing] default_level when left out"),
+    Query("level", one_of(SignatureLevel), "PAdES level; [signing] default_level when left out",
+          empty_is_absent=False),
     Query("reason", TEXT), Query("location", TEXT),
     Query("visible", {**BOOLEAN, "default": True}, "false for an invisible signature"),
 )

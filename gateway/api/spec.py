@@ -36,6 +36,8 @@ class Query:
     name: str
     schema: Schema
     description: str = ""
+    empty_is_absent: bool = True
+    """The handler reads ``?name=`` as if the parameter were left out."""
 
 
 @dataclass(frozen=True)

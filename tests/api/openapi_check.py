@@ -3,8 +3,9 @@
 ``World``'s HTTP client is a :class:`DocumentedClient`: after each request it finds the
 operation the app routed it to and fails the test when the status is not one the document
 lists for it, when the answer's media type is not documented for that status, or when a JSON
-answer does not match its schema. A request the gateway accepted (2xx) with a body must
-match the documented request body too, so that the document never refuses what the gateway takes.
+answer does not match its schema. A request the gateway accepted (2xx) must match the
+documented request body and query parameters too, so that the document never refuses what
+the gateway takes.
 Requests to paths without a route (404, 405) have no operation and are not checked.
 """
 
@@ -81,6 +82,22 @@ class Conformance:
             pointer = self._pointer(where, "requestBody", "content", media)
             self._validate(f"{where} request", pointer, sent_json)
 
+    def check_query(self, where: str, operation: Mapping[str, Any],
+                    query: Mapping[str, str]) -> None:
+        """The query parameters of a request the gateway took are documented, and their
+        values (read as the schema's type) match the schema."""
+        documented = {p["name"]: (index, p) for index, p in enumerate(operation["parameters"])
+                      if p["in"] == "query"}
+        for name, value in query.items():
+            if name not in documented:
+                raise Nonconformance(f"{where}: the gateway took query parameter {name!r}, "
+                                     f"documented: {sorted(documented)}")
+            index, parameter = documented[name]
+            if value == "" and parameter.get("allowEmptyValue"):
+                continue
+            pointer = self._pointer(where, "parameters", str(index))
+            self._validate(f"{where} ?{name}=", pointer, _typed(value, parameter["schema"]))
+
     def _validate(self, where: str, pointer: str, instance: Any) -> None:
         validator = self._validators.get(pointer)
         if validator is None:
@@ -125,6 +142,7 @@ class DocumentedClient(TestClient):  # type: ignore[type-arg]
         if 200 <= response.status < 300:
             self.conformance.check_accepted(where, operation, _sent_media_type(kwargs),
                                             kwargs.get("json"))
+            self.conformance.check_query(where, operation, response.url.query)
         return response
 
 
@@ -137,6 +155,17 @@ def _sent_media_type(kwargs: Mapping[str, Any]) -> str | None:
     if isinstance(kwargs.get("data"), bytes | bytearray):
         return "application/octet-stream"  # what aiohttp sends for bytes of no named type
     return None
+
+
+def _typed(value: str, schema: Mapping[str, Any]) -> Any:
+    """A query value read as its schema's type; left as text when it is not one."""
+    readers: dict[str, Any] = {"integer": int, "number": float,
+                               "boolean": {"true": True, "false": False}.__getitem__}
+    reader = readers.get(str(schema.get("type")))
+    try:
+        return value if reader is None else reader(value)
+    except (KeyError, ValueError):
+        return value
 
 
 def _parsed(where: str, body: bytes) -> Any:

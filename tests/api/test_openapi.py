@@ -155,3 +155,21 @@ async def test_the_check_refuses_what_the_document_does_not_say(world: World) ->
     with pytest.raises(Nonconformance, match="took 'text/plain'"):
         conformance.check_accepted(where, operation, "text/plain", None)
     assert await conformance.operation("GET", "/no/such/path") is None
+
+
+async def test_the_check_refuses_query_parameters_the_document_does_not_take(
+    world: World,
+) -> None:
+    """Query parameters of an accepted request must be documented and match their schema read
+    as its type; an empty one passes where the document says it counts as left out."""
+    conformance = Conformance(world.http.app)
+    found = await conformance.operation("GET", "/v1/audit")
+    assert found is not None
+    where, operation = f"GET {found[0]}", found[1]
+    conformance.check_query(where, operation, {"limit": "10", "until": "", "after": "3"})
+    with pytest.raises(Nonconformance, match="0 is less than the minimum of 1"):
+        conformance.check_query(where, operation, {"limit": "0"})
+    with pytest.raises(Nonconformance, match="'ten' is not of type 'integer'"):
+        conformance.check_query(where, operation, {"limit": "ten"})
+    with pytest.raises(Nonconformance, match="query parameter 'page'"):
+        conformance.check_query(where, operation, {"page": "2"})
