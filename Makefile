@@ -13,13 +13,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3-venv softhsm2 opensc poppler-utils redis-server openssl fonts-wqy-microhei zbar-tools curl prometheus
 export SOFTHSM2_CONF := $(CURDIR)/$(VAR)/softhsm/softhsm2.conf
 
-.PHONY: run test lint bench setup system venv token demo clean help
+.PHONY: run test lint bench fuzz-api setup system venv token demo clean help
 
 help:
 	@echo "make run    set everything up and start the gateway on http://127.0.0.1:8080"
 	@echo "make test   set everything up and run the whole test suite (lint included)"
 	@echo "make lint   ruff and mypy on gateway/ and plugins/"
 	@echo "make bench  throughput/latency benchmarks (writes benchmarks/results/; BENCH_ARGS=--quick)"
+	@echo "make fuzz-api  schemathesis against a real gateway, from its OpenAPI document (FUZZ_ARGS)"
 
 run: setup demo
 	$(BIN)/sealgate serve
@@ -35,6 +36,14 @@ lint: venv
 # `make bench BENCH_ARGS=--quick` is a short smoke run.
 bench: setup
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# A real gateway in a temporary directory, driven by schemathesis from its own document; about
+# a minute and a half with the default 100 examples an operation. Not part of `make test`: the
+# API tests already check every answer against the document, and this adds minutes of load.
+# `make fuzz-api FUZZ_ARGS="--max-examples 20 --seed 3"`; other options go to schemathesis.
+FUZZ_ARGS ?= --max-examples 100
+fuzz-api: setup
+	$(BIN)/python -m tests.fuzz_api $(FUZZ_ARGS)
 
 setup: system venv token
 
