@@ -75,9 +75,7 @@ class SealRegistry:
         if body.get("image_png"):
             png, size_mm = _checked_png(body["image_png"])
         else:
-            png = render_round_seal(
-                org_name, seal_type_name(seal_type), seal_code, diameter_mm=DEFAULT_DIAMETER_MM
-            )
+            png = _rendered(org_name, seal_type_name(seal_type), seal_code)
             size_mm = (DEFAULT_DIAMETER_MM, DEFAULT_DIAMETER_MM)
         await self._storage.put_blob(image_blob_key(seal_id), png)
         data: JSONRecord = {
@@ -229,6 +227,18 @@ def _key_claim(key_id: str, seal_id: str) -> Write:
 def public_view(seal: Mapping[str, Any], now: dt.datetime) -> JSONRecord:
     """The seal as the API shows it, with ``expired`` derived from time."""
     return {**seal, "status": effective_status(seal, now)}
+
+
+def _rendered(organization: str, type_name: str, seal_code: str) -> bytes:
+    """The standard round seal image; a name it cannot show (a character the font lacks, more
+    than the ring holds) is the filer's to change, or to send its own image_png for."""
+    try:
+        return render_round_seal(organization, type_name, seal_code,
+                                 diameter_mm=DEFAULT_DIAMETER_MM)
+    except ValueError as exc:
+        raise ValidationFailed.one(
+            "organization.name", f"cannot be drawn on the standard seal image ({exc}); "
+                                 "send image_png") from None
 
 
 def _required_text(body: Mapping[str, Any], field: str, max_len: int, prefix: str = "") -> str:

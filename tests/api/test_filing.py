@@ -354,6 +354,25 @@ async def test_receipt_pdf_is_signed_readable_and_verifies(
     assert verdict["checks"][0] == {"name": "pdf_signature", "ok": False, "detail": ANY}
 
 
+@pytest.mark.parametrize("name", ["示例科技\U000519d5有限公司", "测" * 41],
+                         ids=["no-glyph", "past-the-ring"])
+async def test_an_organisation_name_the_seal_image_cannot_show_is_422(
+    filing: Filing, name: str
+) -> None:
+    """A name with a character the seal font lacks, or too long for the ring, is 422 naming
+    organization.name when the gateway draws the image (it was a 500); with the filer's own
+    image_png the same name is taken."""
+    key = await filing.world.key()
+    seal = {"name": "合同专用章", "type": "04", "key_id": key["id"],
+            "organization": {**ORGANIZATION, "name": name}}
+    drawn = await filing.world.http.post("/v1/seals", headers=filing.filer, json=seal)
+    body = await assert_problem(drawn, 422, "validation-failed")
+    assert body["errors"][0]["field"] == "organization.name"
+    own_image = {**seal, "image_png": base64.b64encode(seal_png()).decode()}
+    given = await filing.world.http.post("/v1/seals", headers=filing.filer, json=own_image)
+    assert given.status == 201, await given.text()
+
+
 async def test_a_seal_is_filed_only_once_its_key_is_certified_and_with_every_material(
     filing: Filing,
 ) -> None:
