@@ -61,10 +61,16 @@ _NAMED = {**TEXT, "minLength": 1}
 _HASHES = array({**BASE64, "description": "a digest"}, minItems=1)
 
 
+CSC_ERRORS = ErrorForm(
+    JSON, CSC_ERROR, lambda status: csc_error(status, "")[0],
+    {400: "Anything wrong in the request: a missing, invalid or unsupported parameter, an "
+          "unknown credential, a SAD that does not authorize these hashes (CSC §10.1)"})
+
+
 def csc_documented(answer: Answer, body: SchemaLike) -> Callable[[Handler], Handler]:
     """A CSC method's mark: its JSON body and answer; its errors leave as CSC errors."""
     return documented(answer, body=json_body(body), body_required=False, errors=[400],
-                      error_form=ErrorForm(JSON, CSC_ERROR, lambda s: csc_error(s, "")[0]))
+                      error_form=CSC_ERRORS)
 
 
 @routes.post("/csc/v1/info")

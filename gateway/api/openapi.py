@@ -163,9 +163,9 @@ def _responses(spec: Spec, with_token: bool, keyed: bool, with_id: bool) -> dict
                 *(_WITH_BODY if spec.body is not None else ()), *(_WITH_KEY if keyed else ()),
                 *((404,) if with_id else ())}
     for status in sorted({form.status_of(s) for s in statuses} - {a.status for a in spec.answers}):
-        responses[str(status)] = _answer(
-            ERROR_DESCRIPTIONS.get(status, "An error"), {form.media_type: form.schema},
-            _error_headers(status))
+        description = form.descriptions.get(status) or ERROR_DESCRIPTIONS.get(status, "An error")
+        responses[str(status)] = _answer(description, {form.media_type: form.schema},
+                                         _error_headers(status))
     return responses
 
 

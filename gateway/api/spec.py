@@ -59,6 +59,8 @@ class ErrorForm:
     media_type: str
     schema: Component
     status_of: Callable[[int], int] = lambda status: status
+    descriptions: Mapping[int, str] = field(default_factory=dict)
+    """What a status means here where it is not what it means elsewhere."""
 
 
 @dataclass(frozen=True)
