@@ -100,7 +100,7 @@ def cjk_font() -> CjkFont:
 
 def _from_override(override: str) -> CjkFont:
     path, _, index = override.partition("#")
-    if index and not index.isdigit():
+    if index and not (index.isascii() and index.isdigit()):  # isdigit alone takes '²'
         raise ConfigError(f"{ENV_VAR}: face index after '#' must be a number, not {index!r}")
     font = _load(Path(path), int(index or 0))
     if font is None:

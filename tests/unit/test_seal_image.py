@@ -189,6 +189,18 @@ def test_font_override_that_is_not_a_cjk_font_is_a_config_error(
         cjk_font()
 
 
+@pytest.mark.parametrize("index", ["x", "²", "١"])
+def test_font_override_face_index_that_is_no_number_is_a_config_error(
+    fresh_font_choice: pytest.MonkeyPatch, index: str
+) -> None:
+    """The face index after '#' is ASCII digits; a superscript or Arabic-Indic digit was a
+    ValueError instead of the config error naming the setting."""
+    fresh_font_choice.setenv(fonts.ENV_VAR, f"{cjk_font().path}#{index}")
+    cjk_font.cache_clear()
+    with pytest.raises(ConfigError, match=fonts.ENV_VAR):
+        cjk_font()
+
+
 def test_no_cjk_font_names_the_debian_package(fresh_font_choice: pytest.MonkeyPatch) -> None:
     """With no font installed the error says which Debian package to install."""
     fresh_font_choice.delenv(fonts.ENV_VAR, raising=False)
