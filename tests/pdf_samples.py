@@ -118,6 +118,22 @@ def looping_parent_pdf() -> bytes:
     return data
 
 
+def overindexed_pdf() -> bytes:
+    """An object-stream PDF whose cross-reference stream declares two billion entries in its
+    /Index while its data holds a dozen (the stream is last, so offsets hold)."""
+    data = object_stream_pdf().replace(b"/Index [ 0 1 1 12 ]", b"/Index [ 0 1 1 2000000000 ]")
+    assert b"/Index [ 0 1 1 2000000000 ]" in data
+    return data
+
+
+def oversized_pdf(size: int = 2**31) -> bytes:
+    """A one-page PDF whose trailer declares ``size`` objects (offsets hold: the trailer is
+    after the cross-reference table)."""
+    data = one_page_pdf().replace(b"/Size 7", b"/Size %d" % size)
+    assert data.count(b"/Size %d" % size) == 1
+    return data
+
+
 async def signed_pdf(
     signer: signers.Signer, field_name: str = "Signature1", *, lock_document: bool = False
 ) -> bytes:

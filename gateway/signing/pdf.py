@@ -43,7 +43,6 @@ import enum
 import functools
 import io
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -60,6 +59,11 @@ from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
 
 from gateway.errors import BadDocument, SealGateError, UnsupportedMediaType, ValidationFailed
 from gateway.signing.ltv import LongTermSigning, add_signature_timestamp, token_certificates
+from gateway.signing.pdf_limits import (
+    check_declared_objects,
+    check_declared_objects_in_file,
+    declared_objects,
+)
 from gateway.signing.pdf_stamp import Placement, Rect, SealImage, SealStampStyle
 from gateway.signing.seal_key import SealKey
 
@@ -81,10 +85,6 @@ _INVISIBLE = SealStampStyle()
 # up to about 3 ms of pyHanko work, less than the GIL switch interval.
 INLINE_MAX_OBJECTS = 64
 INLINE_MAX_BYTES = 64 * 1024
-# The trailer (or cross-reference stream) that ends a PDF is within its last few hundred
-# bytes; its /Size is one more than the highest object number in the file.
-_TRAILER_WINDOW = 2048
-_SIZE_ENTRY = re.compile(rb"/Size\s+(\d{1,10})")
 
 
 class SignatureLevel(enum.StrEnum):
@@ -378,12 +378,12 @@ async def _here(fn: Callable[..., T], *args: Any) -> T:
 
 def is_small(document: bytes) -> bool:
     """Whether the document is within ``INLINE_MAX_BYTES`` and declares at most
-    ``INLINE_MAX_OBJECTS`` objects. A trailer that is not found or misread only moves the
-    work to the worker thread; it decides nothing else."""
+    ``INLINE_MAX_OBJECTS`` objects (every ``/Size`` and cross-reference stream ``/Index``
+    counts: pyHanko makes up the entries an index declares). A declaration that is not found
+    or misread only moves the work to the worker thread; it decides nothing else."""
     if len(document) > INLINE_MAX_BYTES:
         return False
-    sizes = _SIZE_ENTRY.findall(document[-_TRAILER_WINDOW:])
-    return bool(sizes) and int(sizes[-1]) <= INLINE_MAX_OBJECTS
+    return 0 < declared_objects(document) <= INLINE_MAX_OBJECTS
 
 
 def _damaged(exc: Exception) -> BadDocument:
@@ -407,7 +407,12 @@ def _append(file: BinaryIO, data: bytes) -> None:
 
 
 def _open(document: bytes | BinaryIO) -> IncrementalPdfFileWriter:
-    stream = io.BytesIO(document) if isinstance(document, bytes) else document
+    if isinstance(document, bytes):
+        check_declared_objects(document)
+        stream: BinaryIO = io.BytesIO(document)
+    else:
+        check_declared_objects_in_file(document)
+        stream = document
     try:
         # Not strict: hybrid-reference files (common from office suites) must seal too.
         writer = IncrementalPdfFileWriter(stream, strict=False)

@@ -23,6 +23,7 @@ from tests.pdf_samples import (
     multi_page_pdf,
     object_stream_pdf,
     one_page_pdf,
+    overindexed_pdf,
     truncated_pdf,
 )
 
@@ -149,10 +150,12 @@ async def test_wrong_role_is_403(signer_world: SignerWorld) -> None:
         (truncated_pdf(), 422, "bad-document", "application/pdf"),
         (garbage_pdf(), 422, "bad-document", "application/pdf"),
         (encrypted_pdf(), 422, "encrypted-document", "application/pdf"),
+        (overindexed_pdf(), 422, "bad-document", "application/pdf"),
         (b"", 422, "validation-failed", "application/pdf"),
         (one_page_pdf(), 415, "unsupported-media-type", "text/plain"),
     ],
-    ids=["not-pdf", "truncated", "garbage", "encrypted", "empty", "declared-as-text"],
+    ids=["not-pdf", "truncated", "garbage", "encrypted", "overindexed", "empty",
+         "declared-as-text"],
 )
 async def test_bad_documents_get_precise_problems(
     signer_world: SignerWorld, document: bytes, status: int, slug: str, content_type: str

@@ -26,7 +26,7 @@ from gateway.signing.ltv import add_signature_timestamp, signature_value
 from gateway.signing.tsa import TimeStampQuery
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
 from tests.api.test_sign_pdf import assert_problem
-from tests.pdf_samples import one_page_pdf
+from tests.pdf_samples import one_page_pdf, overindexed_pdf
 
 PDF = {"Content-Type": "application/pdf"}
 CONTENT = "合同正文：双方同意以下条款。\n".encode() * 50
@@ -317,6 +317,19 @@ async def test_malformed_verify_requests_are_refused_naming_the_field(world: Wor
     other = await world.http.post("/v1/verify", data=b"x",
                                   headers={"Content-Type": "text/plain"})
     await assert_problem(other, 415, "unsupported-media-type")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", ["/v1/verify", "/v1/receipts/verify"])
+async def test_a_pdf_declaring_billions_of_objects_is_422_and_verification_goes_on(
+    world: World, path: str
+) -> None:
+    """A cross-reference stream declaring two billion entries held the verification thread
+    for good (every later verification then waited behind it); it is a bad document now."""
+    refused = await world.http.post(path, data=overindexed_pdf(), headers=PDF)
+    body = await assert_problem(refused, 422, "bad-document")
+    assert "declares" in body["detail"]
+    assert await verify_pdf(world, one_page_pdf()) == {"valid": False, "signatures": []}
 
 
 @pytest.mark.parametrize("dss", [

@@ -75,6 +75,31 @@ async def test_damaged_pdf_is_bad_document(
     assert caught.value.status == 422
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "document",
+    [pdf_samples.overindexed_pdf(), pdf_samples.oversized_pdf(),
+     pdf_samples.oversized_pdf(2**63), pdf_samples.one_page_pdf().replace(
+         b"/Size 7", b"/Size " + b"0" * 5000 + b"7" * 5000)],
+    ids=["index-2e9", "size-2e31", "size-2e63", "size-10000-digits"],
+)
+async def test_pdf_declaring_too_many_objects_is_refused_before_it_is_read(
+    sealer: PdfSealer, seal_key: SealKey, document: bytes, tmp_path: Any
+) -> None:
+    """A cross-reference stream whose /Index declares two billion entries held pyHanko's
+    reader for good (it makes up each missing one), and a /Size of 2^31 was sealed into a
+    PDF that pdfsig rejects: both are a bad document, in memory and in a spool file."""
+    with pytest.raises(BadDocument) as caught:
+        await sealer.seal(document, seal_key, PNG)
+    assert "declares" in caught.value.detail
+    with (tmp_path / "spooled.pdf").open("w+b") as file:
+        file.write(document)
+        with pytest.raises(BadDocument):
+            await sealer.seal_file(file, seal_key, PNG)
+        file.seek(0)
+        assert file.read() == document
+
+
 async def test_encrypted_pdf_is_encrypted_document(sealer: PdfSealer, seal_key: SealKey) -> None:
     """An encrypted PDF is refused with the encrypted-document type, saying why."""
     with pytest.raises(BadDocument) as caught:
@@ -212,9 +237,12 @@ async def test_a_sealed_documents_objects_are_freed_without_the_cyclic_collector
         (b"trailer\n<< /Size 64 >>\nstartxref\n9\n%%EOF\n", True),
         (b"trailer\n<< /Size 65 >>\nstartxref\n9\n%%EOF\n", False),
         (b"<< /Type /XRef /Size 12 /W [1 2 1] >>\nstream\n...\nendstream\n%%EOF\n", True),
+        (b"<< /Type /XRef /Size 12 /Index [0 4 900 2] >>\nstream\n...\nendstream\n", False),
+        (b"<< /Size 100 >>\n...\ntrailer\n<< /Size 9 >>\nstartxref\n9\n%%EOF\n", False),
         (b"trailer\n<< /Root 1 0 R >>\n%%EOF\n", False),
     ],
-    ids=["trailer", "at-limit", "over-limit", "xref-stream", "no-size"],
+    ids=["trailer", "at-limit", "over-limit", "xref-stream", "index-over-limit",
+         "earlier-size-over-limit", "no-size"],
 )
 def test_small_means_a_declared_size_within_the_limits(tail: bytes, small: bool) -> None:
     assert is_small(b"%PDF-1.7\n" + tail) is small
