@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.generic import pdf_name
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.writer import PdfFileWriter
 from pyhanko.pdf_utils.xref import ObjectStream
 from pyhanko.sign import fields, signers
@@ -132,6 +133,23 @@ def oversized_pdf(size: int = 2**31) -> bytes:
     data = one_page_pdf().replace(b"/Size 7", b"/Size %d" % size)
     assert data.count(b"/Size %d" % size) == 1
     return data
+
+
+def catalog_entry_pdf(value: bytes) -> bytes:
+    """A one-page PDF whose catalog, rewritten in an appended revision, has ``/X value``
+    (raw PDF syntax, which pyHanko's writer could not produce for hostile values)."""
+    base = one_page_pdf()
+    reader = PdfFileReader(io.BytesIO(base))
+    root = reader.trailer.raw_get("/Root")
+    pages = reader.root.raw_get("/Pages")
+    at = len(base)
+    update = b"%d 0 obj\n<< /Type /Catalog /Pages %d 0 R /X " % (root.idnum, pages.idnum)
+    update += value + b" >>\nendobj\n"
+    xref_at = at + len(update)
+    update += (b"xref\n%d 1\n%010d 00000 n \ntrailer\n<< /Size %d /Root %d 0 R /Prev %d >>\n"
+               b"startxref\n%d\n%%%%EOF\n" % (root.idnum, at, reader.trailer["/Size"],
+                                               root.idnum, reader.last_startxref, xref_at))
+    return base + update
 
 
 async def signed_pdf(

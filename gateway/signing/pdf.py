@@ -59,11 +59,7 @@ from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
 
 from gateway.errors import BadDocument, SealGateError, UnsupportedMediaType, ValidationFailed
 from gateway.signing.ltv import LongTermSigning, add_signature_timestamp, token_certificates
-from gateway.signing.pdf_limits import (
-    check_declared_objects,
-    check_declared_objects_in_file,
-    declared_objects,
-)
+from gateway.signing.pdf_limits import check_readable, declared_objects
 from gateway.signing.pdf_stamp import Placement, Rect, SealImage, SealStampStyle
 from gateway.signing.seal_key import SealKey
 
@@ -407,12 +403,8 @@ def _append(file: BinaryIO, data: bytes) -> None:
 
 
 def _open(document: bytes | BinaryIO) -> IncrementalPdfFileWriter:
-    if isinstance(document, bytes):
-        check_declared_objects(document)
-        stream: BinaryIO = io.BytesIO(document)
-    else:
-        check_declared_objects_in_file(document)
-        stream = document
+    check_readable(document)
+    stream = io.BytesIO(document) if isinstance(document, bytes) else document
     try:
         # Not strict: hybrid-reference files (common from office suites) must seal too.
         writer = IncrementalPdfFileWriter(stream, strict=False)

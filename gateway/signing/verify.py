@@ -33,7 +33,7 @@ from pyhanko_certvalidator import ValidationContext
 
 from gateway.clock import isoformat
 from gateway.errors import BadDocument
-from gateway.signing.pdf_limits import check_declared_objects
+from gateway.signing.pdf_limits import check_readable
 
 SIGNATURE = "signature"
 MAX_SIGNATURES = 50
@@ -140,7 +140,7 @@ def validate_pdf_signatures(
 
     Blocking (pyHanko parses and hashes the whole file): call it from a worker thread.
     """
-    check_declared_objects(document)
+    check_readable(document)
     try:
         reader = PdfFileReader(io.BytesIO(document), strict=False)
         signatures = _distinct(reader.embedded_signatures)

@@ -17,8 +17,16 @@ from gateway.errors import (
 )
 from gateway.hsm import Hsm, KeyAlgorithm
 from gateway.pki.devca import DevCA
-from gateway.signing import PdfSealer, PdfSealOptions, Placement, SealKey, check_pdf_header
+from gateway.signing import (
+    PdfSealer,
+    PdfSealOptions,
+    Placement,
+    SealKey,
+    check_pdf_header,
+    pdf_limits,
+)
 from gateway.signing.pdf import INLINE_MAX_BYTES, is_small
+from gateway.signing.verify import validate_pdf_signatures
 from tests import pdf_samples
 
 PNG = pdf_samples.seal_png()
@@ -98,6 +106,49 @@ async def test_pdf_declaring_too_many_objects_is_refused_before_it_is_read(
             await sealer.seal_file(file, seal_key, PNG)
         file.seek(0)
         assert file.read() == document
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(b"0." + b"1" * (64 * 1024), "number"), (b"/" + b"n" * (1024 * 1024 + 1), "name"),
+     (b"<" + b"0f" * (1024 * 1024 + 1) + b">", "hex string")],
+    ids=["number", "name", "hex-string"],
+)
+async def test_over_long_tokens_are_refused_before_they_are_read(
+    sealer: PdfSealer, seal_key: SealKey, value: bytes, kind: str
+) -> None:
+    """pyHanko reads a name or hex string into about 80 bytes per byte (a 10 MB name took
+    840 MB) and a number in time growing with its square (a 2 MB number took 15 s); one
+    longer than any real document holds is a bad document, also for the verifier."""
+    document = pdf_samples.catalog_entry_pdf(value)
+    with pytest.raises(BadDocument) as caught:
+        await sealer.seal(document, seal_key, PNG)
+    assert f"holds a {kind} of over" in caught.value.detail
+    with pytest.raises(BadDocument):
+        validate_pdf_signatures(document, [])
+
+
+async def test_tokens_within_the_limits_seal(sealer: PdfSealer, seal_key: SealKey) -> None:
+    """Long but bounded values (a 64 KiB real number, a 1 MiB name, a 2 MiB hex string) seal
+    (pyHanko itself refuses integers of over 4,300 digits)."""
+    number = b"0." + b"1" * (64 * 1024 - 2)
+    name = b"/" + b"n" * (1024 * 1024)
+    hex_string = b"<" + b"0f" * (1024 * 1024) + b">"
+    document = pdf_samples.catalog_entry_pdf(b"[%s %s %s]" % (number, name, hex_string))
+    assert (await sealer.seal(document, seal_key, PNG)).startswith(document)
+
+
+def test_a_long_cross_reference_index_is_read_across_windows() -> None:
+    """The scan reads a document in overlapping windows; a declaration that straddles one's
+    end is seen whole in the next, and an /Index no window can show whole is refused."""
+    padding = b" " * (pdf_limits._WINDOW - pdf_limits._OVERLAP - 20)
+    straddling = b"%PDF-1.7\n" + padding + b"/Index [0 5 10 2000000]"
+    with pytest.raises(BadDocument, match="declares 2000010 objects"):
+        pdf_limits.check_readable(straddling)
+    endless = b"%PDF-1.7\n/Index [" + b"0 1 " * (pdf_limits._WINDOW // 4)
+    with pytest.raises(BadDocument, match="index"):
+        pdf_limits.check_readable(endless)
 
 
 async def test_encrypted_pdf_is_encrypted_document(sealer: PdfSealer, seal_key: SealKey) -> None:
