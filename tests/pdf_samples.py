@@ -8,6 +8,7 @@ suites need no fixtures on disk and no network. The functions are public so that
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 from PIL import Image, ImageDraw
 from pyhanko.pdf_utils import generic
@@ -133,6 +134,36 @@ def oversized_pdf(size: int = 2**31) -> bytes:
     data = one_page_pdf().replace(b"/Size 7", b"/Size %d" % size)
     assert data.count(b"/Size %d" % size) == 1
     return data
+
+
+def _with_form_fields(make_fields: Callable[[PdfFileWriter], list[generic.PdfObject]]) -> bytes:
+    """A one-page PDF whose form holds the fields ``make_fields`` adds to the writer."""
+    writer = PdfFileWriter(stream_xrefs=False)
+    _write_pages(writer, 1)
+    writer.root[pdf_name("/AcroForm")] = generic.DictionaryObject(
+        {pdf_name("/Fields"): generic.ArrayObject(make_fields(writer))}
+    )
+    return _to_bytes(writer)
+
+
+def unreadable_signature_pdf() -> bytes:
+    """A signature field whose value claims PAdES but holds two bytes that are no CMS."""
+
+    def fields(writer: PdfFileWriter) -> list[generic.PdfObject]:
+        value = writer.add_object(generic.DictionaryObject({
+            pdf_name("/Type"): pdf_name("/Sig"),
+            pdf_name("/Filter"): pdf_name("/Adobe.PPKLite"),
+            pdf_name("/SubFilter"): pdf_name("/ETSI.CAdES.detached"),
+            pdf_name("/ByteRange"): generic.ArrayObject(
+                [generic.NumberObject(n) for n in (0, 10, 20, 10)]),
+            pdf_name("/Contents"): generic.ByteStringObject(b"\x30\x82"),
+        }))
+        return [writer.add_object(generic.DictionaryObject({
+            pdf_name("/FT"): pdf_name("/Sig"), pdf_name("/T"): generic.pdf_string("Broken"),
+            pdf_name("/V"): value,
+        }))]
+
+    return _with_form_fields(fields)
 
 
 def catalog_entry_pdf(value: bytes) -> bytes:

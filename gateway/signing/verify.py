@@ -18,6 +18,7 @@ from asn1crypto import x509 as asn1_x509
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.diff_analysis import ModificationLevel
+from pyhanko.sign.fields import SigSeedSubFilter, enumerate_sig_fields
 from pyhanko.sign.validation import (
     DocumentSecurityStore,
     validate_pdf_signature,
@@ -37,6 +38,7 @@ from gateway.signing.pdf_limits import check_readable
 
 SIGNATURE = "signature"
 MAX_SIGNATURES = 50
+_SUBFILTERS = frozenset(subfilter.value for subfilter in SigSeedSubFilter)
 DOCUMENT_TIMESTAMP = "document_timestamp"
 
 
@@ -136,23 +138,48 @@ def trust_roots(pem_bundles: Sequence[bytes]) -> list[asn1_x509.Certificate]:
 def validate_pdf_signatures(
     document: bytes, roots_pem: Sequence[bytes]
 ) -> list[SignatureReport]:
-    """Every signature of the PDF, each validated against the given trust roots.
+    """Every signature of the PDF, each validated against the given trust roots; one whose
+    dictionary or CMS cannot be read is reported as such, the others validated all the same.
 
     Blocking (pyHanko parses and hashes the whole file): call it from a worker thread.
     """
     check_readable(document)
     try:
         reader = PdfFileReader(io.BytesIO(document), strict=False)
-        signatures = _distinct(reader.embedded_signatures)
+        signatures, unreadable = _collect_signatures(reader)
     except Exception as exc:  # pyHanko raises many types for damaged files
         raise BadDocument("the PDF cannot be read") from exc
-    if len(signatures) > MAX_SIGNATURES:
+    signatures = _distinct(signatures)
+    if len(signatures) + len(unreadable) > MAX_SIGNATURES:
         # Anyone may post a PDF here, and each signature costs tens of milliseconds.
-        raise BadDocument(f"the PDF has {len(signatures)} signatures; at most "
-                          f"{MAX_SIGNATURES} are verified")
+        raise BadDocument(f"the PDF has {len(signatures) + len(unreadable)} signatures; "
+                          f"at most {MAX_SIGNATURES} are verified")
     roots = trust_roots(roots_pem)
     context = ValidationContext(trust_roots=roots, allow_fetching=False)
-    return [_report(sig, context, roots) for sig in signatures]
+    return [*(_report(sig, context, roots) for sig in signatures), *unreadable]
+
+
+def _collect_signatures(
+    reader: PdfFileReader,
+) -> tuple[list[EmbeddedPdfSignature], list[SignatureReport]]:
+    """The document's signatures in signing order, and a report for each that cannot be read.
+
+    pyHanko's own collection fails the whole document on one signature it cannot read (a
+    /Contents that is no CMS, a /ByteRange off the file), so a seal added later to such a
+    document could not be verified at all.
+    """
+    readable: list[tuple[int, EmbeddedPdfSignature]] = []
+    unreadable = []
+    for name, sig_object, sig_field in enumerate_sig_fields(reader, filled_status=True):
+        try:
+            if sig_object.get_object().get("/SubFilter") not in _SUBFILTERS:
+                continue  # not a signature pyHanko validates (it skips these too)
+            signature = EmbeddedPdfSignature(reader, sig_field, name)
+            readable.append((signature.signed_revision, signature))
+        except Exception as exc:  # any part of a hostile signature dictionary
+            unreadable.append(_unvalidated("unknown", SIGNATURE, f"cannot read field {name}", exc))
+    readable.sort(key=lambda entry: entry[0])
+    return [signature for _, signature in readable], unreadable
 
 
 def _distinct(signatures: Sequence[EmbeddedPdfSignature]) -> list[EmbeddedPdfSignature]:
@@ -184,11 +211,7 @@ def _report(
         else:
             status = validate_pdf_signature(signature, context)
     except Exception as exc:  # a malformed signature is a finding, not a server error
-        return SignatureReport(
-            signer=_subject(signature), signed_at=None, intact=False, trusted=False,
-            level=None, covers_whole_document=False, signer_certificate_pem=b"",
-            problems=[f"cannot validate: {type(exc).__name__}"], kind=kind,
-        )
+        return _unvalidated(_subject(signature), kind, "cannot validate", exc)
     problems: list[str] = []
     if not (status.intact and status.valid):
         problems.append("the signed bytes were changed after signing")
@@ -222,6 +245,14 @@ def _report(
         # Valid means no problem at all: a signature that holds over a document changed
         # after it (even only bytes appended) does not vouch for what is shown now.
         problems=problems, kind=kind, valid=bool(valid) and not problems,
+    )
+
+
+def _unvalidated(signer: str, kind: str, what: str, exc: Exception) -> SignatureReport:
+    return SignatureReport(
+        signer=signer, signed_at=None, intact=False, trusted=False, level=None,
+        covers_whole_document=False, signer_certificate_pem=b"",
+        problems=[f"{what}: {type(exc).__name__}"], kind=kind,
     )
 
 

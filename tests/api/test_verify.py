@@ -26,7 +26,7 @@ from gateway.signing.ltv import add_signature_timestamp, signature_value
 from gateway.signing.tsa import TimeStampQuery
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
 from tests.api.test_sign_pdf import assert_problem
-from tests.pdf_samples import one_page_pdf, overindexed_pdf
+from tests.pdf_samples import one_page_pdf, overindexed_pdf, unreadable_signature_pdf
 
 PDF = {"Content-Type": "application/pdf"}
 CONTENT = "合同正文：双方同意以下条款。\n".encode() * 50
@@ -317,6 +317,24 @@ async def test_malformed_verify_requests_are_refused_naming_the_field(world: Wor
     other = await world.http.post("/v1/verify", data=b"x",
                                   headers={"Content-Type": "text/plain"})
     await assert_problem(other, 415, "unsupported-media-type")
+
+
+async def test_a_seal_on_a_pdf_with_an_unreadable_signature_is_verified(
+    signer_world: SignerWorld,
+) -> None:
+    """A signature whose /Contents is no CMS is reported as unreadable, and a seal added to
+    its document verifies beside it (the whole document was refused as unreadable: the
+    gateway sealed a PDF it could not verify)."""
+    world, seal, headers = signer_world
+    response = await world.http.post(f"/v1/seals/{seal['id']}/sign/pdf",
+                                     data=unreadable_signature_pdf(), headers={**headers, **PDF})
+    assert response.status == 200, await response.text()
+    verdict = await verify_pdf(world, await response.read())
+    broken, sealed = sorted(verdict["signatures"], key=lambda s: s["intact"])
+    assert (broken["intact"], broken["problems"]) == (
+        False, ["cannot read field Broken: ValueError"])
+    assert (sealed["intact"], sealed["trusted"], sealed["seal_id"]) == (True, True, seal["id"])
+    assert verdict["valid"] is False
 
 
 @pytest.mark.timeout(60)
