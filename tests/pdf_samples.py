@@ -146,6 +146,21 @@ def _with_form_fields(make_fields: Callable[[PdfFileWriter], list[generic.PdfObj
     return _to_bytes(writer)
 
 
+def looping_form_pdf() -> bytes:
+    """A form field whose child names the field as its own child: the form tree loops."""
+
+    def fields(writer: PdfFileWriter) -> list[generic.PdfObject]:
+        parent = writer.add_object(generic.DictionaryObject(
+            {pdf_name("/T"): generic.pdf_string("parent")}))
+        child = writer.add_object(generic.DictionaryObject(
+            {pdf_name("/T"): generic.pdf_string("child"), pdf_name("/Parent"): parent,
+             pdf_name("/Kids"): generic.ArrayObject([parent])}))
+        parent.get_object()[pdf_name("/Kids")] = generic.ArrayObject([child])
+        return [parent]
+
+    return _with_form_fields(fields)
+
+
 def unreadable_signature_pdf() -> bytes:
     """A signature field whose value claims PAdES but holds two bytes that are no CMS."""
 

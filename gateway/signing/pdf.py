@@ -283,6 +283,7 @@ class PdfSealer:
             check_pdf_header(document.read(_HEADER_WINDOW))
         writer = _open(document)
         try:
+            _check_signature_fields(writer)
             page_index = _page_index(writer, options.placement.page)
             if image is not None:
                 rect = options.placement.rect(_page_box(writer, page_index), image.aspect_ratio)
@@ -439,6 +440,16 @@ def _discard(writer: IncrementalPdfFileWriter) -> None:
             vars(written).clear()
     vars(writer).clear()
     vars(reader).clear()
+
+
+def _check_signature_fields(writer: IncrementalPdfFileWriter) -> None:
+    """Walk the form's signature fields as a validator will (raising what pyHanko raises).
+
+    pyHanko seals a document whose form tree loops back on itself without walking it, and
+    every validator walking it afterwards then refused the sealed document as unreadable.
+    """
+    for _ in fields.enumerate_sig_fields(writer.prev):
+        pass
 
 
 def _page_index(writer: IncrementalPdfFileWriter, page: int | None) -> int:

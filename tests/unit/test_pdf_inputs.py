@@ -69,13 +69,14 @@ def test_header_check_allows_bom_and_leading_whitespace(prefix: bytes) -> None:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     "make", [pdf_samples.truncated_pdf, pdf_samples.garbage_pdf, pdf_samples.pageless_pdf,
-             pdf_samples.looping_parent_pdf]
+             pdf_samples.looping_parent_pdf, pdf_samples.looping_form_pdf]
 )
 async def test_damaged_pdf_is_bad_document(
     sealer: PdfSealer, seal_key: SealKey, make: object
 ) -> None:
     """A PDF that cannot be read (cut short, garbage, no page tree, a page that is its own
-    parent) is a bad-document error, and it comes back at once."""
+    parent, a form tree that loops: sealed, no validator could read it) is a bad-document
+    error, and it comes back at once."""
     assert callable(make)
     with pytest.raises(BadDocument) as caught:
         await sealer.seal(make(), seal_key, PNG)
