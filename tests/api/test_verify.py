@@ -17,11 +17,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.sign.validation import pdf_embedded
+from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
 
 from gateway.hsm import Hsm
 from gateway.pki.certs import chain_to_pem
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
+from gateway.signing import verify as verify_module
 from gateway.signing.ltv import add_signature_timestamp, signature_value
 from gateway.signing.tsa import TimeStampQuery
 from tests.api.conftest import APPLICANT, LEGAL_REPRESENTATIVE, ORGANIZATION, World
@@ -161,11 +164,22 @@ async def test_b_lta_pdf_reports_the_seal_and_the_document_time_stamp(
 
 
 async def test_many_fields_naming_one_signature_are_verified_once(
-    signer_world: SignerWorld,
+    signer_world: SignerWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sixty more fields whose value is the seal's one signature dictionary: that signature
-    is validated once, not sixty-one times (anyone may post such a file)."""
+    is read and validated once, not sixty-one times (anyone may post such a file; 20,000
+    such fields in 125 KB took 2 s when each signature was read before the copies were
+    dropped)."""
     world, seal, headers = signer_world
+    read: list[object] = []
+
+    class CountedSignature(EmbeddedPdfSignature):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            read.append(args)
+            super().__init__(*args, **kwargs)
+
+    for module in (pdf_embedded, verify_module):
+        monkeypatch.setattr(module, "EmbeddedPdfSignature", CountedSignature)
     writer = IncrementalPdfFileWriter(io.BytesIO(await sealed_pdf(world, seal, headers)))
     fields = writer.root["/AcroForm"]["/Fields"]
     value = fields[0].get_object().raw_get("/V")
@@ -180,6 +194,7 @@ async def test_many_fields_naming_one_signature_are_verified_once(
     writer.write(out)  # type: ignore[no-untyped-call]  # pyHanko's writer is unannotated
     body = await verify_pdf(world, out.getvalue())
     assert len(body["signatures"]) == 1
+    assert len(read) == 1
 
 
 @pytest.mark.parametrize(
