@@ -26,8 +26,12 @@ from typing import BinaryIO
 from gateway.errors import BadDocument
 
 # Far above any real document (a 100 MB PDF of ordinary pages has a few hundred thousand
-# objects), and what pyHanko indexes in a few seconds.
+# objects), and what pyHanko indexes in a few seconds. Below that, a document may declare
+# one object per byte it has (every real object takes many), or ``OBJECTS_ALWAYS``: the
+# entries pyHanko makes up for a short document cost about 3 us each, so a few hundred
+# bytes declaring a million took 3 s for each reading (sealing, then verifying).
 MAX_OBJECTS = 1_000_000
+OBJECTS_ALWAYS = 65_536
 _DECLARED = re.compile(rb"/Size\s+(\d+)|/Index\s*\[([\d\s]*)")
 # Digits beyond these say "too many" whatever they are (and int() refuses 4,300 of them).
 _DIGITS = 18
@@ -77,16 +81,19 @@ _WINDOW = 16 * 1024 * 1024
 
 
 def check_readable(document: bytes | BinaryIO) -> None:
-    """Raise BadDocument for a document that declares more than ``MAX_OBJECTS`` objects or
-    holds an over-long name, number or hex string; read in windows, never whole."""
-    declared = 0
+    """Raise BadDocument for a document that declares more objects than it may (see
+    ``MAX_OBJECTS``) or holds an over-long name, number or hex string; read in windows,
+    never whole."""
+    declared = size = 0
     for start, window in _windows(document):
         declared = max(declared, _declared_in_window(window, start))
         _check_tokens(window, start)
-    if declared > MAX_OBJECTS:
+        size = start + len(window)
+    allowed = min(MAX_OBJECTS, max(OBJECTS_ALWAYS, size))
+    if declared > allowed:
         raise BadDocument(
-            f"the PDF declares {declared} objects in its cross-reference data; "
-            f"at most {MAX_OBJECTS} are read"
+            f"the PDF declares {declared} objects in its cross-reference data; at most "
+            f"{allowed} are read from a document of {size} bytes"
         )
 
 

@@ -89,15 +89,17 @@ async def test_damaged_pdf_is_bad_document(
     "document",
     [pdf_samples.overindexed_pdf(), pdf_samples.oversized_pdf(),
      pdf_samples.oversized_pdf(2**63), pdf_samples.one_page_pdf().replace(
-         b"/Size 7", b"/Size " + b"0" * 5000 + b"7" * 5000)],
-    ids=["index-2e9", "size-2e31", "size-2e63", "size-10000-digits"],
+         b"/Size 7", b"/Size " + b"0" * 5000 + b"7" * 5000),
+     pdf_samples.oversized_pdf(pdf_limits.OBJECTS_ALWAYS + 1)],
+    ids=["index-2e9", "size-2e31", "size-2e63", "size-10000-digits", "size-over-its-bytes"],
 )
 async def test_pdf_declaring_too_many_objects_is_refused_before_it_is_read(
     sealer: PdfSealer, seal_key: SealKey, document: bytes, tmp_path: Any
 ) -> None:
     """A cross-reference stream whose /Index declares two billion entries held pyHanko's
-    reader for good (it makes up each missing one), and a /Size of 2^31 was sealed into a
-    PDF that pdfsig rejects: both are a bad document, in memory and in a spool file."""
+    reader for good (it makes up each missing one), a /Size of 2^31 was sealed into a PDF
+    that pdfsig rejects, and a million declared in a few hundred bytes cost seconds per
+    reading: each is a bad document, in memory and in a spool file."""
     with pytest.raises(BadDocument) as caught:
         await sealer.seal(document, seal_key, PNG)
     assert "declares" in caught.value.detail
@@ -107,6 +109,14 @@ async def test_pdf_declaring_too_many_objects_is_refused_before_it_is_read(
             await sealer.seal_file(file, seal_key, PNG)
         file.seek(0)
         assert file.read() == document
+
+
+async def test_a_short_pdf_may_declare_a_few_more_objects_than_it_has_bytes(
+    sealer: PdfSealer, seal_key: SealKey
+) -> None:
+    """Up to ``OBJECTS_ALWAYS`` objects are read from any document, however short."""
+    document = pdf_samples.oversized_pdf(pdf_limits.OBJECTS_ALWAYS)
+    assert (await sealer.seal(document, seal_key, PNG)).startswith(document)
 
 
 @pytest.mark.timeout(60)
