@@ -136,6 +136,15 @@ def oversized_pdf(size: int = 2**31) -> bytes:
     return data
 
 
+def boxed_pdf(corners: Callable[[PdfFileWriter], list[generic.PdfObject]]) -> bytes:
+    """A one-page PDF whose page's /MediaBox holds the values ``corners`` makes."""
+    writer = PdfFileWriter(stream_xrefs=False)
+    _write_pages(writer, 1)
+    page = writer.root["/Pages"]["/Kids"][0].get_object()
+    page[pdf_name("/MediaBox")] = generic.ArrayObject(corners(writer))
+    return _to_bytes(writer)
+
+
 def _with_form_fields(make_fields: Callable[[PdfFileWriter], list[generic.PdfObject]]) -> bytes:
     """A one-page PDF whose form holds the fields ``make_fields`` adds to the writer."""
     writer = PdfFileWriter(stream_xrefs=False)

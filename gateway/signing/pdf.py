@@ -39,10 +39,12 @@ exceptions never escape this module.
 from __future__ import annotations
 
 import asyncio
+import decimal
 import enum
 import functools
 import io
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -492,7 +494,25 @@ def _page_box(writer: IncrementalPdfFileWriter, page_index: int) -> Rect:
     box = _inherited(page, "/CropBox")
     if box is None:
         box = _inherited(page, "/MediaBox")
-    if not isinstance(box, generic.ArrayObject) or len(box) != 4:
+    corners = _numbers(box)
+    if corners is None:
         raise BadDocument(f"page {page_index + 1} has no valid /MediaBox")
-    x1, y1, x2, y2 = (float(v) for v in box)
+    x1, y1, x2, y2 = corners
     return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+
+
+def _numbers(box: Any) -> tuple[float, float, float, float] | None:
+    """A page box's four finite numbers, each possibly an indirect object (as the standard
+    allows; iterating the array would yield the references), or None."""
+    if not isinstance(box, generic.ArrayObject) or len(box) != 4:
+        return None
+    # Indexing dereferences; strings, names or huge numbers are no box.
+    values = [box[i] for i in range(4)]
+    if not all(isinstance(v, int | float | decimal.Decimal) and not isinstance(v, bool)
+               for v in values):
+        return None
+    try:
+        x1, y1, x2, y2 = (float(v) for v in values)
+    except OverflowError:
+        return None
+    return (x1, y1, x2, y2) if all(map(math.isfinite, (x1, y1, x2, y2))) else None

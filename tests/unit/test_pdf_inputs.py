@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import pytest
+from pyhanko.pdf_utils import generic
 
 from gateway.errors import (
     BadDocument,
@@ -160,6 +161,33 @@ def test_a_long_cross_reference_index_is_read_across_windows() -> None:
     endless = b"%PDF-1.7\n/Index [" + b"0 1 " * (pdf_limits._WINDOW // 4)
     with pytest.raises(BadDocument, match="index"):
         pdf_limits.check_readable(endless)
+
+
+async def test_a_page_box_of_indirect_numbers_is_read(sealer: PdfSealer, seal_key: SealKey) -> None:
+    """The standard lets a box's numbers be indirect objects; such a page was refused as
+    damaged."""
+    document = pdf_samples.boxed_pdf(lambda writer: [
+        generic.NumberObject(0), generic.NumberObject(0),
+        writer.add_object(generic.NumberObject(595)), writer.add_object(generic.NumberObject(842))])
+    assert (await sealer.seal(document, seal_key, PNG)).startswith(document)
+
+
+@pytest.mark.parametrize(
+    "corners",
+    [[0, 0, generic.pdf_string("wide"), 842], [0, 0, 10**400, 842],
+     [0, 0, generic.NameObject("/A4"), 842]],
+    ids=["string", "beyond-float", "name"],
+)
+async def test_a_page_box_that_is_not_four_numbers_is_named(
+    sealer: PdfSealer, seal_key: SealKey, corners: list[Any]
+) -> None:
+    """A box of strings, names or numbers no float holds is a bad document naming the box
+    (it was "its object structure cannot be read")."""
+    document = pdf_samples.boxed_pdf(lambda writer: [
+        generic.NumberObject(v) if isinstance(v, int) else v for v in corners])
+    with pytest.raises(BadDocument) as caught:
+        await sealer.seal(document, seal_key, PNG)
+    assert caught.value.detail == "page 1 has no valid /MediaBox"
 
 
 async def test_encrypted_pdf_is_encrypted_document(sealer: PdfSealer, seal_key: SealKey) -> None:
