@@ -190,6 +190,13 @@ def unreadable_signature_pdf() -> bytes:
     return _with_form_fields(fields)
 
 
+def understated_size_pdf(size: bytes = b"2") -> bytes:
+    """A one-page PDF whose trailer's /Size counts fewer objects than it has (6)."""
+    data = one_page_pdf().replace(b"/Size 7", b"/Size " + size)
+    assert data.count(b"/Size " + size) == 1
+    return data
+
+
 def catalog_entry_pdf(value: bytes) -> bytes:
     """A one-page PDF whose catalog, rewritten in an appended revision, has ``/X value``
     (raw PDF syntax, which pyHanko's writer could not produce for hostile values)."""

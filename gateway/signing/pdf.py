@@ -285,6 +285,7 @@ class PdfSealer:
             check_pdf_header(document.read(_HEADER_WINDOW))
         writer = _open(document)
         try:
+            _check_numbering(writer)
             _check_signature_fields(writer)
             page_index = _page_index(writer, options.placement.page)
             if image is not None:
@@ -442,6 +443,29 @@ def _discard(writer: IncrementalPdfFileWriter) -> None:
             vars(written).clear()
     vars(writer).clear()
     vars(reader).clear()
+
+
+def _check_numbering(writer: IncrementalPdfFileWriter) -> None:
+    """Refuse a trailer /Size that does not exceed every object number in the document.
+
+    pyHanko numbers the objects of the update from /Size on, so a /Size that understates
+    the objects made the seal's update replace the document's own (its page, fonts,
+    contents): the sealed PDF showed something else than the document sent, under a valid
+    seal.
+    """
+    size = writer.prev.trailer["/Size"]
+    xrefs = writer.prev.xrefs
+    highest = max(
+        (ref.idnum
+         for revision in range(xrefs.total_revisions)
+         for ref in xrefs.explicit_refs_in_revision(revision)
+         | xrefs.refs_freed_in_revision(revision)),
+        default=0,
+    )
+    if not isinstance(size, int) or isinstance(size, bool) or size <= highest:
+        raise BadDocument(
+            f"the PDF's trailer /Size ({size}) does not count its objects, which are "
+            f"numbered up to {highest}; a seal would replace some of them")
 
 
 def _check_signature_fields(writer: IncrementalPdfFileWriter) -> None:

@@ -112,6 +112,18 @@ async def test_pdf_declaring_too_many_objects_is_refused_before_it_is_read(
         assert file.read() == document
 
 
+@pytest.mark.parametrize("size", [b"2", b"6", b"-0.0", b"6.5"])
+async def test_a_trailer_size_that_does_not_count_the_objects_is_refused(
+    sealer: PdfSealer, seal_key: SealKey, size: bytes
+) -> None:
+    """The seal's objects are numbered from /Size on: one that counts fewer objects than
+    the document has made the update replace its font, contents and page, so the sealed
+    PDF showed something else under a valid seal."""
+    with pytest.raises(BadDocument) as caught:
+        await sealer.seal(pdf_samples.understated_size_pdf(size), seal_key, PNG)
+    assert "numbered up to 6" in caught.value.detail
+
+
 async def test_a_short_pdf_may_declare_a_few_more_objects_than_it_has_bytes(
     sealer: PdfSealer, seal_key: SealKey
 ) -> None:
