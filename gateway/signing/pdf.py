@@ -61,7 +61,7 @@ from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
 
 from gateway.errors import BadDocument, SealGateError, UnsupportedMediaType, ValidationFailed
 from gateway.signing.ltv import LongTermSigning, add_signature_timestamp, token_certificates
-from gateway.signing.pdf_limits import check_readable, declared_objects
+from gateway.signing.pdf_limits import SEALING_HEADROOM, check_readable, declared_objects
 from gateway.signing.pdf_stamp import Placement, Rect, SealImage, SealStampStyle
 from gateway.signing.seal_key import SealKey
 
@@ -407,7 +407,7 @@ def _append(file: BinaryIO, data: bytes) -> None:
 
 
 def _open(document: bytes | BinaryIO) -> IncrementalPdfFileWriter:
-    check_readable(document)
+    check_readable(document, headroom=SEALING_HEADROOM)
     stream = io.BytesIO(document) if isinstance(document, bytes) else document
     try:
         # Not strict: hybrid-reference files (common from office suites) must seal too.

@@ -32,6 +32,9 @@ from gateway.errors import BadDocument
 # bytes declaring a million took 3 s for each reading (sealing, then verifying).
 MAX_OBJECTS = 1_000_000
 OBJECTS_ALWAYS = 65_536
+# Sealing leaves room below the limits for the objects a seal and its validation data add
+# (a few dozen for B-LTA), so that every document sealed can also be verified.
+SEALING_HEADROOM = 1024
 _DECLARED = re.compile(rb"/Size\s+(\d+)|/Index\s*\[([\d\s]*)")
 # Digits beyond these say "too many" whatever they are (and int() refuses 4,300 of them).
 _DIGITS = 18
@@ -80,16 +83,16 @@ _OVERLAP = max(limit.limit for limit in _TOKEN_LIMITS) + 64
 _WINDOW = 16 * 1024 * 1024
 
 
-def check_readable(document: bytes | BinaryIO) -> None:
+def check_readable(document: bytes | BinaryIO, headroom: int = 0) -> None:
     """Raise BadDocument for a document that declares more objects than it may (see
-    ``MAX_OBJECTS``) or holds an over-long name, number or hex string; read in windows,
-    never whole."""
+    ``MAX_OBJECTS``; ``headroom`` fewer) or holds an over-long name, number or hex string;
+    read in windows, never whole."""
     declared = size = 0
     for start, window in _windows(document):
         declared = max(declared, _declared_in_window(window, start))
         _check_tokens(window, start)
         size = start + len(window)
-    allowed = min(MAX_OBJECTS, max(OBJECTS_ALWAYS, size))
+    allowed = min(MAX_OBJECTS, max(OBJECTS_ALWAYS, size)) - headroom
     if declared > allowed:
         raise BadDocument(
             f"the PDF declares {declared} objects in its cross-reference data; at most "
