@@ -85,6 +85,18 @@ def object_stream_pdf(pages: int = 3) -> bytes:
     return data
 
 
+def object_stream_name_pdf(length: int) -> bytes:
+    """An object-stream PDF whose page has a name of ``length`` bytes, compressed inside the
+    object stream (no long run in the file's own bytes)."""
+    writer = PdfFileWriter(stream_xrefs=True)
+    _write_pages(writer, 1, obj_stream=writer.prepare_object_stream())
+    page = writer.root["/Pages"]["/Kids"][0].get_object()
+    page[pdf_name("/X")] = pdf_name("/" + "n" * length)
+    data = _to_bytes(writer)
+    assert b"nnnn" not in data
+    return data
+
+
 def encrypted_pdf(password: str = USER_PASSWORD) -> bytes:
     """A one-page PDF encrypted with AES-256 (PDF 2.0 standard security handler)."""
     writer = PdfFileWriter()

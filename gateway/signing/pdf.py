@@ -61,7 +61,12 @@ from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
 
 from gateway.errors import BadDocument, SealGateError, UnsupportedMediaType, ValidationFailed
 from gateway.signing.ltv import LongTermSigning, add_signature_timestamp, token_certificates
-from gateway.signing.pdf_limits import SEALING_HEADROOM, check_readable, declared_objects
+from gateway.signing.pdf_limits import (
+    SEALING_HEADROOM,
+    check_object_streams,
+    check_readable,
+    declared_objects,
+)
 from gateway.signing.pdf_stamp import Placement, Rect, SealImage, SealStampStyle
 from gateway.signing.seal_key import SealKey
 
@@ -285,6 +290,7 @@ class PdfSealer:
             check_pdf_header(document.read(_HEADER_WINDOW))
         writer = _open(document)
         try:
+            check_object_streams(writer.prev)
             _check_numbering(writer)
             _check_signature_fields(writer)
             page_index = _page_index(writer, options.placement.page)

@@ -34,7 +34,7 @@ from pyhanko_certvalidator import ValidationContext
 
 from gateway.clock import isoformat
 from gateway.errors import BadDocument
-from gateway.signing.pdf_limits import check_readable
+from gateway.signing.pdf_limits import check_object_streams, check_readable
 
 SIGNATURE = "signature"
 MAX_SIGNATURES = 50
@@ -146,6 +146,7 @@ def validate_pdf_signatures(
     check_readable(document)
     try:
         reader = PdfFileReader(io.BytesIO(document), strict=False)
+        check_object_streams(reader)
         signatures, unreadable = _collect_signatures(reader)
     except BadDocument:
         raise

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import random
+import string
 import zlib
 from collections.abc import Callable
 
 from tests import pdf_samples
-from tests.fuzz.hostile import flate_bomb, one_page, page, raw_pdf, stream, xref_stream_pdf
+from tests.fuzz.hostile import (
+    PAGE_TREE_ROOT,
+    flate_bomb,
+    one_page,
+    page,
+    raw_pdf,
+    stream,
+    xref_stream_pdf,
+)
 
 GB = 1 << 30
 
@@ -260,3 +270,34 @@ CASES.update({
          2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>", 3: page()},
         size=1_000_000).replace(b"/W [1 4 2]", b"/W [0 0 0]"),
 })
+
+
+
+def _objstm_name(length: int) -> bytes:
+    """An object stream whose page holds a name of ``length`` random letters: compressed,
+    it is no run in the file's bytes, and it is too random for the decoder's ratio limit."""
+    letters = bytes(random.Random(1).choices(string.ascii_letters.encode(), k=length))
+    return _objstm_pdf_with(page(b"/X /" + letters))
+
+
+def _objstm_pdf_with(page_body: bytes) -> bytes:
+    """Catalog, pages and ``page_body`` in an object stream, indexed by an xref stream."""
+    members = {1: PAGE_TREE_ROOT, 2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               3: page_body}
+    body = _objstm(members)
+    out = bytearray(b"%PDF-1.7\n")
+    at4 = len(out)
+    out += b"4 0 obj\n" + body + b"\nendobj\n"
+    at5 = len(out)
+    rows = [b"\x00" * 6 + b"\xff\xff"]
+    rows += [b"\x02" + (4).to_bytes(5, "big") + bytes([0, i]) for i in range(3)]
+    rows += [b"\x01" + at4.to_bytes(5, "big") + b"\x00\x00",
+             b"\x01" + at5.to_bytes(5, "big") + b"\x00\x00"]
+    data = zlib.compress(b"".join(rows))
+    out += (b"5 0 obj\n<< /Type /XRef /Size 6 /W [1 5 2] /Root 1 0 R /Filter /FlateDecode "
+            b"/Length %d >>\nstream\n" % len(data)) + data + b"\nendstream\nendobj\n"
+    out += b"startxref\n%d\n%%%%EOF\n" % at5
+    return bytes(out)
+
+
+CASES["objstm-long-name"] = lambda: _objstm_name(16 * 1024 * 1024)

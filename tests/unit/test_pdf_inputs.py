@@ -161,6 +161,19 @@ async def test_over_long_tokens_are_refused_before_they_are_read(
         validate_pdf_signatures(document, [])
 
 
+async def test_an_over_long_name_in_an_object_stream_is_refused(
+    sealer: PdfSealer, seal_key: SealKey
+) -> None:
+    """Compressed in an object stream, a name is no run in the file's bytes; it was read
+    (a 16 MiB one in 12 MB took 1.4 GB) and sealed, written out again uncompressed."""
+    document = pdf_samples.object_stream_name_pdf(1024 * 1024 + 1)
+    with pytest.raises(BadDocument) as caught:
+        await sealer.seal(document, seal_key, PNG)
+    assert "holds a name of over 1048576 bytes in object stream" in caught.value.detail
+    with pytest.raises(BadDocument):
+        validate_pdf_signatures(document, [])
+
+
 async def test_tokens_within_the_limits_seal(sealer: PdfSealer, seal_key: SealKey) -> None:
     """Long but bounded values (a 64 KiB real number, a 1 MiB name, a 2 MiB hex string) seal
     (pyHanko itself refuses integers of over 4,300 digits)."""
