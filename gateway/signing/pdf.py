@@ -11,15 +11,17 @@ work:
 3. in a worker thread, the CMS structure is joined from the template and written into the
    placeholder.
 
-A small document (at most ``INLINE_MAX_OBJECTS`` objects in ``INLINE_MAX_BYTES``) does steps
-1 and 3 on the event loop instead. pyHanko holds the GIL, so the worker thread never ran beside
-the loop anyway: it held it for up to a switch interval (5 ms) at a time, and the two hops
-cost a thread wake-up and a loop wake-up each. A 1-page document takes about 1 ms. At half
-the 1-page peak rate, three alternating runs each: p50 5.2-5.8 ms against 8.4-15.4 ms, p99
-13-15 ms against 32-39 ms, and 15 % less worker CPU per document. pyHanko's work grows with
-the objects it reads (about 7 ms for a flat 50-page document), which the trailer's ``/Size``
-bounds, so larger documents keep to the worker thread. The byte limit bounds what a document
-whose trailer understates its objects can cost the loop.
+A small document (at most ``INLINE_MAX_OBJECTS`` objects in ``INLINE_MAX_BYTES``, none of
+them in an object stream) does steps 1 and 3 on the event loop instead. pyHanko holds the
+GIL, so the worker thread never ran beside the loop anyway: it held it for up to a switch
+interval (5 ms) at a time, and the two hops cost a thread wake-up and a loop wake-up each.
+A 1-page document takes about 1 ms. At half the 1-page peak rate, three alternating runs
+each: p50 5.2-5.8 ms against 8.4-15.4 ms, p99 13-15 ms against 32-39 ms, and 15 % less
+worker CPU per document. pyHanko's work grows with the objects it reads (about 7 ms for a
+flat 50-page document), which the trailer's ``/Size`` bounds, so larger documents keep to
+the worker thread, and with what it parses, which an object stream can inflate a
+thousandfold. The byte limit bounds what a document whose trailer understates its objects
+can cost the loop.
 
 A document too large to hold in memory arrives as a file and is sealed where it lies
 (:meth:`PdfSealer.seal_file`): the same steps, with the update appended to that file.
@@ -45,6 +47,7 @@ import functools
 import io
 import logging
 import math
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -53,8 +56,10 @@ from typing import IO, Any, BinaryIO, TypeVar
 
 from asn1crypto import cms
 from pyhanko.pdf_utils import generic
+from pyhanko.pdf_utils.decode_limits import DecodeLimits, StreamDecodeLimits
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
-from pyhanko.pdf_utils.misc import PdfError
+from pyhanko.pdf_utils.misc import PdfDecodeLimitError, PdfError
+from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign import fields, signers
 from pyhanko.sign.general import SigningError
 from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
@@ -88,6 +93,10 @@ _INVISIBLE = SealStampStyle()
 # up to about 3 ms of pyHanko work, less than the GIL switch interval.
 INLINE_MAX_OBJECTS = 64
 INLINE_MAX_BYTES = 64 * 1024
+# Reading only the cross-references of a small document decodes no more than that.
+# An object stream's /Type is /ObjStm, also when written with #xx escapes.
+_NAME_ESCAPE = re.compile(rb"/[^\x00\t\n\x0c\r ()<>\[\]{}/%]*#[0-9A-Fa-f]{2}")
+_PROBE_LIMITS = DecodeLimits(per_stream=StreamDecodeLimits(max_output_size=INLINE_MAX_BYTES))
 
 
 class SignatureLevel(enum.StrEnum):
@@ -389,7 +398,34 @@ def is_small(document: bytes) -> bool:
     or misread only moves the work to the worker thread; it decides nothing else."""
     if len(document) > INLINE_MAX_BYTES:
         return False
-    return 0 < declared_objects(document) <= INLINE_MAX_OBJECTS
+    return 0 < declared_objects(document) <= INLINE_MAX_OBJECTS and not _uses_object_streams(
+        document)
+
+
+def _uses_object_streams(document: bytes) -> bool:
+    """Whether any revision keeps objects in object streams, read from the cross-references
+    only (a fraction of a millisecond for a small document).
+
+    What an object stream inflates to (up to 4 MiB, from a few kilobytes) is parsed at about
+    a microsecond a byte: a 4 KB document whose page held an array of two million numbers
+    held the event loop for 9.5 s. A document the reader refuses is not small either way;
+    one whose cross-reference stream inflates beyond ``INLINE_MAX_BYTES`` counts as using them.
+    """
+    if b"/ObjStm" not in document and not _NAME_ESCAPE.search(document):
+        return False  # the reader is not needed to tell (it takes 0.2 ms)
+    reader = None
+    try:
+        reader = PdfFileReader(io.BytesIO(document), strict=False, decode_limits=_PROBE_LIMITS)
+        xrefs = reader.xrefs
+        return any(xrefs.object_streams_used_in(revision)
+                   for revision in range(xrefs.total_revisions))
+    except PdfDecodeLimitError:
+        return True
+    except Exception:  # the sealing reads it again, and says what is wrong
+        return False
+    finally:
+        if reader is not None:
+            vars(reader).clear()  # its cycles, as in _discard
 
 
 def _damaged(exc: Exception) -> BadDocument:

@@ -370,3 +370,18 @@ async def test_a_sealed_documents_objects_are_freed_without_the_cyclic_collector
 def test_small_means_a_declared_size_within_the_limits(tail: bytes, small: bool) -> None:
     assert is_small(b"%PDF-1.7\n" + tail) is small
     assert not is_small(b"%PDF-1.7\n" + b" " * INLINE_MAX_BYTES + tail)
+
+
+@pytest.mark.parametrize(
+    "make", [pdf_samples.object_stream_pdf,
+             lambda: pdf_samples.object_stream_name_pdf(2 * 1024 * 1024),
+             lambda: pdf_samples.object_stream_pdf().replace(b"/ObjStm", b"/Obj#53tm")],
+    ids=["object-stream", "inflating-object-stream", "escaped-type"],
+)
+def test_a_pdf_using_object_streams_is_not_small(make: Any) -> None:
+    """What an object stream inflates to is parsed at about a microsecond a byte, so a few
+    kilobytes of document can take seconds (4 KB held the event loop for 9.5 s): never on
+    the loop, however few bytes and objects."""
+    document = make()
+    assert len(document) < INLINE_MAX_BYTES
+    assert not is_small(document)
