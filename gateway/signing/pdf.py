@@ -93,9 +93,9 @@ _INVISIBLE = SealStampStyle()
 # up to about 3 ms of pyHanko work, less than the GIL switch interval.
 INLINE_MAX_OBJECTS = 64
 INLINE_MAX_BYTES = 64 * 1024
-# Reading only the cross-references of a small document decodes no more than that.
-# An object stream's /Type is /ObjStm, also when written with #xx escapes.
+# An object stream's /Type is /ObjStm, which a name may also spell with #xx escapes.
 _NAME_ESCAPE = re.compile(rb"/[^\x00\t\n\x0c\r ()<>\[\]{}/%]*#[0-9A-Fa-f]{2}")
+# Reading only the cross-references of a small document decodes no more than this.
 _PROBE_LIMITS = DecodeLimits(per_stream=StreamDecodeLimits(max_output_size=INLINE_MAX_BYTES))
 
 
@@ -392,10 +392,11 @@ async def _here(fn: Callable[..., T], *args: Any) -> T:
 
 
 def is_small(document: bytes) -> bool:
-    """Whether the document is within ``INLINE_MAX_BYTES`` and declares at most
+    """Whether the document is within ``INLINE_MAX_BYTES``, declares at most
     ``INLINE_MAX_OBJECTS`` objects (every ``/Size`` and cross-reference stream ``/Index``
-    counts: pyHanko makes up the entries an index declares). A declaration that is not found
-    or misread only moves the work to the worker thread; it decides nothing else."""
+    counts: pyHanko makes up the entries an index declares) and keeps none in an object
+    stream. A declaration that is not found or misread only moves the work to the worker
+    thread; it decides nothing else."""
     if len(document) > INLINE_MAX_BYTES:
         return False
     return 0 < declared_objects(document) <= INLINE_MAX_OBJECTS and not _uses_object_streams(
