@@ -7,6 +7,7 @@ import json
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,10 @@ def run_live(seconds: float, out: Path, rng: random.Random, pool: dict[str, byte
     roots = [(deployment.var / "ca" / "ca.pem").read_bytes()]
     names = sorted(pool)
     sealed = count = 0
-    with deployment.serve(workers=1) as gateway:
+    answers: Counter[str] = Counter()
+    # Without the per-client rate limit: the fuzzer's one client outpaces it.
+    with deployment.serve(workers=1, env={"SEALGATE_LIMITS__REQUESTS_PER_SECOND": "0"}
+                          ) as gateway:
         before = _seal_events(deployment)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -38,11 +42,13 @@ def run_live(seconds: float, out: Path, rng: random.Random, pool: dict[str, byte
             sign = f"/v1/seals/{deployment.seal_id}/sign/pdf?visible={visible}"
             for path, token in ((sign, deployment.token), ("/v1/verify", ""),
                                 ("/v1/receipts/verify", "")):
-                problem, ok = _judge(gateway.port, path, token, document, roots)
+                problem, ok, status = _judge(gateway.port, path, token, document, roots)
+                answers[f"{_endpoint(path)} {status}"] += 1
                 sealed += ok and path == sign
                 if problem:
                     record(out, name, document, f"{path}: {problem}", {"path": path})
         after = _seal_events(deployment)
+    print("answers:", dict(sorted(answers.items())), flush=True)
     if after - before != sealed:
         print(f"FINDING: {after - before} seal events in the audit log, {sealed} sealed "
               "documents returned", flush=True)
@@ -50,25 +56,30 @@ def run_live(seconds: float, out: Path, rng: random.Random, pool: dict[str, byte
 
 
 def _judge(port: int, path: str, token: str, document: bytes,
-           roots: list[bytes]) -> tuple[str, bool]:
-    """What is wrong with the answer to one request ("" if nothing), and whether it sealed."""
+           roots: list[bytes]) -> tuple[str, bool, int]:
+    """What is wrong with the answer to one request ("" if nothing), whether it sealed,
+    and its status (0: none)."""
     started = time.monotonic()
     try:
         status, content_type, body = _post(port, path, token, document)
     except (OSError, http.client.HTTPException) as exc:
-        return f"no answer: {type(exc).__name__}: {exc}", False
+        return f"no answer: {type(exc).__name__}: {exc}", False, 0
     elapsed = time.monotonic() - started
     if elapsed > _SLOW_SECONDS:
-        return f"answered {status} after {elapsed:.1f} s", False
+        return f"answered {status} after {elapsed:.1f} s", False, status
     if status >= 500:
-        return f"{status}: {body[:300]!r}", False
+        return f"{status}: {body[:300]!r}", False, status
     if status >= 400:
         problem = _problem(content_type, body)
         return ("" if problem.get("type") and problem.get("detail")
-                else f"{status} without problem+json: {body[:200]!r}"), False
+                else f"{status} without problem+json: {body[:200]!r}"), False, status
     if "/sign/pdf" not in path:
-        return "", False
-    return _check_sealed(document, body, roots), True
+        return "", False, status
+    return _check_sealed(document, body, roots), True, status
+
+
+def _endpoint(path: str) -> str:
+    return "sign" if "/sign/pdf" in path else "receipts" if "receipts" in path else "verify"
 
 
 def _post(port: int, path: str, token: str, document: bytes) -> tuple[int, str, bytes]:
