@@ -23,6 +23,7 @@ import random
 import re
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,12 +118,15 @@ def run_in_process(seconds: float, out: Path, rng: random.Random, cpu: float, rs
     pool = seeds()
     names = sorted(pool)
     deadline, count = time.monotonic() + seconds, 0
+    outcomes: Counter[str] = Counter()
     try:
         while time.monotonic() < deadline:
             name = rng.choice(names)
             document = mutate(pool[name], rng)
             outcome = runner.run(document)
             count += 1
+            outcomes.update(f"{target} {_kind(result)}"
+                            for target, result in outcome.results.items())
             problem = outcome.bad(cpu, rss)
             if problem:
                 _record(out, name, document, problem, outcome.__dict__)
@@ -130,7 +134,14 @@ def run_in_process(seconds: float, out: Path, rng: random.Random, cpu: float, rs
                 runner.stop()  # peak RSS only grows: a fresh child keeps it measurable
     finally:
         runner.stop()
+    print("outcomes:", dict(sorted(outcomes.items())), flush=True)
     return count
+
+
+def _kind(result: str) -> str:
+    """"sealed", "ok", "4xx 422 bad-document", "EXC", "INVALID"."""
+    return " ".join(result.split(":")[0].split()[:3]) if result.startswith("4xx") \
+        else result.split()[0].rstrip(":")
 
 
 def _record(out: Path, seed: str, document: bytes, problem: str, details: object) -> None:
