@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3-venv softhsm2 opensc poppler-utils redis-server openssl fonts-wqy-microhei zbar-tools curl prometheus
 export SOFTHSM2_CONF := $(CURDIR)/$(VAR)/softhsm/softhsm2.conf
 
-.PHONY: run test lint bench fuzz-api setup system venv token demo clean help
+.PHONY: run test lint bench fuzz-api fuzz-pdf setup system venv token demo clean help
 
 help:
 	@echo "make run    set everything up and start the gateway on http://127.0.0.1:8080"
@@ -21,6 +21,7 @@ help:
 	@echo "make lint   ruff and mypy on gateway/ and plugins/"
 	@echo "make bench  throughput/latency benchmarks (writes benchmarks/results/; BENCH_ARGS=--quick)"
 	@echo "make fuzz-api  schemathesis against a real gateway, from its OpenAPI document (FUZZ_ARGS)"
+	@echo "make fuzz-pdf  hostile PDFs through sealing and verification (FUZZ_ARGS, e.g. --live)"
 
 run: setup demo
 	$(BIN)/sealgate serve
@@ -41,9 +42,13 @@ bench: setup
 # a minute and a half with the default 100 examples an operation. Not part of `make test`: the
 # API tests already check every answer against the document, and this adds minutes of load.
 # `make fuzz-api FUZZ_ARGS="--max-examples 20 --seed 3"`; other options go to schemathesis.
-FUZZ_ARGS ?= --max-examples 100
 fuzz-api: setup
-	$(BIN)/python -m tests.fuzz_api $(FUZZ_ARGS)
+	$(BIN)/python -m tests.fuzz.api $(or $(FUZZ_ARGS),--max-examples 100)
+
+# Hostile PDFs mutated for ten minutes, in-process; FUZZ_ARGS="--seconds 300 --live" posts them
+# to a real gateway instead. Findings go to a temporary directory (README: Fuzzing).
+fuzz-pdf: setup
+	$(BIN)/python -m tests.fuzz.pdf_fuzz $(or $(FUZZ_ARGS),--seconds 600)
 
 setup: system venv token
 

@@ -1,6 +1,6 @@
 """`make fuzz-api`: schemathesis drives a real gateway from its own OpenAPI document.
 
-    .venv/bin/python -m tests.fuzz_api [--max-examples N] [--seed S] [schemathesis options]
+    .venv/bin/python -m tests.fuzz.api [--max-examples N] [--seed S] [schemathesis options]
 
 A deployment in a temporary directory (SoftHSM token, SQLite, `sealgate init --demo`) is
 served by `sealgate serve`; an admin client is made through dual control, as an operator
@@ -74,7 +74,7 @@ parameters = {{ number = "{receipt}" }}
 SETTINGS = "[limits]\nrequests_per_second = 0\n"
 _REQUEST_ID = re.compile(r"approval request ([0-9a-f-]{36})")
 _TOKEN = re.compile(r"\bsg_[A-Za-z0-9_-]+")
-HOOKS = "tests.fuzz_api"
+HOOKS = "tests.fuzz.api"
 
 
 def admin_token(deployment: Deployment) -> str:
