@@ -131,10 +131,15 @@ class PdfSealOptions:
 
 
 def check_pdf_header(document: bytes) -> None:
-    """Raise UnsupportedMediaType unless the body starts like a PDF (BOM/whitespace allowed)."""
+    """Raise UnsupportedMediaType unless the body starts like a PDF, and BadDocument for a
+    PDF with a byte-order mark or whitespace before its header: pyHanko does not read it,
+    and the sealed copy must begin with the bytes as sent, so it cannot be mended here."""
     head = document[:_HEADER_WINDOW].lstrip(_LEADING_BYTES)
     if not head.startswith(b"%PDF-"):
         raise UnsupportedMediaType("the body is not a PDF document (no %PDF- header)")
+    if len(head) != len(document[:_HEADER_WINDOW]):
+        raise BadDocument("the PDF has bytes before its %PDF- header (a byte-order mark or "
+                          "whitespace); send the file as it was written, without them")
 
 
 def reserved_size(key: SealKey, level: SignatureLevel, timestamp_size: int = 0) -> int:

@@ -153,21 +153,26 @@ async def test_wrong_role_is_403(signer_world: SignerWorld) -> None:
         (overindexed_pdf(), 422, "bad-document", "application/pdf"),
         (b"", 422, "validation-failed", "application/pdf"),
         (one_page_pdf(), 415, "unsupported-media-type", "text/plain"),
+        (b"\xef\xbb\xbf" + one_page_pdf(), 422, "bad-document", "application/pdf"),
+        (b"\r\n" + one_page_pdf(), 422, "bad-document", "application/pdf"),
     ],
     ids=["not-pdf", "truncated", "garbage", "encrypted", "overindexed", "empty",
-         "declared-as-text"],
+         "declared-as-text", "byte-order-mark", "leading-whitespace"],
 )
 async def test_bad_documents_get_precise_problems(
     signer_world: SignerWorld, document: bytes, status: int, slug: str, content_type: str
 ) -> None:
-    """Non-PDFs, damaged, encrypted and empty PDFs, and a PDF declared as something else,
-    are refused with the reason."""
+    """Non-PDFs, damaged, encrypted and empty PDFs, a PDF declared as something else, and
+    one with bytes before its header (which no reader agrees on), are refused with the
+    reason."""
     world, seal, headers = signer_world
     response = await world.http.post(sign_path(seal["id"]), data=document,
                                      headers={**headers, "Content-Type": content_type})
     body = await assert_problem(response, status, slug)
     if slug == "encrypted-document":
         assert "encrypted" in body["detail"]
+    if document.startswith((b"\xef", b"\r")):
+        assert "bytes before its %PDF- header" in body["detail"]
 
 
 @pytest.mark.parametrize(

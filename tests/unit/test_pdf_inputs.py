@@ -62,10 +62,15 @@ async def test_body_that_is_not_a_pdf_is_unsupported_media_type(
         await sealer.seal(body, seal_key, PNG)
 
 
-@pytest.mark.parametrize("prefix", [b"", b"\xef\xbb\xbf", b"\r\n  \t"])
-def test_header_check_allows_bom_and_leading_whitespace(prefix: bytes) -> None:
-    """A UTF-8 BOM or whitespace before %PDF- still counts as a PDF."""
-    check_pdf_header(prefix + pdf_samples.one_page_pdf())
+@pytest.mark.parametrize("prefix", [b"\xef\xbb\xbf", b"\r\n  \t"])
+def test_a_bom_or_whitespace_before_the_header_is_a_pdf_refused_with_the_reason(
+    prefix: bytes,
+) -> None:
+    """A UTF-8 BOM or whitespace before %PDF- still counts as a PDF (not another media
+    type), which pyHanko cannot read: refused naming the bytes before the header."""
+    check_pdf_header(pdf_samples.one_page_pdf())
+    with pytest.raises(BadDocument, match="bytes before its %PDF- header"):
+        check_pdf_header(prefix + pdf_samples.one_page_pdf())
 
 
 @pytest.mark.timeout(30)
