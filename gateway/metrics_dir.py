@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import struct
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from fractions import Fraction
@@ -186,16 +187,36 @@ def _values_by_key(paths: Iterable[str]) -> dict[str, list[float]]:
 
 
 def _write_values(path: str, values: dict[str, float]) -> None:
-    """A new file in prometheus_client's format holding ``values`` (a leftover is replaced:
-    prometheus_client would add to it)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    written = MmapedDict(path)  # type: ignore[no-untyped-call]  # untyped upstream
+    """A new file holding ``values`` in prometheus_client's format (a leftover is replaced:
+    prometheus_client would add to it).
+
+    Written with ordinary writes, not through prometheus_client's mmap: on a full file
+    system (a tmpfs directory, say) a write to a mapped page is a SIGBUS, which killed the
+    master and the whole gateway; a write() is an OSError. What was written of a file that
+    failed is removed, to give its space back.
+    """
+    encoded = encode_values(values)
     try:
-        for key, value in values.items():
-            written.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
-    finally:
-        written.close()  # type: ignore[no-untyped-call]
+        with open(path, "wb") as file:
+            file.write(encoded)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def encode_values(values: dict[str, float]) -> bytes:
+    """``values`` as prometheus_client's ``MmapedDict`` lays them out in a file, timestamps
+    0: the bytes used (4) and padding (4), then for each key its length (4), the key in
+    UTF-8 padded with spaces to 8-byte alignment (one to eight spaces), the value and the
+    timestamp (8 each). Its reader stops at the bytes used, so the file ends there."""
+    entries = []
+    for key, value in values.items():
+        utf8 = key.encode("utf-8")
+        padded = utf8 + b" " * (8 - (len(utf8) + 4) % 8)
+        entries.append(struct.pack(f"i{len(padded)}sdd", len(utf8), padded, value, 0.0))
+    body = b"".join(entries)
+    return struct.pack("ii", _FILE_HEADER_BYTES + len(body), 0) + body
 
 
 def _exact_sum(values: list[float], *, round_up: bool) -> float:

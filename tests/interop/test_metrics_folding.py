@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,6 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway_process import Deployment, GatewayProcess, counting_pids, sample_value
 from tests.interop.test_workers import metrics_text, sign
+from tests.private_mounts import (
+    fill,
+    in_private_namespace,
+    mounted_tmpfs,
+    rerun_in_private_namespace,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -22,6 +30,8 @@ SIGNING_COUNT = 'sealgate_signing_seconds_count{format="pdf"}'
 # The kinds of files a worker keeps, one each: counter, histogram and three live gauges.
 FILES_PER_WORKER = 5
 ARCHIVES = {"counter_archive.db", "histogram_archive.db"}
+# What the master logs when it could not fold the files of exited workers.
+FOLD_FAILED = "stay in their own files"
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +125,41 @@ async def test_scrapes_while_workers_die_never_see_a_total_go_down_and_files_sta
         results = await asyncio.gather(*scrapers)
     assert [drops for _, drops in results] == [[], []]
     assert all(answered > 0 for answered, _ in results)
+
+
+def wait_for_log(gateway: GatewayProcess, text: str, timeout: float = 30.0) -> None:
+    """Wait until the gateway's log holds ``text``, or its master has exited."""
+    assert gateway.process is not None
+    deadline = time.monotonic() + timeout
+    while text not in gateway.log() and gateway.process.poll() is None:
+        assert time.monotonic() < deadline, f"{text!r} was never logged\n{gateway.log()}"
+        time.sleep(0.1)
+
+
+async def test_the_master_serves_on_when_a_fold_finds_the_disk_full(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """With the metrics directory on a full tmpfs, a worker is killed: writing the archive
+    fails, the master logs it, leaves the files, and the other worker goes on answering
+    (the archive was written through an mmap, and the master died of SIGBUS)."""
+    if not in_private_namespace(request):
+        rerun_in_private_namespace(request, tmp_path)
+        return
+    deployment = Deployment.create(tmp_path)
+    with (mounted_tmpfs(tmp_path / "gateway-metrics", "4m") as metrics,
+          deployment.serve(workers=2) as gateway):
+        assert gateway.metrics_dir == metrics
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for _ in range(4):
+                status, _, _ = await sign(http, gateway, deployment)
+                assert status == 200
+        fill(metrics)
+        victim = min(gateway.worker_pids())
+        os.kill(victim, signal.SIGKILL)
+        wait_for_log(gateway, FOLD_FAILED)
+        assert gateway.process is not None
+        assert gateway.process.poll() is None, gateway.log()
+        assert "No space left on device" in gateway.log()
+        assert victim in counting_pids(metrics)
+        assert gateway.ready()

@@ -20,10 +20,16 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from gateway.errors import ConfigError
 from gateway.metrics import worker_files_registry
-from gateway.metrics_dir import LOCK_FILE, fold_dead_workers
+from gateway.metrics_dir import LOCK_FILE, encode_values, fold_dead_workers
 from gateway.server import prepare_metrics_dir
 from gateway.settings import Settings
 from tests.conftest import PROJECT_ROOT
+from tests.private_mounts import (
+    fill,
+    in_private_namespace,
+    mounted_tmpfs,
+    rerun_in_private_namespace,
+)
 
 # A worker's collectors, as a process in multiprocess mode writes them.
 _WORKER = textwrap.dedent("""
@@ -236,3 +242,51 @@ def test_the_start_empties_what_folds_left_and_keeps_the_lock(
     (directory / "sealgate.db").touch()
     with pytest.raises(ConfigError, match=r"sealgate\.db"):
         prepare_metrics_dir(settings)
+
+
+def test_an_archive_is_laid_out_as_prometheus_client_lays_out_its_files(
+    tmp_path: Path,
+) -> None:
+    """The archive, written with ordinary writes, holds the bytes prometheus_client's own
+    writer puts in the used part of a file (keys of every padding, UTF-8, infinities), and
+    its reader reads them back."""
+    values = {f"{'k' * length}é": float(length) for length in range(1, 17)}
+    values |= {"": 0.5, "up": math.inf, "down": -math.inf, "tiny": 5e-324}
+    written = MmapedDict(str(tmp_path / "counter_1.db"))
+    for key, value in values.items():
+        written.write_value(key, value, 0.0)
+    written.close()
+    theirs = (tmp_path / "counter_1.db").read_bytes()
+    ours = encode_values(values)
+    assert ours == theirs[:len(ours)]
+    assert theirs[len(ours):].strip(b"\0") == b""
+    (tmp_path / "counter_2.db").write_bytes(ours)
+    read = MmapedDict.read_all_values_from_file(str(tmp_path / "counter_2.db"))
+    assert {key: value for key, value, _, _ in read} == values
+    assert encode_values({}) == (8).to_bytes(4, sys.byteorder) + bytes(4)
+
+
+def test_a_fold_on_a_full_file_system_fails_and_changes_nothing(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """On a full tmpfs the fold raises ENOSPC (it wrote the archive through an mmap, and
+    the process died of SIGBUS): the dead worker's files and the archive stay as they
+    were, and nothing half-written is left."""
+    if not in_private_namespace(request):
+        rerun_in_private_namespace(request, tmp_path)
+        return
+    with mounted_tmpfs(tmp_path / "metrics", "512k") as directory:
+        fold(directory, run_worker(directory, [0.5]))
+        archives = {p.name: p.read_bytes() for p in directory.glob("*_archive.db")}
+        dead = MmapedDict(str(directory / "counter_101.db"))
+        for n in range(1500):  # an archive of more than a page
+            dead.write_value(mmap_key("demo", "demo_total", ["n"], [str(n)], "demo"), 1.0, 0)
+        dead.close()
+        before = totals(directory)
+        fill(directory)
+        with pytest.raises(OSError, match="No space left"):
+            fold_dead_workers(str(directory), [101])
+        assert {p.name: p.read_bytes() for p in directory.glob("*_archive.db")} == archives
+        assert worker_files(directory) == ["counter_101.db"]
+        assert not list(directory.glob("*.new"))
+        assert totals(directory) == before
