@@ -445,7 +445,11 @@ class _Master:
 
     def fold_metrics(self) -> None:
         """Fold the counters and histograms of exited workers into the archive files
-        (gateway/metrics_dir.py), unless a scrape is reading them: then at the next tick."""
+        (gateway/metrics_dir.py), unless a scrape is reading them: then at the next tick.
+
+        A fold that fails is logged and not tried again for these workers: their files
+        stay, and scrapes go on counting them. Whatever the failure, the gateway serves on.
+        """
         if not self.unfolded:
             return
         # A pid the system has given to a new worker meanwhile is that worker's now: it
@@ -454,9 +458,12 @@ class _Master:
         try:
             if not fold_dead_workers(self.settings.metrics.multiprocess_dir, dead):
                 return
-        except OSError as exc:
+        except OSError as exc:  # a full or read-only file system, a lock it may not open
             log.warning("the metrics of exited workers %s stay in their own files: %s",
                         sorted(dead), exc)
+        except Exception:  # a damaged file, or a bug: the metrics are not worth the gateway
+            log.exception("the metrics of exited workers %s stay in their own files",
+                          sorted(dead))
         self.unfolded.clear()
 
     def restart_due(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,3 +164,29 @@ async def test_the_master_serves_on_when_a_fold_finds_the_disk_full(
         assert "No space left on device" in gateway.log()
         assert victim in counting_pids(metrics)
         assert gateway.ready()
+
+
+def damage(path: Path) -> None:
+    """Make the first entry of a metric file claim more bytes than the file uses: its
+    reader raises RuntimeError (the worker writing it goes on at the places it knows)."""
+    with path.open("r+b") as file:
+        file.seek(8)
+        file.write((2**31 - 1).to_bytes(4, sys.byteorder))
+
+
+async def test_the_master_serves_on_when_a_dead_workers_file_cannot_be_read(
+    deployment: Deployment,
+) -> None:
+    """A killed worker's counter file is damaged: its fold fails, the master logs it with
+    the error and goes on dealing connections (the error ended the master's loop, and the
+    gateway with it)."""
+    with deployment.serve(workers=2, name="damaged") as running:
+        victim = min(running.worker_pids())
+        damage(running.metrics_dir / f"counter_{victim}.db")
+        os.kill(victim, signal.SIGKILL)
+        wait_for_log(running, FOLD_FAILED)
+        assert running.process is not None
+        assert running.process.poll() is None, running.log()
+        assert "Read beyond file size" in running.log()
+        assert victim in counting_pids(running.metrics_dir)
+        assert running.ready()
