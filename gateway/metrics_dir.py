@@ -14,7 +14,8 @@ worker's file) and deletes them.
   the dead files under an exclusive one. A scrape therefore sees either the dead worker's
   file and the old archive, or the new archive alone: never both, never neither. The master
   only tries the lock (it must not stall its connections behind a scrape) and tries again
-  at its next tick. The lock file is never deleted, so every process locks the same file.
+  at its next tick. The lock file is made anew at start, by the serving user, and never
+  deleted while the gateway runs, so every process locks the same file.
 - Totals are exact sums rounded to the nearest double (``math.fsum``), not running sums in
   directory order: moving a dead worker's value into the archive changes the order of the
   additions, and a running sum of a histogram's ``_sum`` could come out one unit in the last
@@ -57,7 +58,8 @@ _FILE_HEADER_BYTES = 8
 
 
 def is_metrics_file(name: str) -> bool:
-    """Whether ``name`` is a file the metrics write (the lock file is not: it is kept)."""
+    """Whether ``name`` is a file the metrics write (the lock file is not: see
+    ``make_lock_file``)."""
     return bool(_METRICS_FILE.fullmatch(name))
 
 
@@ -113,6 +115,20 @@ def _fold_type(directory: str, kind: str, pids: Collection[int]) -> None:
     os.replace(being_written, archive)
     for path in dead:
         os.unlink(path)
+
+
+def make_lock_file(directory: str) -> None:
+    """Make the lock file anew, this process's and readable by all (0644 whatever the
+    umask), while no scrape or fold can run (at start): one left by a run as another user
+    (root's, 0600) was kept, and no scrape or fold of the serving user could open it."""
+    path = os.path.join(directory, LOCK_FILE)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.fchmod(descriptor, 0o644)
+    finally:
+        os.close(descriptor)
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ from aiohttp import web
 
 from gateway.errors import ConfigError
 from gateway.log_setup import WORKER_FORMAT, configure_logging
-from gateway.metrics_dir import LOCK_FILE, fold_dead_workers, is_metrics_file
+from gateway.metrics_dir import LOCK_FILE, fold_dead_workers, is_metrics_file, make_lock_file
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.server")
@@ -91,7 +91,8 @@ _ACCEPTS_PER_TICK = 64  # then the master looks at its workers again
 
 
 def prepare_metrics_dir(settings: Settings) -> None:
-    """Empty the multiprocess directory and point prometheus_client at it.
+    """Empty the multiprocess directory, make its lock file anew and point
+    prometheus_client at it.
 
     Workers inherit the variable; being fresh interpreters, they import prometheus_client
     after it is set, which is when prometheus_client chooses its value class.
@@ -109,6 +110,13 @@ def prepare_metrics_dir(settings: Settings) -> None:
             f"({', '.join(others[:5])}); give the metrics a directory of their own")
     for entry in metric_files:
         entry.unlink()
+    try:
+        make_lock_file(str(directory))
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics.multiprocess_dir {directory}: cannot make {LOCK_FILE} anew there "
+            f"({exc.strerror}); remove it, or give the directory to the gateway's user"
+        ) from None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 

@@ -9,10 +9,13 @@ import math
 import os
 import random
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -290,3 +293,95 @@ def test_a_fold_on_a_full_file_system_fails_and_changes_nothing(
         assert worker_files(directory) == ["counter_101.db"]
         assert not list(directory.glob("*.new"))
         assert totals(directory) == before
+
+
+NOBODY = 65534
+
+
+def as_nobody(action: Callable[[], None]) -> None:
+    """Run ``action`` in a forked child as uid and gid 65534; fail with its error. The
+    test runs as root, the action as the user a gateway serves as."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to act as two users")
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        os.close(reader)
+        failed = 0
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            action()
+        except BaseException:  # pytest's failures too
+            os.write(writer, traceback.format_exc().encode())
+            failed = 1
+        os._exit(failed)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        error = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, error
+
+
+@pytest.fixture
+def nobodys_directory() -> Iterator[Path]:
+    """An empty directory of uid 65534's, holding a lock file root left, 0600 (a run as
+    root with umask 077)."""
+    with tempfile.TemporaryDirectory() as parent:  # not under pytest's root-only tree
+        directory = Path(parent) / "metrics"
+        directory.mkdir()
+        os.chown(directory, NOBODY, NOBODY)
+        os.close(os.open(directory / LOCK_FILE, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(parent, 0o711)  # noqa: S103  # uid 65534 must pass through to it
+        yield directory
+
+
+def test_the_start_makes_the_lock_file_anew_as_the_serving_user(
+    settings: Settings, nobodys_directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock file root left (0600) is replaced at start by one of the serving user's,
+    0644 whatever the umask, and folds and scrapes lock it (it was kept, every scrape
+    failed with PermissionError and no fold ever ran)."""
+    directory = nobodys_directory
+    settings = settings.replace(
+        metrics=dataclasses.replace(settings.metrics, multiprocess_dir=str(directory)))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # the start sets it: undone after
+    pid = run_worker(directory, [0.5])  # root's files, the start's to remove
+
+    def start_fold_and_scrape() -> None:
+        os.umask(0o077)
+        prepare_metrics_dir(settings)
+        assert worker_files(directory) == []
+        dead = MmapedDict(str(directory / f"counter_{pid}.db"))
+        dead.write_value(mmap_key("demo", "demo_total", [], [], "Things done."), 2.0, 0)
+        dead.close()
+        with (directory / LOCK_FILE).open() as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)  # a scrape's lock: the fold waits for it
+            assert fold_dead_workers(str(directory), [pid]) is False
+        assert fold_dead_workers(str(directory), [pid]) is True
+        assert totals(directory)[("demo_total", ())] == 2.0
+
+    as_nobody(start_fold_and_scrape)
+    lock = (directory / LOCK_FILE).stat()
+    assert (lock.st_uid, stat.S_IMODE(lock.st_mode)) == (NOBODY, 0o644)
+
+
+def test_the_start_names_a_lock_file_it_cannot_make_anew(
+    settings: Settings, nobodys_directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a directory the serving user may not write to, root's lock file cannot be
+    replaced: the start refuses with a ConfigError naming it (it started, and no scrape
+    could lock)."""
+    directory = nobodys_directory
+    os.chown(directory, 0, 0)
+    settings = settings.replace(
+        metrics=dataclasses.replace(settings.metrics, multiprocess_dir=str(directory)))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+
+    def start() -> None:
+        with pytest.raises(ConfigError, match=r"cannot make fold\.lock anew"):
+            prepare_metrics_dir(settings)
+
+    as_nobody(start)
+
