@@ -16,6 +16,8 @@ worker's file) and deletes them.
   only tries the lock (it must not stall its connections behind a scrape) and tries again
   at its next tick. The lock file is made anew at start, by the serving user, and never
   deleted while the gateway runs, so every process locks the same file.
+  A scrape that cannot open it (another user's, put there since) reads without it and
+  logs why: the fold, by the same user, cannot open it either, so none runs meanwhile.
 - Totals are exact sums rounded to the nearest double (``math.fsum``), not running sums in
   directory order: moving a dead worker's value into the archive changes the order of the
   additions, and a running sum of a histogram's ``_sum`` could come out one unit in the last
@@ -33,6 +35,7 @@ import contextlib
 import fcntl
 import glob
 import json
+import logging
 import math
 import os
 import re
@@ -44,6 +47,8 @@ from fractions import Fraction
 from prometheus_client import multiprocess
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = "fold.lock"
 # The metric types whose values add up over processes: a dead worker's are folded.
@@ -76,7 +81,7 @@ class WorkerFiles:
         self._directory = directory
 
     def collect(self) -> Iterable[Metric]:
-        with _fold_lock(self._directory, fcntl.LOCK_SH):
+        with _scrape_lock(self._directory):
             files = _ready_files(self._directory)
             summed = {kind: _values_by_key(paths) for kind, paths in _summed_files(files).items()}
         others = [path for path in files if _metric_type(path) not in SUMMED_TYPES]
@@ -131,11 +136,31 @@ def make_lock_file(directory: str) -> None:
         os.close(descriptor)
 
 
+def _fold_lock(directory: str, operation: int) -> contextlib.AbstractContextManager[bool]:
+    """``flock`` on the directory's lock file; yields False when a non-blocking try fails."""
+    return _locked(_open_lock_file(directory), operation)
+
+
+def _scrape_lock(directory: str) -> contextlib.AbstractContextManager[object]:
+    """The lock shared, or none when the lock file cannot be opened (logged): see the
+    module's description."""
+    try:
+        descriptor = _open_lock_file(directory)
+    except OSError as exc:
+        log.warning("a scrape of %s reads without the fold lock: %s", directory, exc)
+        return contextlib.nullcontext()
+    return _locked(descriptor, fcntl.LOCK_SH)
+
+
+def _open_lock_file(directory: str) -> int:
+    # Made at start (make_lock_file); made again if something has removed it since.
+    return os.open(os.path.join(directory, LOCK_FILE), os.O_RDONLY | os.O_CREAT, 0o644)
+
+
 @contextlib.contextmanager
-def _fold_lock(directory: str, operation: int) -> Iterator[bool]:
-    """``flock`` on the directory's lock file; yields False when a non-blocking try fails.
-    Closing the descriptor releases the lock, also when the process dies."""
-    descriptor = os.open(os.path.join(directory, LOCK_FILE), os.O_RDONLY | os.O_CREAT, 0o644)
+def _locked(descriptor: int, operation: int) -> Iterator[bool]:
+    """``flock`` on ``descriptor``, closed after. Closing releases the lock, also when the
+    process dies."""
     try:
         try:
             fcntl.flock(descriptor, operation)

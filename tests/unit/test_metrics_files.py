@@ -385,3 +385,16 @@ def test_the_start_names_a_lock_file_it_cannot_make_anew(
 
     as_nobody(start)
 
+
+def test_a_scrape_reads_without_a_lock_file_it_cannot_open(nobodys_directory: Path) -> None:
+    """A scrape by a user who may not open the lock file answers, with every total (it
+    failed with PermissionError: /metrics answered 500)."""
+    directory = nobodys_directory
+    run_worker(directory, [0.5, 0.05])
+    expected = totals(directory)
+    assert expected[("demo_total", (("kind", "a"),))] == 2
+
+    def scrape() -> None:
+        assert totals(directory) == expected
+
+    as_nobody(scrape)
