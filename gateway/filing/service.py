@@ -43,6 +43,7 @@ from gateway.filing.adapters import (
     WithdrawingAdapter,
 )
 from gateway.filing.receipts import (
+    RECEIPT,
     RECEIPT_SEQUENCE,
     build_receipt,
     claim_receipt_number,
@@ -611,7 +612,9 @@ class FilingService:
                 )
             except StaleWrite as exc:
                 # Another approval issued the number claimed meanwhile: claim the next one.
-                if exc.kind != RECEIPT_SEQUENCE or attempt == NUMBERING_ATTEMPTS:
+                # It may be a worker of the earlier release, which takes numbers from the
+                # counter and only its receipt record is then in the way.
+                if exc.kind not in (RECEIPT_SEQUENCE, RECEIPT) or attempt == NUMBERING_ATTEMPTS:
                     raise
                 continue
             return decided

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import gateway.filing.service
 from gateway.clock import utcnow
 from gateway.filing.adapters import Decision
+from gateway.filing.receipts import RECEIPT, ClaimedNumber, claim_receipt_number, receipt_number
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
-from gateway.storage import Record, StaleWrite
+from gateway.storage import Record, StaleWrite, Storage, Write
 from tests.api.test_filing import Filing, filing_world
 from tests.conftest import on_redis
 
@@ -86,3 +89,29 @@ async def test_numbering_goes_on_after_the_counter_of_an_earlier_release(
     first = await filing.approve((await under_review(filing)).key)
     second = await filing.approve((await under_review(filing)).key)
     assert sequence([first, second]) == [42, 43]
+
+
+async def test_a_number_a_worker_of_the_earlier_release_took_meanwhile_is_passed_over(
+    filing: Filing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a rolling upgrade a worker of the earlier release takes the number an approval
+    has just claimed from the storage counter, and stores its receipt first: the approval
+    claims the next number instead of failing with 409."""
+    taken: list[str] = []
+
+    async def claimed_then_taken_by_an_older_worker(
+        storage: Storage, day: dt.datetime
+    ) -> ClaimedNumber:
+        claimed = await claim_receipt_number(storage, day)
+        if not taken:
+            # What the earlier release did: count, then store the receipt under the count.
+            number = receipt_number(day, await storage.incr(f"receipt-seq:{day:%Y%m%d}", 1))
+            await storage.commit([Write(RECEIPT, number, 0, {"number": number})])
+            taken.append(number)
+        return claimed
+
+    monkeypatch.setattr(gateway.filing.service, "claim_receipt_number",
+                        claimed_then_taken_by_an_older_worker)
+    approved = await filing.approve((await under_review(filing)).key)
+    assert sequence([{"receipt_number": n} for n in taken]) == [1]
+    assert sequence([approved]) == [2]
