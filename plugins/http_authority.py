@@ -144,7 +144,7 @@ class HttpAuthorityAdapter:
         if answer.get("status") == "withdrawn":
             # What a gateway that lost the answer to its withdrawal learns by polling.
             return Decision("rejected", f"withdrawn: {answer.get('comment') or ''}",
-                            reference=str(answer.get("reference") or reference))
+                            reference=str(answer.get("reference") or reference), withdrawn=True)
         return self._decision(answer, reference)
 
     async def withdraw(self, reference: str, reason: str) -> Decision | None:

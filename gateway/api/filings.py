@@ -38,7 +38,10 @@ FILING = Component("Filing", obj({
                   "propertyNames": one_of(MATERIAL_KINDS)},
     "created_at": TIME, "submitted_at": nullable(TIME), "reference": nullable(TEXT),
     "decision": nullable(obj({"outcome": one_of(["approved", "rejected"]), "comment": TEXT,
-                              "decided_at": TIME}, optional=["comment"])),
+                              "decided_at": TIME,
+                              "withdrawn": {**BOOLEAN, "description": "a rejection because the "
+                                                                      "filing was withdrawn"}},
+                             optional=["comment", "withdrawn"])),
     "receipt_number": nullable(TEXT),
     "applicant": obj({"name": TEXT, "phone": {**TEXT, "description": "masked"}}),
     "legal_representative": obj({"name": TEXT, "id_number": {**TEXT, "description": "masked"}}),

@@ -45,6 +45,8 @@ class Decision:
     """Validity the authority grants, in days from approval; None means the gateway default."""
     reference: str = ""
     """The authority's own number for the filing, printed on the receipt."""
+    withdrawn: bool = False
+    """A rejection because the application was withdrawn (see WithdrawingAdapter)."""
 
 
 @runtime_checkable
@@ -78,8 +80,9 @@ class WithdrawingAdapter(FilingAdapter, Protocol):
         reviews it (withdrawn now or before, or a reference it does not know), or the
         decision it had made before the withdrawal reached it.
 
-        Idempotent. Afterwards ``decision(reference)`` answers a rejection whose comment
-        says it was withdrawn, so that a gateway that lost the answer learns it by polling.
+        Idempotent. Afterwards ``decision(reference)`` answers a rejection with
+        ``withdrawn`` set and a comment saying why, so that a gateway that lost the answer
+        learns it by polling.
         Raises AuthorityUnavailable (retry later) or AuthorityRefused (the authority will
         not withdraw it and goes on reviewing).
         """

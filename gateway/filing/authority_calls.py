@@ -106,4 +106,7 @@ def _decision_fault(decision: object) -> str:
         return f"valid_days {days!r} is not a whole number of days, 1 to {MAX_VALID_DAYS}"
     if not isinstance(decision.comment, str) or not isinstance(decision.reference, str):
         return "comment and reference must be strings"
+    if not isinstance(decision.withdrawn, bool) or (
+            decision.withdrawn and decision.outcome != "rejected"):
+        return f"withdrawn {decision.withdrawn!r} is no rejection's flag"
     return ""

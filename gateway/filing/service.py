@@ -476,7 +476,9 @@ class FilingService:
 
         A remote authority is told first and the filing changes only once it has confirmed
         (see :mod:`gateway.filing.adapters` for when it cannot be reached, when it had
-        decided already, and for adapters that cannot withdraw).
+        decided already, and for adapters that cannot withdraw). A confirmed withdrawal that
+        a poller recorded first (as the authority's rejection) stands: the reviewer's part
+        is audited as ``filing.withdrawn``.
         """
         record = await self._record(filing_id)
         if record.data["status"] not in (states.FilingStatus.SUBMITTED,
@@ -490,13 +492,24 @@ class FilingService:
             raise InvalidTransition("a loss report is decided by its authority only; it is "
                                     "not withdrawn")
         reason = _text(body, "reason")
+        withdrawal = Decision("rejected", f"withdrawn: {reason}", withdrawn=True)
         adapter = self.adapters.get(record.data["authority"])
-        details: dict[str, Any] = {"withdrawn": True}
-        if adapter is None or not adapter.reviews_locally:
-            record, details["authority_told"] = await self._withdraw_remotely(
-                record, adapter, reason)
-        return await self._decide(record, Decision("rejected", f"withdrawn: {reason}"),
-                                  reviewer, details)
+        if adapter is not None and adapter.reviews_locally:
+            return await self._decide(record, withdrawal, reviewer)
+        record, told = await self._withdraw_remotely(record, adapter, reason)
+        details = {"authority_told": told}
+        try:
+            return await self._decide(record, withdrawal, reviewer, details)
+        except StaleWrite:
+            # Once the authority has confirmed, polling learns of the withdrawal too: another
+            # worker's poller may have recorded it first, as the authority's rejection.
+            current = await self._record(filing_id)
+            if not told or not _withdrawn(current.data):
+                raise
+            await self._audit.commit([], [self._audit.event_sealer(
+                reviewer, "filing.withdrawn", f"filing/{filing_id}",
+                {**details, "rejected_by": current.data["decision"]["by"]})])
+            return current.data
 
     async def _withdraw_remotely(
         self, record: Record, adapter: FilingAdapter | None, reason: str
@@ -638,10 +651,12 @@ class FilingService:
                 "decided_at": isoformat(now),
                 "by": actor,
                 "reference": decision.reference,
+                **({"withdrawn": True} if decision.withdrawn else {}),
             },
         }
         writes = [Write(FILING, filing["id"], record.version, decided)]
-        details: dict[str, Any] = {"outcome": decision.outcome, "seal_id": seal.key}
+        details: dict[str, Any] = {"outcome": decision.outcome, "seal_id": seal.key,
+                                   **({"withdrawn": True} if decision.withdrawn else {})}
         if decision.outcome == "approved":
             claimed = await claim_receipt_number(self._storage, now)
             receipt, seal_changes = await self._receipt_for(
@@ -823,6 +838,13 @@ def _under_review(filing: dict[str, Any]) -> dict[str, Any]:
     if filing["status"] == states.FilingStatus.SUBMITTED:
         return {**filing, "status": states.FilingStatus.UNDER_REVIEW.value}
     return filing
+
+
+def _withdrawn(filing: Mapping[str, Any]) -> bool:
+    """Whether the filing is rejected because it was withdrawn (by a reviewer, or as its
+    authority shows it)."""
+    decision = filing.get("decision") or {}
+    return filing["status"] == states.FilingStatus.REJECTED and decision.get("withdrawn") is True
 
 
 def _stopped_by(seal: Mapping[str, Any], filing_id: str) -> bool:

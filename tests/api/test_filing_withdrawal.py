@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.filing.adapters import WithdrawingAdapter
+from gateway.filing.adapters import Decision, WithdrawingAdapter
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
@@ -126,7 +126,42 @@ async def test_a_withdrawal_confirmed_but_not_recorded_is_learnt_by_polling(
     shown = await filing.world.services.filings.get(submitted["id"])
     assert shown["status"] == "rejected"
     assert shown["decision"]["comment"] == "withdrawn: filed by mistake"
-    assert (await last_event(filing))["actor"] == "authority:sim"
+    assert shown["decision"]["withdrawn"] is True
+    event = await last_event(filing)
+    assert event["actor"] == "authority:sim" and event["details"]["withdrawn"] is True
+
+
+async def test_a_withdrawal_whose_rejection_the_poller_commits_first_is_the_reviewer_s(
+    filing: Filing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's poller learns of the withdrawal the moment the authority has
+    confirmed it, and commits the rejection first: the withdrawal still answers 200, and
+    the audit log goes on with who withdrew the filing."""
+    submitted = await under_review(filing)
+    service = filing.world.services.filings
+    adapter = service.adapters["sim"]
+    assert isinstance(adapter, WithdrawingAdapter)
+    confirm = adapter.withdraw
+
+    async def confirmed_then_polled(reference: str, reason: str) -> Decision | None:
+        confirmed = await confirm(reference, reason)
+        assert await service.process_pending() == 1
+        return confirmed
+
+    monkeypatch.setattr(adapter, "withdraw", confirmed_then_polled)
+    before = await last_event(filing)
+    response = await withdraw(filing, submitted["id"])
+    assert response.status == 200, await response.text()
+    shown = await response.json()
+    assert shown["status"] == "rejected" and shown["decision"]["withdrawn"] is True
+    events = await filing.world.services.storage.events(since_seq=before["seq"])
+    assert [e["action"] for e in events] == ["filing.rejected", "filing.withdrawn"]
+    polled, withdrawn = events
+    assert polled["actor"] == "authority:sim" and polled["details"]["withdrawn"] is True
+    assert withdrawn["actor"].startswith("reviewer-")
+    assert withdrawn["target"] == f"filing/{submitted['id']}"
+    assert withdrawn["details"]["authority_told"] is True
+    assert (await filing.world.services.audit.verify()).intact
 
 
 async def test_an_authority_that_cannot_withdraw_is_not_told(filing: Filing) -> None:

@@ -408,13 +408,13 @@ def withdrawing(authority: AuthorityUnderTest) -> WithdrawingAdapter:
 async def test_a_withdrawn_application_is_rejected_as_withdrawn(
     authority: AuthorityUnderTest,
 ) -> None:
-    """withdraw() during review is None; decision() then answers a rejection that says it
-    was withdrawn and why; withdrawing again is None again."""
+    """withdraw() during review is None; decision() then answers a rejection flagged
+    withdrawn that says why; withdrawing again is None again."""
     adapter = withdrawing(authority)
     reference = await adapter.submit(sample_application())
     assert await adapter.withdraw(reference, "filed by mistake") is None
     decision = await adapter.decision(reference)
-    assert decision is not None and decision.outcome == "rejected"
+    assert decision is not None and decision.outcome == "rejected" and decision.withdrawn
     assert "withdrawn" in decision.comment and "filed by mistake" in decision.comment
     assert await adapter.withdraw(reference, "filed by mistake") is None
     assert await adapter.decision(reference) == decision
