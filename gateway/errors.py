@@ -16,6 +16,7 @@
     │   │   ├── IdempotencyConflict      409 idempotency-key-reused
     │   │   ├── IdempotencyInProgress    409 idempotency-key-in-progress
     │   │   ├── InvalidTransition        409 invalid-transition
+    │   │   ├── MaterialUnreadable       409 conflict (a filing material storage cannot give)
     │   │   └── ApprovalExpired          409 approval-expired
     │   ├── SealMaySignNot               409 seal-<reason>
     │   ├── PayloadTooLarge              413 payload-too-large
@@ -154,6 +155,11 @@ class IdempotencyInProgress(Conflict):
 class InvalidTransition(Conflict):
     type_slug = "invalid-transition"
     title = "Invalid state transition"
+
+
+class MaterialUnreadable(Conflict):
+    """A filing material that storage no longer gives back as it was uploaded: gone,
+    damaged, or not what its digest says."""
 
 
 class ApprovalExpired(Conflict):

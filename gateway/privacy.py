@@ -52,13 +52,18 @@ class PersonalDataVault:
         return ":".join((FORMAT, key_id, _b64(nonce), _b64(sealed))).encode("ascii")
 
     async def decrypt_bytes(self, token: bytes, context: str) -> bytes:
-        version, key_id, nonce, sealed = token.decode("ascii").split(":")
+        try:
+            version, key_id, nonce, sealed = token.decode("ascii").split(":")
+            iv, ciphertext = base64.b64decode(nonce), base64.b64decode(sealed)
+        except ValueError:
+            # Bytes damaged in storage: as unreadable as a wrong tag, not a bug.
+            raise WrappedDataInvalid(
+                f"personal data of {context} is not in the personal-data format") from None
         if version != FORMAT:
             raise HsmError(f"unknown personal-data format {version}")
         aead = await self._key(key_id)
         try:
-            return aead.decrypt(base64.b64decode(nonce), base64.b64decode(sealed),
-                                context.encode("utf-8"))
+            return aead.decrypt(iv, ciphertext, context.encode("utf-8"))
         except InvalidTag:
             raise WrappedDataInvalid(
                 f"personal data of {context} does not decrypt with data key {key_id}") from None

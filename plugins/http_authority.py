@@ -24,8 +24,11 @@ the authority's wording on in :class:`AuthorityRefused`.
 
 What the adapter does with answers:
 
-- 2xx: parsed; a body that is not what the protocol says raises AuthorityUnavailable (the
-  authority is misbehaving; a later attempt may find it fixed) without retrying now;
+- 2xx: parsed, without retrying now when it is not what the protocol says (the authority is
+  misbehaving; a later attempt may find it fixed): a body that is no JSON object (a
+  maintenance page) raises AuthorityUnavailable, a JSON answer the gateway cannot act on (no
+  reference, a status the protocol does not know, a validity out of range, a withdrawal
+  answered with the filing under review) AuthorityAnswerUnusable;
 - connection errors, timeouts (``timeout_seconds`` per attempt), 5xx and 429: retried with
   exponential backoff and jitter (``backoff_seconds`` · 2^(n−1), or longer when the answer
   has a ``Retry-After`` in seconds) up to ``max_attempts`` attempts, then
@@ -70,6 +73,7 @@ from yarl import URL
 from gateway.errors import ConfigError
 from gateway.filing.adapters import (
     MAX_VALID_DAYS,
+    AuthorityAnswerUnusable,
     AuthorityRefused,
     AuthorityUnavailable,
     Decision,
@@ -130,7 +134,7 @@ class HttpAuthorityAdapter:
         status, answer = await self._request("POST", FILINGS_PATH, body)
         reference = answer.get("reference")
         if not isinstance(reference, str) or not reference:
-            raise AuthorityUnavailable(
+            raise AuthorityAnswerUnusable(
                 f"authority {self.name} accepted the filing but sent no reference"
             )
         logger.info("filing authority %s %s application %s as %s", self.name,
@@ -158,7 +162,7 @@ class HttpAuthorityAdapter:
                         " (it held nothing under it)" if status == 404 else "")
             return None
         if answer.get("status") == "under_review":
-            raise AuthorityUnavailable(
+            raise AuthorityAnswerUnusable(
                 f"authority {self.name} answered the withdrawal of {reference} with the filing "
                 "still under review")
         return self._decision(answer, reference)
@@ -169,7 +173,7 @@ class HttpAuthorityAdapter:
         if status == "under_review":
             return None
         if status not in ("approved", "rejected"):
-            raise AuthorityUnavailable(
+            raise AuthorityAnswerUnusable(
                 f"authority {self.name} answered with an unknown filing status {status!r}"
             )
         valid_days = answer.get("valid_days")
@@ -177,7 +181,7 @@ class HttpAuthorityAdapter:
             not isinstance(valid_days, int) or isinstance(valid_days, bool)
             or not 1 <= valid_days <= MAX_VALID_DAYS
         ):
-            raise AuthorityUnavailable(
+            raise AuthorityAnswerUnusable(
                 f"authority {self.name} granted an invalid validity {valid_days!r}"
             )
         return Decision(

@@ -123,7 +123,9 @@ async def review_filing(request: web.Request) -> web.Response:
 async def withdraw_filing(request: web.Request) -> web.Response:
     """Withdraw a submitted filing: ``{"reason"}``; the authority is told first, then the
     filing is rejected and the seal returns to the status it had. 503 while the authority
-    cannot be reached; 409 when it had decided already (its decision is applied)."""
+    cannot be reached; 409 when it had decided already (its decision is applied). An
+    authority that cannot be told (no withdrawal call, an answer of no use, an application
+    that can no longer be handed over) is not waited for: the audit event says so."""
     body = await json_object(request)
     filing = await services(request).filings.withdraw(request.match_info["id"], body,
                                                       client(request).name)

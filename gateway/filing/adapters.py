@@ -10,8 +10,10 @@ Withdrawal is optional (:class:`WithdrawingAdapter`): an adapter with a ``withdr
 tells its authority when a reviewer withdraws an application. The gateway withdraws a filing
 only once the authority has confirmed it; when the authority cannot be reached nothing
 changes (503, retry), and when it had decided already its decision is applied and the
-withdrawal refused (409). A filing of an adapter without the call (or whose plugin is gone) is
-withdrawn inside the gateway only, and the audit event says the authority was not told.
+withdrawal refused (409). The filing is withdrawn inside the gateway only, the audit event
+saying the authority was not told and why, when the adapter has no such call (or its plugin
+is gone), when the authority answers something unusable (AuthorityAnswerUnusable), and when
+the application can no longer be handed over (a material lost from storage).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ MAX_VALID_DAYS = 3650
 class AuthorityUnavailable(Exception):
     """The authority cannot be reached, answered with a server error, or cannot be used as
     configured (wrong credentials or address); try again later."""
+
+
+class AuthorityAnswerUnusable(AuthorityUnavailable):
+    """The authority was reached but answered what the gateway cannot act on (a decision it
+    cannot apply, a status the protocol does not know, no withdrawal call where one should
+    be). A later attempt may find it fixed, as for any unavailability; a withdrawal does not
+    wait for that."""
 
 
 class AuthorityRefused(Exception):
@@ -83,6 +92,7 @@ class WithdrawingAdapter(FilingAdapter, Protocol):
         Idempotent. Afterwards ``decision(reference)`` answers a rejection with
         ``withdrawn`` set and a comment saying why, so that a gateway that lost the answer
         learns it by polling.
-        Raises AuthorityUnavailable (retry later) or AuthorityRefused (the authority will
-        not withdraw it and goes on reviewing).
+        Raises AuthorityUnavailable (retry later; AuthorityAnswerUnusable when the authority
+        answered, but nothing the gateway can act on) or AuthorityRefused (the authority
+        will not withdraw it and goes on reviewing).
         """

@@ -1,7 +1,8 @@
 """Calls into filing-authority adapters, as the filing service makes them: each bounded in
 time, each answer checked before the gateway acts on it. A plugin that hangs, raises what the
 adapter contract does not allow, or answers something unusable amounts to an authority that
-is unavailable: the filing stays as it was and is tried again later.
+is unavailable: the filing stays as it was and is tried again later. An unusable answer is
+AuthorityAnswerUnusable, since the authority was reached: a withdrawal does not wait for it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 from gateway.filing.adapters import (
     MAX_VALID_DAYS,
+    AuthorityAnswerUnusable,
     AuthorityRefused,
     AuthorityUnavailable,
     Decision,
@@ -50,7 +52,7 @@ async def submit(adapter: FilingAdapter, application: Mapping[str, Any]) -> str:
     if not isinstance(reference, str) or not reference.strip():
         log.error("authority %s answered application %s with no reference: %r",
                   adapter.name, application.get("id"), reference)
-        raise AuthorityUnavailable(f"authority {adapter.name} sent no reference")
+        raise AuthorityAnswerUnusable(f"authority {adapter.name} sent no reference")
     return reference
 
 
@@ -71,7 +73,7 @@ async def withdraw(adapter: WithdrawingAdapter, reference: str, reason: str) -> 
 
 def _usable(adapter: FilingAdapter, reference: str, decision: object) -> Decision | None:
     """An adapter's answer of "a decision or None" as a Decision the gateway may apply;
-    AuthorityUnavailable when it is neither."""
+    AuthorityAnswerUnusable when it is neither."""
     if decision is None:
         return None
     fault = _decision_fault(decision)
@@ -79,7 +81,8 @@ def _usable(adapter: FilingAdapter, reference: str, decision: object) -> Decisio
         # Not the decision itself: its comment may quote personal numbers.
         log.error("authority %s sent an unusable decision on %s (%s)",
                   adapter.name, reference, fault)
-        raise AuthorityUnavailable(f"authority {adapter.name} sent an unusable decision: {fault}")
+        raise AuthorityAnswerUnusable(
+            f"authority {adapter.name} sent an unusable decision: {fault}")
     return decision
 
 

@@ -27,15 +27,18 @@ from gateway.errors import (
     Conflict,
     FieldError,
     InvalidTransition,
+    MaterialUnreadable,
     NotFound,
     PayloadTooLarge,
     SealGateError,
     UnsupportedMediaType,
     ValidationFailed,
+    WrappedDataInvalid,
 )
 from gateway.filing import authority_calls, states
 from gateway.filing.adapters import (
     MAX_VALID_DAYS,
+    AuthorityAnswerUnusable,
     AuthorityRefused,
     AuthorityUnavailable,
     Decision,
@@ -262,7 +265,10 @@ class FilingService:
         for kind, meta in filing["materials"].items():
             # Readable before anything is committed: one that is not is uploaded again now,
             # while the filing is a draft, not found by the hand-over after the submission.
-            await self._material(filing_id, kind, meta)
+            try:
+                await self._material(filing_id, kind, meta)
+            except MaterialUnreadable as exc:
+                raise MaterialUnreadable(f"{exc.detail}; upload it again") from exc
         seal = await self._seals.record(filing["seal_id"])
         await self._require_certified_key(seal.data)
         now = utcnow()
@@ -302,18 +308,22 @@ class FilingService:
         return await self._hand_over(filing_id)
 
     async def _hand_over(self, filing_id: str) -> dict[str, Any]:
-        """submitted → under_review once the authority has the application."""
+        """submitted → under_review once the authority has the application; while the
+        authority is unavailable the filing stays submitted, for the poller to retry."""
+        try:
+            return await self._hand_over_now(filing_id)
+        except AuthorityUnavailable as exc:
+            log.warning("filing %s: will retry the hand-over: %s", filing_id, exc)
+            return (await self._record(filing_id)).data
+
+    async def _hand_over_now(self, filing_id: str) -> dict[str, Any]:
+        """:meth:`_hand_over`, raising AuthorityUnavailable and MaterialUnreadable."""
         record = await self._record(filing_id)
         if record.data["status"] != states.FilingStatus.SUBMITTED:
             return record.data
         adapter = self._adapter(record.data["authority"])
         try:
             reference = await authority_calls.submit(adapter, await self._application(record.data))
-        except AuthorityUnavailable as exc:
-            log.warning(
-                "filing %s: authority %s unavailable, will retry: %s", filing_id, adapter.name, exc
-            )
-            return record.data
         except AuthorityRefused as exc:
             return await self._decide(
                 record,
@@ -361,13 +371,16 @@ class FilingService:
         kind. Checked against the digest filed: an authority refuses a mismatch for good."""
         if meta.get("encrypted"):
             sealed = await self._storage.get_blob(material_blob_key(filing_id, meta["sha256"]))
-            content = None if sealed is None else await self._vault.decrypt_bytes(
-                sealed, _material_context(filing_id, meta["sha256"]))
+            try:
+                content = None if sealed is None else await self._vault.decrypt_bytes(
+                    sealed, _material_context(filing_id, meta["sha256"]))
+            except WrappedDataInvalid:
+                content = None  # damaged in storage: as good as gone
         else:
             content = await self._storage.get_blob(legacy_material_blob_key(filing_id, kind))
         if content is None or hashlib.sha256(content).hexdigest() != meta["sha256"]:
-            raise Conflict(f"material {kind} of filing {filing_id} is missing from storage "
-                           f"or does not match its digest; upload it again")
+            raise MaterialUnreadable(f"material {kind} of filing {filing_id} is missing from "
+                                     "storage, damaged, or does not match its digest")
         return content
 
     async def encrypt_stored_materials(self) -> int:
@@ -384,7 +397,7 @@ class FilingService:
             for kind, meta in plain.items():
                 try:
                     content = await self._material(record.key, kind, meta)
-                except Conflict as exc:
+                except MaterialUnreadable as exc:
                     left += 1
                     now = await self._storage.get(FILING, record.key)
                     if now is not None and now.version == record.version:
@@ -496,43 +509,55 @@ class FilingService:
         adapter = self.adapters.get(record.data["authority"])
         if adapter is not None and adapter.reviews_locally:
             return await self._decide(record, withdrawal, reviewer)
-        record, told = await self._withdraw_remotely(record, adapter, reason)
-        details = {"authority_told": told}
+        record, not_told = await self._withdraw_remotely(record, adapter, reason)
+        details: dict[str, Any] = {"authority_told": not_told is None}
+        if not_told is not None:
+            log.warning("filing %s is withdrawn without telling its authority (%s); tell it "
+                        "the usual way", filing_id, not_told)
+            # Kept in the audit log for good: masked like any text an authority sends.
+            details["not_told_because"] = mask_personal_numbers(not_told)
         try:
             return await self._decide(record, withdrawal, reviewer, details)
-        except StaleWrite:
-            # Once the authority has confirmed, polling learns of the withdrawal too: another
-            # worker's poller may have recorded it first, as the authority's rejection.
-            current = await self._record(filing_id)
-            if not told or not _withdrawn(current.data):
+        except StaleWrite as lost:
+            if not_told is not None:
                 raise
-            await self._audit.commit([], [self._audit.event_sealer(
-                reviewer, "filing.withdrawn", f"filing/{filing_id}",
-                {**details, "rejected_by": current.data["decision"]["by"]})])
-            return current.data
+            return await self._withdrawn_by_a_poller(filing_id, reviewer, details, lost)
+
+    async def _withdrawn_by_a_poller(
+        self, filing_id: str, reviewer: str, details: Mapping[str, Any], lost: StaleWrite
+    ) -> dict[str, Any]:
+        """The filing a confirmed withdrawal lost its commit to: once the authority has
+        confirmed, polling learns of the withdrawal too, and another worker's poller may
+        have recorded it first, as the authority's rejection. The reviewer's part follows it
+        in the audit log. Raises ``lost`` when something else changed the filing."""
+        current = await self._record(filing_id)
+        if not _withdrawn(current.data):
+            raise lost
+        await self._audit.commit([], [self._audit.event_sealer(
+            reviewer, "filing.withdrawn", f"filing/{filing_id}",
+            {**details, "rejected_by": current.data["decision"]["by"]})])
+        return current.data
 
     async def _withdraw_remotely(
         self, record: Record, adapter: FilingAdapter | None, reason: str
-    ) -> tuple[Record, bool]:
-        """Tell the authority; the filing as it stands once it has confirmed, and whether
-        it could be told. Raises what the withdrawal answers when it has not confirmed."""
+    ) -> tuple[Record, str | None]:
+        """Tell the authority; the filing as it stands once it has confirmed, and why the
+        authority could not be told (None when it confirmed). Raises what the withdrawal
+        answers when the authority neither confirmed nor can be left untold."""
+        if adapter is None:
+            return record, f"authority {record.data['authority']} is not installed"
         if not isinstance(adapter, WithdrawingAdapter):
-            log.warning("filing %s: authority %s cannot be told of the withdrawal; tell it "
-                        "the usual way", record.key, record.data["authority"])
-            return record, False
+            return record, f"authority {adapter.name} has no withdrawal call"
         if record.data["status"] == states.FilingStatus.SUBMITTED:
-            # The authority may hold the application although its answer was lost: hand it
-            # over (submissions are idempotent) to learn the reference to withdraw.
-            await self._hand_over(record.key)
-            record = await self._record(record.key)
-            if record.data["status"] == states.FilingStatus.SUBMITTED:
-                raise _unreachable(adapter)
-            if record.data["status"] != states.FilingStatus.UNDER_REVIEW:
-                raise Conflict(f"authority {adapter.name} refused the application meanwhile: "
-                               f"the filing is '{record.data['status']}'")
+            record, not_handed_over = await self._hand_over_to_withdraw(record, adapter)
+            if not_handed_over is not None:
+                return record, not_handed_over
         reference = str(record.data["reference"])
         try:
             decided = await authority_calls.withdraw(adapter, reference, reason)
+        except AuthorityAnswerUnusable as exc:
+            # Reached, but of no use: the withdrawal does not wait for the authority to mend.
+            return record, str(exc)
         except AuthorityUnavailable as exc:
             raise _unreachable(adapter) from exc
         except AuthorityRefused as exc:
@@ -543,7 +568,28 @@ class FilingService:
                 await self._decide(record, decided, f"authority:{adapter.name}")
             raise Conflict(f"authority {adapter.name} had decided the filing before the "
                            f"withdrawal reached it ({decided.outcome}); its decision stands")
-        return record, True
+        return record, None
+
+    async def _hand_over_to_withdraw(
+        self, record: Record, adapter: WithdrawingAdapter
+    ) -> tuple[Record, str | None]:
+        """The submitted filing once under review, to learn the reference to withdraw: the
+        authority may hold the application although its answer was lost (submissions are
+        idempotent). Why it cannot be handed over at all, if so: then the authority never
+        had it, or cannot say."""
+        try:
+            await self._hand_over_now(record.key)
+        except (MaterialUnreadable, AuthorityAnswerUnusable) as exc:
+            return record, f"the application cannot be handed over: {exc}"
+        except AuthorityUnavailable as exc:
+            raise _unreachable(adapter) from exc
+        record = await self._record(record.key)
+        if record.data["status"] == states.FilingStatus.SUBMITTED:
+            raise _unreachable(adapter)
+        if record.data["status"] != states.FilingStatus.UNDER_REVIEW:
+            raise Conflict(f"authority {adapter.name} refused the application meanwhile: "
+                           f"the filing is '{record.data['status']}'")
+        return record, None
 
     async def process_pending(
         self, still_ours: Callable[[], Awaitable[bool]] | None = None
@@ -571,12 +617,13 @@ class FilingService:
                     moved += await self._advance(record, adapter)
                 except BackendUnavailable:
                     raise  # storage is down for every filing: the pass ends, said once
+                except (AuthorityRefused, AuthorityAnswerUnusable, SealGateError) as exc:
+                    # This filing needs a person (the authority lost it or decided what the
+                    # gateway cannot apply, its decision no longer fits the seal, a material
+                    # is lost); the others in the pass still advance.
+                    log.warning("filing %s cannot advance: %s", record.key, exc)
                 except (AuthorityUnavailable, StaleWrite) as exc:
                     log.info("filing %s not advanced now: %s", record.key, type(exc).__name__)
-                except (AuthorityRefused, SealGateError) as exc:
-                    # This filing needs a person (the authority lost it, or its decision no
-                    # longer fits the seal); the others in the pass still advance.
-                    log.warning("filing %s cannot advance: %s", record.key, exc)
                 except Exception:
                     # Not one of ours: a bug, logged with its traceback; the rest of the pass
                     # still advances, and this filing is tried again in the next.

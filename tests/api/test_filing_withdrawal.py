@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -9,10 +11,12 @@ from typing import Any
 import pytest
 
 from gateway.filing.adapters import Decision, WithdrawingAdapter
+from gateway.filing.service import material_blob_key
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
 from plugins.authority_simulator import Faults
+from plugins.sqlite_storage import SqliteStorage
 from tests.api.test_filing import Filing, UnrulyAuthority, UnrulyPlugin, filing_world
 from tests.api.test_sign_pdf import assert_problem
 
@@ -34,6 +38,18 @@ async def under_review(filing: Filing, authority: str = "sim") -> dict[str, Any]
     seal = await filing.seal()
     submitted = await filing.file(seal["id"], "new", authority=authority)
     assert submitted["status"] == "under_review"
+    return submitted
+
+
+async def not_handed_over(filing: Filing) -> dict[str, Any]:
+    """A new seal's filing still ``submitted``: the authority was away when it was submitted
+    (and goes on reviewing what it gets)."""
+    filing.simulator.state.review_delay_seconds = REVIEWING_FOR_GOOD
+    filing.simulator.state.faults = Faults("error500")
+    seal = await filing.seal()
+    submitted = await filing.file(seal["id"], "new", authority="sim")
+    assert submitted["status"] == "submitted"
+    filing.simulator.state.faults = None
     return submitted
 
 
@@ -101,16 +117,61 @@ async def test_a_filing_not_yet_handed_over_is_handed_over_and_withdrawn(
 ) -> None:
     """A filing still ``submitted`` (the authority was away, or its answer lost) is handed
     over first, so that an application the authority holds is withdrawn there too."""
-    filing.simulator.state.review_delay_seconds = REVIEWING_FOR_GOOD
-    filing.simulator.state.faults = Faults("error500")
-    seal = await filing.seal()
-    submitted = await filing.file(seal["id"], "new", authority="sim")
-    assert submitted["status"] == "submitted"
-    filing.simulator.state.faults = None
+    submitted = await not_handed_over(filing)
     response = await withdraw(filing, submitted["id"])
     assert response.status == 200, await response.text()
     held = filing.simulator.state.filings_for(submitted["id"])
     assert [f.withdrawal for f in held] == ["filed by mistake"]
+
+
+@pytest.mark.parametrize("damage", ["lost", "damaged"])
+async def test_a_filing_that_can_no_longer_be_handed_over_is_withdrawn_in_the_gateway(
+    filing: Filing, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    """A submitted filing one of whose materials can no longer be read (gone from storage,
+    or its bytes damaged) never reaches the authority, and the poller leaves it to a person:
+    the withdrawal rejects it in the gateway, its audit event saying why the authority was
+    not told."""
+    submitted = await not_handed_over(filing)
+    storage = filing.world.services.storage
+    blob = material_blob_key(submitted["id"], submitted["materials"]["legal_rep_id"]["sha256"])
+    if damage == "lost":
+        assert isinstance(storage, SqliteStorage)  # no Storage call deletes a blob
+        with sqlite3.connect(storage.path) as db:
+            db.execute("DELETE FROM blobs WHERE key = ?", (blob,))
+    else:
+        await storage.put_blob(blob, b"damaged")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert await filing.world.services.filings.process_pending() == 0
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "is missing from storage, damaged" in caplog.records[0].getMessage()
+    response = await withdraw(filing, submitted["id"])
+    assert response.status == 200, await response.text()
+    assert (await response.json())["decision"]["withdrawn"] is True
+    details = (await last_event(filing))["details"]
+    assert details["authority_told"] is False
+    assert "cannot be handed over: material" in details["not_told_because"]
+    assert filing.simulator.state.filings_for(submitted["id"]) == []
+
+
+async def test_a_decision_the_gateway_cannot_apply_does_not_hold_the_withdrawal(
+    filing: Filing,
+) -> None:
+    """An authority that decided what the gateway cannot apply (a validity past ten years)
+    was reached all the same: the withdrawal is not refused as unreachable but rejects the
+    filing in the gateway, its audit event saying what the authority answered."""
+    submitted = await under_review(filing)
+    filing.simulator.state.valid_days = 5000
+    filing.simulator.state.review_delay_seconds = 0.0
+    assert await filing.world.services.filings.process_pending() == 0
+    response = await withdraw(filing, submitted["id"])
+    assert response.status == 200, await response.text()
+    shown = await response.json()
+    assert shown["status"] == "rejected" and shown["decision"]["withdrawn"] is True
+    details = (await last_event(filing))["details"]
+    assert details["authority_told"] is False
+    assert "5000" in details["not_told_because"]
 
 
 async def test_a_withdrawal_confirmed_but_not_recorded_is_learnt_by_polling(
@@ -170,7 +231,9 @@ async def test_an_authority_that_cannot_withdraw_is_not_told(filing: Filing) -> 
     submitted = await under_review(filing, "unruly")
     response = await withdraw(filing, submitted["id"])
     assert response.status == 200, await response.text()
-    assert (await last_event(filing))["details"]["authority_told"] is False
+    details = (await last_event(filing))["details"]
+    assert details["authority_told"] is False
+    assert "no withdrawal call" in details["not_told_because"]
 
 
 async def test_a_locally_reviewed_filing_is_withdrawn_in_the_gateway(filing: Filing) -> None:
