@@ -12,7 +12,8 @@ nothing is persisted: a restart forgets every filing. What it does, as an author
   timers): rejected with the comment of the first :class:`RejectRule` that matches the
   application, otherwise approved for ``valid_days``;
 - withdraws a filing still under review when asked (``POST .../withdrawal``), and from then
-  on shows it ``withdrawn`` with the reason given; a filing decided already keeps its decision.
+  on shows it ``withdrawn`` with the reason given; a filing decided already keeps its decision;
+  a reference it does not hold is a 404 problem document to the withdrawal and the GET alike.
 
 Fault injection, for tests of what the gateway does when the authority misbehaves (protected
 by the same token, and never applied to ``/admin`` or ``/health``):

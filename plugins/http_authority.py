@@ -16,7 +16,9 @@ The protocol (version 1; :mod:`plugins.authority_simulator` implements the autho
     POST /api/v1/filings/{reference}/withdrawal   body: {"reason"}
         200 the filing as the GET shows it: ``withdrawn`` (now, or by an earlier withdrawal),
             or the decision made before the withdrawal arrived, which stands
-        404 (a problem document) when the authority holds no filing under ``reference``
+        404 (a problem document) when the authority holds no filing under ``reference``; the
+            GET of it answers 404 (a problem document) too, which is how the gateway tells
+            this from a server without the withdrawal call answering a path it lacks
 
 Every request carries ``Authorization: Bearer <token>``. Refusals are RFC 9457 problem
 documents (``detail``, and ``errors: [{"field", "message"}]`` for 422); the adapter passes
@@ -37,9 +39,14 @@ What the adapter does with answers:
 - 400, 409 and 422, answers about the application itself, and 404 to a GET (a reference
   the authority does not know): AuthorityRefused at once, since sending the same request
   again cannot change the answer; a refused submission rejects the filing;
-- 404 with a problem document to a withdrawal: the authority holds nothing under that
-  reference, so nothing is under review there and the withdrawal is done (a 404 without one
-  is a wrong ``url``, or an authority without withdrawals: see the next point);
+- 404 with a problem document to a withdrawal: the adapter asks for the filing (GET). A 404
+  problem document there too: the authority holds nothing under that reference, so nothing
+  is under review there and the withdrawal is done. A filing shown withdrawn or decided
+  answers the withdrawal as a 200 would; one still under review means the authority has no
+  withdrawal call at this address (many servers answer a path they lack with a problem
+  document): AuthorityAnswerUnusable, logged as an error, and the gateway withdraws the
+  filing without telling the authority. A 404 without a problem document to the withdrawal
+  is a wrong ``url``: see the next point;
 - any other answer (401/403: the gateway's own token; 404 to the POST: a wrong ``url``; 3xx,
   since redirects are not followed; other 4xx) is the gateway's configuration, not a verdict
   on the application: logged as an error and AuthorityUnavailable at once, so the filing
@@ -145,10 +152,6 @@ class HttpAuthorityAdapter:
     async def decision(self, reference: str) -> Decision | None:
         """The decision on ``reference``, or None while the authority is still reviewing."""
         _, answer = await self._request("GET", _filing_path(reference))
-        if answer.get("status") == "withdrawn":
-            # What a gateway that lost the answer to its withdrawal learns by polling.
-            return Decision("rejected", f"withdrawn: {answer.get('comment') or ''}",
-                            reference=str(answer.get("reference") or reference), withdrawn=True)
         return self._decision(answer, reference)
 
     async def withdraw(self, reference: str, reason: str) -> Decision | None:
@@ -157,19 +160,43 @@ class HttpAuthorityAdapter:
         body = json.dumps({"reason": reason}, ensure_ascii=False).encode()
         status, answer = await self._request(
             "POST", _filing_path(reference) + "/withdrawal", body, unknown_is_answer=True)
-        if status == 404 or answer.get("status") == "withdrawn":
-            logger.info("filing authority %s withdrew %s%s", self.name, reference,
-                        " (it held nothing under it)" if status == 404 else "")
-            return None
-        if answer.get("status") == "under_review":
+        if status == 404:
+            return await self._after_not_found(reference)
+        shown = self._decision(answer, reference)
+        if shown is None:
             raise AuthorityAnswerUnusable(
                 f"authority {self.name} answered the withdrawal of {reference} with the filing "
                 "still under review")
-        return self._decision(answer, reference)
+        if shown.withdrawn:
+            logger.info("filing authority %s withdrew %s", self.name, reference)
+            return None
+        return shown
+
+    async def _after_not_found(self, reference: str) -> Decision | None:
+        """What a 404 problem document to the withdrawal of ``reference`` means, as the
+        filing shows: a server answers so for a path it does not serve too, so only an
+        authority that also shows no filing under ``reference`` holds nothing to withdraw."""
+        status, answer = await self._request("GET", _filing_path(reference),
+                                             unknown_is_answer=True)
+        if status == 404:
+            logger.info("filing authority %s holds nothing under %s to withdraw", self.name,
+                        reference)
+            return None
+        shown = self._decision(answer, reference)
+        if shown is None:
+            message = (f"authority {self.name} answers 404 to the withdrawal of {reference}, "
+                       "which it still reviews: it has no withdrawal call at [filing.http] url")
+            logger.error("filing %s", message)
+            raise AuthorityAnswerUnusable(message)
+        return None if shown.withdrawn else shown
 
     def _decision(self, answer: Mapping[str, Any], reference: str) -> Decision | None:
         """A filing as the authority shows it, as a Decision; None while under review."""
         status = answer.get("status")
+        if status == "withdrawn":
+            # What a gateway that lost the answer to its withdrawal learns by polling.
+            return Decision("rejected", f"withdrawn: {answer.get('comment') or ''}",
+                            reference=str(answer.get("reference") or reference), withdrawn=True)
         if status == "under_review":
             return None
         if status not in ("approved", "rejected"):

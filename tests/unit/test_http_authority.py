@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import random
 import stat
@@ -18,7 +19,12 @@ import pytest
 from aiohttp import web
 
 from gateway.errors import ConfigError
-from gateway.filing.adapters import AuthorityRefused, AuthorityUnavailable, Decision
+from gateway.filing.adapters import (
+    AuthorityAnswerUnusable,
+    AuthorityRefused,
+    AuthorityUnavailable,
+    Decision,
+)
 from gateway.hookspecs import hookimpl
 from gateway.plugins import filing_adapters, plugin_manager
 from gateway.settings import HttpAuthoritySettings, SecretRef, Settings, load_settings
@@ -210,6 +216,62 @@ async def test_an_unknown_reference_is_refused(adapter: HttpAuthorityAdapter) ->
     """Asking about a reference the authority never gave is AuthorityRefused (404)."""
     with pytest.raises(AuthorityRefused, match="HTTP 404"):
         await adapter.decision("SIM-19700101-000000")
+
+
+def not_found() -> web.Response:
+    """What many servers answer for a path they do not serve: a problem document."""
+    return web.Response(status=404, content_type="application/problem+json",
+                        text=json.dumps({"type": "about:blank", "title": "Not Found",
+                                         "status": 404, "detail": "no such route"}))
+
+
+@pytest.mark.parametrize(("shown", "withdrawn"), [
+    (None, None),
+    ("withdrawn", None),
+    ("rejected", Decision("rejected", "incomplete", None, "REF-1")),
+], ids=["unknown", "withdrawn", "decided"])
+@in_session_loop
+async def test_a_404_to_a_withdrawal_is_read_from_what_the_authority_shows(
+    token_env: SecretRef, shown: str | None, withdrawn: Decision | None
+) -> None:
+    """A 404 problem document to a withdrawal is a withdrawal done once the authority shows
+    no filing under the reference, or shows it withdrawn; a decision it shows stands."""
+    async def authority(request: web.Request) -> web.Response:
+        if request.method == "GET" and shown is not None:
+            return web.json_response({"reference": "REF-1", "status": shown,
+                                      "comment": "incomplete", "valid_days": None})
+        return not_found()
+
+    async with serving(authority) as url:
+        adapter = HttpAuthorityAdapter(adapter_settings(url, token_env))
+        assert await adapter.withdraw("REF-1", "filed by mistake") == withdrawn
+        await adapter.close()
+
+
+@in_session_loop
+async def test_an_authority_without_withdrawals_is_not_taken_to_have_withdrawn(
+    token_env: SecretRef, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An authority whose server answers every path it lacks with a 404 problem document,
+    the withdrawal's too, and still shows the filing under review has no withdrawal call:
+    an unusable answer, logged as an error naming what to check, not a withdrawal."""
+    seen: list[str] = []
+
+    async def without_withdrawals(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        if request.method == "GET" and request.path == "/api/v1/filings/REF-1":
+            return web.json_response({"reference": "REF-1", "status": "under_review",
+                                      "comment": "", "valid_days": None})
+        return not_found()
+
+    async with serving(without_withdrawals) as url:
+        adapter = HttpAuthorityAdapter(adapter_settings(url, token_env))
+        with caplog.at_level(logging.ERROR, logger="plugins.http_authority"), \
+                pytest.raises(AuthorityAnswerUnusable, match="no withdrawal call") as unusable:
+            await adapter.withdraw("REF-1", "filed by mistake")
+        await adapter.close()
+    assert seen == ["POST /api/v1/filings/REF-1/withdrawal", "GET /api/v1/filings/REF-1"]
+    assert [r.getMessage() for r in caplog.records] == [f"filing {unusable.value}"]
 
 
 @in_session_loop
