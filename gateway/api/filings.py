@@ -23,7 +23,8 @@ from gateway.api.spec import (
     text,
 )
 from gateway.filing.adapters import MAX_VALID_DAYS
-from gateway.filing.service import MATERIAL_KINDS, MAX_MATERIAL_BYTES, public_view
+from gateway.filing.materials import MATERIAL_KINDS, MAX_MATERIAL_BYTES
+from gateway.filing.service import public_view
 from gateway.filing.states import FilingAction, FilingStatus
 
 routes = web.RouteTableDef()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import re
 import uuid
@@ -31,9 +30,7 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     SealGateError,
-    UnsupportedMediaType,
     ValidationFailed,
-    WrappedDataInvalid,
 )
 from gateway.filing import authority_calls, states
 from gateway.filing.adapters import (
@@ -44,6 +41,15 @@ from gateway.filing.adapters import (
     Decision,
     FilingAdapter,
     WithdrawingAdapter,
+)
+from gateway.filing.materials import (
+    MATERIAL_FIELDS_SENT,
+    MATERIAL_KINDS,
+    MATERIALS_ENCRYPTED,
+    MAX_MATERIAL_BYTES,
+    MIGRATION,
+    MaterialStore,
+    sniff_material,
 )
 from gateway.filing.receipts import (
     RECEIPT,
@@ -69,52 +75,12 @@ from gateway.storage import BackendUnavailable, Record, StaleWrite, Storage, Wri
 log = logging.getLogger(__name__)
 
 FILING = "filing"
-MATERIAL_KINDS = ("business_license", "legal_rep_id", "seal_impression", "authorization_letter")
 REQUIRED_FOR_NEW = ("business_license", "legal_rep_id", "seal_impression")
-MAX_MATERIAL_BYTES = 10 * 1024 * 1024
 # How often an approval claims the next receipt number after other approvals took the one it
 # claimed; each retry means another approval was issued, so this bounds only a stampede.
 NUMBERING_ATTEMPTS = 20
 # [0-9], not \d: \d also matches fullwidth and other scripts' digits, which no one can dial.
 _PHONE = re.compile(r"^(1[3-9][0-9]{9}|0[0-9]{2,3}-?[0-9]{7,8})$")
-_SNIFF = (
-    (b"%PDF-", "application/pdf"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-)
-
-
-def material_blob_key(filing_id: str, sha256: str) -> str:
-    """Where a material's bytes are kept: under their digest, so that an upload that loses
-    the race to commit cannot overwrite the bytes the filing's record names."""
-    return f"filing-material/{filing_id}/sha256/{sha256}"
-
-
-# Records that one-off upgrades of stored data are done (see encrypt_stored_materials).
-MIGRATION = "migration"
-MATERIALS_ENCRYPTED = "materials-encrypted"
-# What the authority learns of each material besides its bytes (not how it is stored here).
-_MATERIAL_FIELDS_SENT = ("content_type", "size", "sha256", "uploaded_at")
-
-
-def _material_context(filing_id: str, sha256: str) -> str:
-    """What a material's encryption is bound to: its filing and its content."""
-    return f"{filing_id}/material/{sha256}"
-
-
-def legacy_material_blob_key(filing_id: str, kind: str) -> str:
-    """Where materials uploaded before they were kept by digest are."""
-    return f"filing-material/{filing_id}/{kind}"
-
-
-def sniff_material(body: bytes) -> str:
-    """The content type from the bytes themselves; a client's Content-Type is not trusted."""
-    for magic, content_type in _SNIFF:
-        if body.startswith(magic):
-            return content_type
-    raise UnsupportedMediaType("materials must be PDF, PNG or JPEG documents")
-
-
 class FilingService:
     def __init__(
         self,
@@ -131,6 +97,7 @@ class FilingService:
         self._seals = seals
         self._audit = audit
         self._vault = vault
+        self._materials = MaterialStore(storage, vault)
         self._platform = platform
         self.adapters = dict(adapters)
 
@@ -211,18 +178,7 @@ class FilingService:
         content_type = sniff_material(body)
         record = await self._record(filing_id)
         self._require_status(record, states.FilingStatus.DRAFT)
-        sha256 = hashlib.sha256(body).hexdigest()
-        # Encrypted like the ID number: a legal representative's ID card scan carries it,
-        # with a photo and an address.
-        sealed = await self._vault.encrypt_bytes(body, _material_context(filing_id, sha256))
-        await self._storage.put_blob(material_blob_key(filing_id, sha256), sealed)
-        material = {
-            "content_type": content_type,
-            "size": len(body),
-            "sha256": sha256,
-            "uploaded_at": isoformat(utcnow()),
-            "encrypted": True,
-        }
+        material = await self._materials.put(filing_id, body, content_type)
         data = {**record.data, "materials": {**record.data["materials"], kind: material}}
         await self._audit.commit(
             [Write(FILING, filing_id, record.version, data)],
@@ -266,7 +222,7 @@ class FilingService:
             # Readable before anything is committed: one that is not is uploaded again now,
             # while the filing is a draft, not found by the hand-over after the submission.
             try:
-                await self._material(filing_id, kind, meta)
+                await self._materials.read(filing_id, kind, meta)
             except MaterialUnreadable as exc:
                 raise MaterialUnreadable(f"{exc.detail}; upload it again") from exc
         seal = await self._seals.record(filing["seal_id"])
@@ -365,24 +321,6 @@ class FilingService:
             return await self._vault.decrypt(applicant["phone_encrypted"], filing["id"])
         return str(applicant["phone"])  # a filing stored before phones were encrypted
 
-    async def _material(self, filing_id: str, kind: str, meta: Mapping[str, Any]) -> bytes:
-        """A material's bytes, from where its record says they are: encrypted under their
-        digest, or (uploaded before materials were encrypted) as they came, under their
-        kind. Checked against the digest filed: an authority refuses a mismatch for good."""
-        if meta.get("encrypted"):
-            sealed = await self._storage.get_blob(material_blob_key(filing_id, meta["sha256"]))
-            try:
-                content = None if sealed is None else await self._vault.decrypt_bytes(
-                    sealed, _material_context(filing_id, meta["sha256"]))
-            except WrappedDataInvalid:
-                content = None  # damaged in storage: as good as gone
-        else:
-            content = await self._storage.get_blob(legacy_material_blob_key(filing_id, kind))
-        if content is None or hashlib.sha256(content).hexdigest() != meta["sha256"]:
-            raise MaterialUnreadable(f"material {kind} of filing {filing_id} is missing from "
-                                     "storage, damaged, or does not match its digest")
-        return content
-
     async def encrypt_stored_materials(self) -> int:
         """Encrypt the materials stored before materials were encrypted, and blank their
         plain copies; returns how many. Run at start by every worker until one finds none
@@ -396,18 +334,13 @@ class FilingService:
             materials = dict(record.data["materials"])
             for kind, meta in plain.items():
                 try:
-                    content = await self._material(record.key, kind, meta)
+                    materials[kind] = await self._materials.encrypt_plain(record.key, kind, meta)
                 except MaterialUnreadable as exc:
                     left += 1
                     now = await self._storage.get(FILING, record.key)
                     if now is not None and now.version == record.version:
                         log.warning("filing %s: %s", record.key, exc)  # gone or damaged
                     continue  # else another worker encrypted it meanwhile
-                sealed = await self._vault.encrypt_bytes(
-                    content, _material_context(record.key, meta["sha256"]))
-                await self._storage.put_blob(material_blob_key(record.key, meta["sha256"]),
-                                             sealed)
-                materials[kind] = {**meta, "encrypted": True}
             if any(materials[k].get("encrypted") for k in plain):
                 try:
                     await self._storage.commit([Write(FILING, record.key, record.version,
@@ -418,9 +351,8 @@ class FilingService:
             # Every plain copy of an encrypted material goes, also one that an earlier start
             # (stopped between its commit and here) left behind.
             for kind, meta in materials.items():
-                legacy = legacy_material_blob_key(record.key, kind)
-                if meta.get("encrypted") and await self._storage.get_blob(legacy):
-                    await self._storage.put_blob(legacy, b"")
+                if meta.get("encrypted") and await self._materials.blank_plain_copy(
+                        record.key, kind):
                     done += 1
         if not left:
             with contextlib.suppress(StaleWrite):
@@ -433,9 +365,9 @@ class FilingService:
         legal = filing["legal_representative"]
         materials = []
         for kind, meta in filing["materials"].items():
-            content = await self._material(filing["id"], kind, meta)
+            content = await self._materials.read(filing["id"], kind, meta)
             materials.append(
-                {"kind": kind, **{k: meta[k] for k in _MATERIAL_FIELDS_SENT},
+                {"kind": kind, **{k: meta[k] for k in MATERIAL_FIELDS_SENT},
                  "content_b64": base64.b64encode(content).decode("ascii")}
             )
         return {

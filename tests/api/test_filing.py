@@ -32,7 +32,7 @@ from gateway import app
 from gateway.clock import isoformat, parse, utcnow
 from gateway.filing import authority_calls
 from gateway.filing.adapters import Decision
-from gateway.filing.service import MATERIALS_ENCRYPTED, MIGRATION, legacy_material_blob_key
+from gateway.filing.materials import MATERIALS_ENCRYPTED, MIGRATION, legacy_material_blob_key
 from gateway.hookspecs import hookimpl
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA

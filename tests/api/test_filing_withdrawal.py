@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.filing.adapters import Decision, WithdrawingAdapter
-from gateway.filing.service import material_blob_key
+from gateway.filing.materials import material_blob_key
 from gateway.hsm import Hsm
 from gateway.pki.devca import DevCA
 from gateway.settings import Settings
