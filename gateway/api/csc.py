@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import middlewares
+from gateway.api import examples, middlewares
 from gateway.api.bodies import json_object, json_response
 from gateway.api.context import Handler, client, roles, services
 from gateway.api.problems import PROBLEM_CONTENT_TYPE
@@ -40,6 +40,7 @@ from gateway.api.spec import (
     SchemaLike,
     array,
     documented,
+    example,
     json_answer,
     json_body,
     nullable,
@@ -58,7 +59,8 @@ CSC_ERROR = Component("CscError", {
     **obj({"error": TEXT, "error_description": TEXT}),
     "description": "An error as CSC API v1.0.4.0 §10 has it"})
 _NAMED = {**TEXT, "minLength": 1}
-_HASHES = array({**BASE64, "description": "a digest"}, minItems=1)
+_HASHES = array(example({**BASE64, "description": "a digest"}, examples.SHA256_BASE64),
+                minItems=1)
 
 
 CSC_ERRORS = ErrorForm(

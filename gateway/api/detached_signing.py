@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.api import examples
 from gateway.api.bodies import check_declared_size, json_object, json_response, next_chunk
 from gateway.api.context import SETTINGS, client, roles, services
 from gateway.api.signing import RECEIPT_HEADER, RECEIPT_HEADERS
@@ -24,6 +25,7 @@ from gateway.api.spec import (
     Query,
     array,
     documented,
+    example,
     json_answer,
     json_body,
     obj,
@@ -66,9 +68,9 @@ async def sign_cms(request: web.Request) -> web.Response:
     "signatures": array(BASE64), "signature_algorithm": {**TEXT, "description": "an OID"},
     "certificate_chain": array({**BASE64, "description": "DER, leaf first"}),
     "sealing_receipt": TEXT,
-}), RECEIPT_HEADERS), body=json_body(obj({
+}), RECEIPT_HEADERS), body=json_body(example(obj({
     "hash_algorithm": HASH_ALGORITHM, "hashes": array(BASE64, minItems=1),
-})), errors=[409, 422])
+}), {"hash_algorithm": "sha256", "hashes": [examples.SHA256_BASE64]})), errors=[409, 422])
 async def sign_hash(request: web.Request) -> web.Response:
     """Sign a batch of SHA-256/384/512 digests; signatures come back in the same order."""
     body = await json_object(request)

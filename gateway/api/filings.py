@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.api import examples
 from gateway.api.bodies import json_object, json_response, read_limited
 from gateway.api.context import client, roles, services
 from gateway.api.spec import (
@@ -15,6 +16,7 @@ from gateway.api.spec import (
     Query,
     array,
     documented,
+    example,
     json_answer,
     json_body,
     nullable,
@@ -31,7 +33,8 @@ routes = web.RouteTableDef()
 
 _MATERIAL = obj({"content_type": TEXT, "size": INTEGER, "sha256": TEXT, "uploaded_at": TIME,
                  "encrypted": BOOLEAN}, optional=["encrypted"])
-_PERSON = obj({"name": text(max_length=200), "id_number": text(max_length=200)})
+_PERSON = obj({"name": example(text(max_length=200), "张三"),
+               "id_number": example(text(max_length=200), examples.RESIDENT_ID)})
 FILING = Component("Filing", obj({
     "id": TEXT, "seal_id": TEXT, "action": one_of(FilingAction), "authority": TEXT,
     "status": one_of(FilingStatus),
@@ -51,7 +54,8 @@ NEW_FILING = obj({
     "seal_id": text(max_length=200), "action": one_of(FilingAction),
     "authority": {**TEXT, "description": "an installed authority adapter; the configured "
                                          "default when left out"},
-    "applicant": obj({"name": text(max_length=200), "phone": text(max_length=200)}),
+    "applicant": obj({"name": example(text(max_length=200), "李四"),
+                      "phone": example(text(max_length=200), examples.PHONE)}),
     "legal_representative": _PERSON,
 }, optional=["authority"])
 # The material's type is read from its bytes (PDF, PNG or JPEG), so any label is taken.
@@ -87,7 +91,8 @@ async def get_filing(request: web.Request) -> web.Response:
 @routes.put("/v1/filings/{id}/materials/{kind}")
 @roles("filer")
 @documented(json_answer(200, "The filing with the material", FILING),
-            body={media: {"type": "string", "format": "binary", "maxLength": MAX_MATERIAL_BYTES}
+            body={media: example({"type": "string", "format": "binary",
+                                  "maxLength": MAX_MATERIAL_BYTES}, examples.PDF)
                   for media in MATERIAL_TYPES}, errors=[409])
 async def put_material(request: web.Request) -> web.Response:
     body = await read_limited(request, MAX_MATERIAL_BYTES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.api import examples
 from gateway.api.bodies import json_object, json_response
 from gateway.api.context import client, roles, services
 from gateway.api.spec import (
@@ -15,6 +16,7 @@ from gateway.api.spec import (
     Component,
     array,
     documented,
+    example,
     json_answer,
     json_body,
     nullable,
@@ -29,7 +31,8 @@ from gateway.seals.registry import public_view
 
 routes = web.RouteTableDef()
 
-ORGANIZATION = obj({"name": text(max_length=100), "uscc": text(max_length=18)})
+ORGANIZATION = obj({"name": example(text(max_length=100), "示例科技有限公司"),
+                    "uscc": example(text(max_length=18), examples.USCC)})
 SEAL = Component("Seal", obj({
     "id": TEXT, "name": TEXT, "type": one_of(SEAL_TYPES), "seal_code": TEXT,
     "organization": ORGANIZATION, "key_id": TEXT,
@@ -41,10 +44,12 @@ SEAL = Component("Seal", obj({
                               "replaced_at": TIME})),
 }, optional=["key_history"]))
 NEW_SEAL = obj({
-    "name": text(max_length=64), "type": one_of(SEAL_TYPES), "organization": ORGANIZATION,
+    "name": example(text(max_length=64), "合同专用章"), "type": one_of(SEAL_TYPES),
+    "organization": ORGANIZATION,
     "key_id": text(max_length=64),
-    "image_png": {**BASE64, "contentMediaType": "image/png",
-                  "description": "without it, a standard round seal image is rendered"},
+    "image_png": example({**BASE64, "contentMediaType": "image/png",
+                          "description": "without it, a standard round seal image is rendered"},
+                         examples.SEAL_PNG_BASE64),
 }, optional=["image_png"])
 
 

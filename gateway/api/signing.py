@@ -8,6 +8,7 @@ from typing import TypeVar
 from aiohttp import web
 from aiohttp.payload import BufferedReaderPayload
 
+from gateway.api import examples
 from gateway.api.bodies import json_response, media_type, read_or_spool
 from gateway.api.context import SETTINGS, client, roles, services
 from gateway.api.spec import (
@@ -21,6 +22,7 @@ from gateway.api.spec import (
     Component,
     Query,
     documented,
+    example,
     json_answer,
     obj,
     one_of,
@@ -61,7 +63,8 @@ PDF_QUERY = (
 @routes.post("/v1/seals/{id}/sign/pdf")
 @roles("signer")
 @documented(Answer(200, "The sealed PDF", {"application/pdf": BINARY}, RECEIPT_HEADERS),
-            query=PDF_QUERY, body={"application/pdf": BINARY, "application/octet-stream": BINARY},
+            query=PDF_QUERY, body={"application/pdf": example(BINARY, examples.PDF),
+                                   "application/octet-stream": BINARY},
             errors=[409, 422])
 async def sign_pdf(request: web.Request) -> web.Response:
     if media_type(request) not in PDF_MEDIA_TYPES:

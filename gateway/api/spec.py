@@ -137,6 +137,12 @@ def one_of(values: Iterable[str] | type[Enum]) -> Schema:
     return {"type": "string", "enum": names}
 
 
+def example(schema: Schema, *values: Any) -> Schema:
+    """``schema`` with example values (JSON Schema ``examples``): each one the gateway takes,
+    so that a client or a test tool generated from the document can send it as it is."""
+    return {**schema, "examples": list(values)}
+
+
 def nullable(schema: SchemaLike) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 

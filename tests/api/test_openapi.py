@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from gateway.api.spec import spec_of
@@ -173,3 +174,89 @@ async def test_the_check_refuses_query_parameters_the_document_does_not_take(
         conformance.check_query(where, operation, {"limit": "ten"})
     with pytest.raises(Nonconformance, match="query parameter 'page'"):
         conformance.check_query(where, operation, {"page": "2"})
+
+
+def _examples(value: object, where: str = "") -> list[tuple[str, dict[str, object]]]:
+    """Every schema of the document that carries ``examples``, with where it is."""
+    found: list[tuple[str, dict[str, object]]] = []
+    if isinstance(value, dict):
+        if "examples" in value and isinstance(value["examples"], list):
+            found.append((where, value))
+        for key, item in value.items():
+            found += _examples(item, f"{where}/{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _examples(item, f"{where}/{index}")
+    return found
+
+
+async def test_every_example_matches_its_schema(world: World) -> None:
+    """Each example in the document is an instance of the schema that shows it."""
+    document = await (await world.http.get("/openapi.json")).json()
+    examples = _examples(document)
+    assert len(examples) >= 8
+    for where, schema in examples:
+        validator = Draft202012Validator(
+            {k: v for k, v in schema.items() if k != "examples"},
+            format_checker=Draft202012Validator.FORMAT_CHECKER)
+        for value in schema["examples"]:  # type: ignore[attr-defined]
+            assert not list(validator.iter_errors(value)), where
+
+
+async def test_the_examples_make_a_seal_file_it_and_sign(world: World) -> None:
+    """The document's examples are what the gateway takes: a seal of the example
+    organisation and picture, a filing of the example people and materials, an example
+    digest and the example PDF signed."""
+    document = await (await world.http.get("/openapi.json")).json()
+    # A nullable schema's example is in its first choice: looked up as if it were not.
+    shown = {re.sub(r"/anyOf/0", "", where): schema["examples"][0]
+             for where, schema in _examples(document)}
+
+    def example(path: str, method: str, *pointer: str) -> object:
+        prefix = f"/paths/{path}/{method}/requestBody/content/"
+        return shown[prefix + "/".join(pointer)]
+
+    key = await world.key()
+    _, filer = await world.client("filer")
+    seal_body = "application/json/schema/properties/"
+    seal = await world.http.post("/v1/seals", headers=filer, json={
+        "name": example("/v1/seals", "post", seal_body + "name"), "type": "05",
+        "key_id": key["id"],
+        "image_png": example("/v1/seals", "post", seal_body + "image_png"),
+        "organization": {
+            "name": example("/v1/seals", "post", seal_body + "organization/properties/name"),
+            "uscc": example("/v1/seals", "post", seal_body + "organization/properties/uscc")}})
+    assert seal.status == 201, await seal.text()
+    seal_id = (await seal.json())["id"]
+    people = "/v1/filings", "post", "application/json/schema/properties/"
+    filing = await world.http.post("/v1/filings", headers=filer, json={
+        "seal_id": seal_id, "action": "new",
+        "applicant": {"name": example(*people[:2], people[2] + "applicant/properties/name"),
+                      "phone": example(*people[:2], people[2] + "applicant/properties/phone")},
+        "legal_representative": {
+            "name": example(*people[:2], people[2] + "legal_representative/properties/name"),
+            "id_number": example(*people[:2],
+                                 people[2] + "legal_representative/properties/id_number")}})
+    assert filing.status == 201, await filing.text()
+    material = example("/v1/filings/{id}/materials/{kind}", "put", "application/pdf/schema")
+    assert isinstance(material, str)
+    put = await world.http.put(f"/v1/filings/{(await filing.json())['id']}/materials/"
+                               "business_license", headers={**filer,
+                               "Content-Type": "application/pdf"}, data=material.encode("latin-1"))
+    assert put.status == 200, await put.text()
+
+    active = await world.active_seal()
+    _, signer = await world.client("signer", [active["id"]])
+    digests = example("/v1/seals/{id}/sign/hash", "post", "application/json/schema")
+    signed = await world.http.post(f"/v1/seals/{active['id']}/sign/hash", headers=signer,
+                                   json=digests)
+    assert signed.status == 200, await signed.text()
+    pdf = example("/v1/seals/{id}/sign/pdf", "post", "application/pdf/schema")
+    assert isinstance(pdf, str)
+    sealed = await world.http.post(f"/v1/seals/{active['id']}/sign/pdf",
+                                   headers={**signer, "Content-Type": "application/pdf"},
+                                   data=pdf.encode("latin-1"))
+    assert sealed.status == 200, await sealed.text()
+    verified = await world.http.post("/v1/verify", data=await sealed.read(),
+                                     headers={"Content-Type": "application/pdf"})
+    assert (await verified.json())["valid"] is True
