@@ -47,9 +47,10 @@ NEW_SEAL = obj({
     "name": example(text(max_length=64), "合同专用章"), "type": one_of(SEAL_TYPES),
     "organization": ORGANIZATION,
     "key_id": text(max_length=64),
-    "image_png": example({**BASE64, "contentMediaType": "image/png",
-                          "description": "without it, a standard round seal image is rendered"},
-                         examples.SEAL_PNG_BASE64),
+    "image_png": nullable(example({**BASE64, "contentMediaType": "image/png",
+                                   "description": "without it (or null), a standard round seal "
+                                                  "image is rendered"},
+                                  examples.SEAL_PNG_BASE64)),
 }, optional=["image_png"])
 
 

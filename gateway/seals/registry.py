@@ -72,7 +72,9 @@ class SealRegistry:
         await self._check_key_is_free(str(key["id"]))
         seal_id = str(uuid.uuid4())
         seal_code = _seal_code()
-        if body.get("image_png"):
+        # Only absent or null means "draw the standard image": an empty or non-string value
+        # is a picture the filer meant to send and did not.
+        if body.get("image_png") is not None:
             png, size_mm = _checked_png(body["image_png"])
         else:
             png = _rendered(org_name, seal_type_name(seal_type), seal_code)
@@ -251,8 +253,10 @@ def _required_text(body: Mapping[str, Any], field: str, max_len: int, prefix: st
 
 
 def _checked_png(b64: object) -> tuple[bytes, tuple[float, float]]:
+    if not isinstance(b64, str):
+        raise ValidationFailed.one("image_png", "must be a PNG image as a base64 string")
     try:
-        png = base64.b64decode(str(b64), validate=True)
+        png = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         raise ValidationFailed.one("image_png", "is not valid base64") from None
     if len(png) > MAX_IMAGE_BYTES:

@@ -869,6 +869,13 @@ async def test_a_receipt_ends_when_the_certificate_it_names_does(filing: Filing)
         ({"type": "07"}, "type"),
         ({"name": ""}, "name"),
         ({"image_png": "bm90IGEgcG5n"}, "image_png"),
+        # Empty or not a string: refused, not taken for "no image" (the standard one was drawn).
+        ({"image_png": ""}, "image_png"),
+        ({"image_png": {}}, "image_png"),
+        ({"image_png": []}, "image_png"),
+        ({"image_png": 0}, "image_png"),
+        ({"image_png": False}, "image_png"),
+        ({"image_png": 12345678}, "image_png"),
     ],
 )
 async def test_bad_seal_fields_are_422_naming_the_field(
@@ -881,6 +888,16 @@ async def test_bad_seal_fields_are_422_naming_the_field(
     response = await filing.world.http.post("/v1/seals", headers=filing.filer, json=request)
     problem = await assert_problem(response, 422, "validation-failed")
     assert problem["errors"][0]["field"] == field
+
+
+async def test_a_null_image_png_is_the_standard_image(filing: Filing) -> None:
+    """``"image_png": null`` is as if left out: the gateway draws the standard seal."""
+    key = await filing.world.key()
+    response = await filing.world.http.post("/v1/seals", headers=filing.filer, json={
+        "name": "合同专用章", "type": "04", "organization": ORGANIZATION, "key_id": key["id"],
+        "image_png": None})
+    assert response.status == 201, await response.text()
+    assert (await response.json())["image_size_mm"] == {"width": 40.0, "height": 40.0}
 
 
 def png_declaring(width: int, height: int) -> bytes:
