@@ -20,7 +20,7 @@ help:
 	@echo "make test   set everything up and run the whole test suite (lint included)"
 	@echo "make lint   ruff and mypy on gateway/ and plugins/"
 	@echo "make bench  throughput/latency benchmarks (writes benchmarks/results/; BENCH_ARGS=--quick)"
-	@echo "make fuzz-api  schemathesis against a real gateway, from its OpenAPI document (FUZZ_ARGS)"
+	@echo "make fuzz-api  schemathesis and valid lifecycles against a real gateway (FUZZ_ARGS)"
 	@echo "make fuzz-pdf  hostile PDFs through sealing and verification (FUZZ_ARGS, e.g. --live)"
 
 run: setup demo
@@ -38,10 +38,12 @@ lint: venv
 bench: setup
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
-# A real gateway in a temporary directory, driven by schemathesis from its own document; about
-# a minute and a half with the default 100 examples an operation. Not part of `make test`: the
+# A real gateway in a temporary directory, driven by schemathesis from its own document (about
+# a minute and a half with the default 100 examples an operation), then through lifecycles of
+# valid requests for --deep-seconds (README: Fuzzing the API). Not part of `make test`: the
 # API tests already check every answer against the document, and this adds minutes of load.
-# `make fuzz-api FUZZ_ARGS="--max-examples 20 --seed 3"`; other options go to schemathesis.
+# `make fuzz-api FUZZ_ARGS="--max-examples 20 --seed 3 --deep-seconds 600"`; options it does
+# not know go to schemathesis.
 fuzz-api: setup
 	$(BIN)/python -m tests.fuzz.api $(or $(FUZZ_ARGS),--max-examples 100)
 

@@ -122,7 +122,8 @@ poll_interval_seconds = 60.0
     def audit_events(self) -> list[dict[str, object]]:
         """Every audit event, read by `sealgate audit export`."""
         done = self.sealgate("audit", "export")
-        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        # JSON Lines end at "\n" only: U+2028 or U+0085 may stand raw inside a value.
+        return [json.loads(line) for line in done.stdout.split("\n") if line.strip()]
 
     def serve(self, workers: int = 1, name: str = "gateway",
               env: dict[str, str] | None = None, open_files: int | None = None
