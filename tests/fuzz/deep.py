@@ -25,7 +25,10 @@ from typing import Any
 
 from asn1crypto import algos, tsp
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
@@ -76,6 +79,34 @@ ORGANIZATIONS = st.builds(lambda name: name + "有限公司", CHINESE)
 ALGORITHMS = st.sampled_from(["rsa-2048", "ec-p256", "ec-p384", "rsa-3072"])
 LEVELS = st.sampled_from(["B-B", "B-T", "B-LT", "B-LTA"])
 REASONS = st.none() | st.text(max_size=60)
+
+
+def must_verify(what: str, body: Any, media_type: str | None = None) -> None:
+    """POST /v1/verify, and a finding unless the answer says the signatures are valid."""
+    g = gateway()
+    verified = g.expect(200, None, "POST", "/v1/verify", body=body, media_type=media_type)
+    if verified is not None and not verified.json().get("valid"):
+        g.report(Finding("POST /v1/verify", 200, f"{what} is not valid: {verified.text}"))
+
+
+def signs_digest(certificate_der: bytes, signature: bytes, digest: bytes, hash_name: str
+                 ) -> bool:
+    """Whether ``signature`` is the certificate's key's signature of the pre-hashed
+    ``digest`` (RSA PKCS#1 v1.5 or ECDSA, as the gateway makes them)."""
+    algorithms: dict[str, type[hashes.HashAlgorithm]] = {
+        "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+    algorithm = algorithms[hash_name]()
+    public_key = x509.load_der_x509_certificate(certificate_der).public_key()
+    try:
+        if isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, digest, padding.PKCS1v15(), Prehashed(algorithm))
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, digest, ec.ECDSA(Prehashed(algorithm)))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _picked(items: list[dict[str, Any]], pick: int) -> dict[str, Any]:
@@ -237,11 +268,7 @@ class Lifecycles(RuleBasedStateMachine):
                           query=query)
         if signed is None or signed.status_code != 200:
             return ""
-        verified = g.expect(200, None, "POST", "/v1/verify", body=signed.content,
-                            media_type="application/pdf")
-        if verified is not None and not verified.json().get("valid"):
-            g.report(Finding("POST /v1/verify", 200,
-                                      f"a document just sealed is not valid: {verified.text}"))
+        must_verify("a document just sealed", signed.content, "application/pdf")
         return g.sealed(signed)
 
     @rule(target=sealing_receipts, seal=active, content=st.binary(min_size=1, max_size=2000),
@@ -254,11 +281,7 @@ class Lifecycles(RuleBasedStateMachine):
                           query={"level": level} if level else None)
         if signed is None or signed.status_code != 200:
             return ""
-        verified = g.expect(200, None, "POST", "/v1/verify", body={
-            "cms": b64(signed.content), "content": b64(content)})
-        if verified is not None and not verified.json().get("valid"):
-            g.report(Finding("POST /v1/verify (cms)", 200,
-                                      f"a CMS just made is not valid: {verified.text}"))
+        must_verify("a CMS just made", {"cms": b64(signed.content), "content": b64(content)})
         return g.sealed(signed)
 
     @rule(target=sealing_receipts, seal=active,
@@ -269,10 +292,18 @@ class Lifecycles(RuleBasedStateMachine):
         from a SHA-512, so that every digest has the size its name says)."""
         name, size = algorithm
         digests = [hashlib.sha512(seed).digest()[:size] for seed in seeds]
-        signed = gateway().expect(self._signs(seal), "signer", "POST", "/v1/seals/{id}/sign/hash",
-                                params={"id": seal.id},
-                                body={"hash_algorithm": name, "hashes": [b64(d) for d in digests]})
-        return gateway().sealed(signed)
+        g = gateway()
+        signed = g.expect(self._signs(seal), "signer", "POST", "/v1/seals/{id}/sign/hash",
+                          params={"id": seal.id},
+                          body={"hash_algorithm": name, "hashes": [b64(d) for d in digests]})
+        if signed is not None and signed.status_code == 200:
+            answer = signed.json()
+            leaf = base64.b64decode(answer["certificate_chain"][0])
+            for digest, signature in zip(digests, answer["signatures"], strict=True):
+                if not signs_digest(leaf, base64.b64decode(signature), digest, name):
+                    g.report(Finding("POST /v1/seals/{id}/sign/hash", 200,
+                                     f"a {name} signature does not verify: {answer}"))
+        return g.sealed(signed)
 
     @rule(target=sealing_receipts, seal=active, documents=st.lists(st.binary(), min_size=1,
                                                                     max_size=3))
@@ -291,7 +322,14 @@ class Lifecycles(RuleBasedStateMachine):
         signed = g.expect(signs, "signer", "POST", "/csc/v1/signatures/signHash", body={
             "credentialID": seal.id, "SAD": authorized.json()["SAD"], "hash": digests,
             "hashAlgo": SHA256, "signAlgo": algorithm})
-        return gateway().sealed(signed)
+        if signed is not None and signed.status_code == 200:
+            leaf = base64.b64decode(info.json()["cert"]["certificates"][0])
+            for digest, signature in zip(digests, signed.json()["signatures"], strict=True):
+                if not signs_digest(leaf, base64.b64decode(signature), base64.b64decode(digest),
+                                    "sha256"):
+                    g.report(Finding("POST /csc/v1/signatures/signHash", 200,
+                                     f"a signature does not verify: {signed.text}"))
+        return g.sealed(signed)
 
     @rule(seal=active, copies=st.integers(2, 4),
           seeds=st.lists(st.binary(), min_size=1, max_size=3))
@@ -373,6 +411,8 @@ class Lifecycles(RuleBasedStateMachine):
                             (pdf.content if pdf else None, "application/pdf")):
             if body is not None:
                 g.expect(200, None, "POST", "/v1/receipts/verify", body=body, media_type=media)
+        if pdf is not None:
+            must_verify("a receipt PDF", pdf.content, "application/pdf")
 
     @rule(seal=active, key=consumes(keys))
     def rotate_key(self, seal: Seal, key: Key) -> None:
